@@ -1,0 +1,73 @@
+"""Hyperparameters of the networks and of the TD3 update.
+
+Frozen, hashable dataclasses: they are static arguments of the jitted update,
+so changing one recompiles, while everything that moves during a run (step,
+key, learning rates inside the optimizer state) is traced. YAML loading and
+validation of user input live in `td3_jax.config`; this module only defines
+the structures and their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """The Nature-DQN image encoder shared in shape by actor and critic."""
+
+    features: int = 512
+    """Width of the encoder's output (dense layer after the three convs)."""
+    layer_norm: bool = True
+    """LayerNorm after every conv/dense layer (over C, H, W jointly, per-element affine)."""
+    activation: Literal["relu", "leaky_relu"] = "leaky_relu"
+    """Nonlinearity after each layer; leaky_relu uses slope 0.01."""
+    conv_impl: Literal["auto", "xla", "matmul"] = "auto"
+    """Convolution path: xla = lax.conv; matmul = patches as matmuls (fast on CPU); auto picks by backend."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Actor and critic architecture."""
+
+    encoder: EncoderConfig = EncoderConfig()
+    actor_hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the actor MLP head."""
+    critic_hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of each of the two Q heads."""
+    action_dim: int = 2
+    """Action size: (steer, throttle_brake)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """One network's optimizer: global-norm clip, then Adam per parameter group."""
+
+    max_grad_norm: float = 1.0
+    """Global L2 norm the whole network's gradient is clipped to."""
+    cnn_lr: float = 1e-4
+    """Adam learning rate of the encoder ('cnn' group)."""
+    mlp_lr: float = 3e-4
+    """Adam learning rate of everything else ('mlp' group)."""
+    weight_decay: float = 0.0
+    """Coupled L2 (torch Adam style), added to the clipped gradient of both groups."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TD3Config:
+    """Everything the jitted update needs to know at compile time."""
+
+    network: NetworkConfig = NetworkConfig()
+    actor_optimizer: OptimizerConfig = OptimizerConfig(max_grad_norm=1.0)
+    critic_optimizer: OptimizerConfig = OptimizerConfig(max_grad_norm=10.0)
+    discount: float = 0.99
+    """Discount factor gamma."""
+    tau: float = 0.005
+    """Polyak rate of all target parameters (encoders included)."""
+    policy_noise: float = 0.2
+    """Std of the target-policy smoothing noise (action units, max_action = 1)."""
+    noise_clip: float = 0.5
+    """Target-policy smoothing noise is clipped to [-noise_clip, noise_clip]."""
+    policy_freq: int = 2
+    """Actor and targets update when step % policy_freq == 0."""
