@@ -1,1 +1,37 @@
-"""td3_jax: TD3 with separate actor and critic CNNs for visual lane keeping, in JAX."""
+"""td3_jax: TD3 with separate actor and critic CNNs for visual lane keeping, in JAX.
+
+    from td3_jax import TD3Config, init_state, update, update_many, act
+
+See docs/api.md.
+"""
+
+from td3_jax.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
+from td3_jax.networks import Actor, Critic, Encoder, init_params, make_networks, param_labels
+from td3_jax.optim import make_optimizer
+from td3_jax.td3 import TD3State, act, actor_loss, critic_loss, init_state, td_target, update, update_many
+from td3_jax.types import Batch, PackedBatch, unpack
+
+__all__ = [
+    "Actor",
+    "Batch",
+    "Critic",
+    "Encoder",
+    "EncoderConfig",
+    "NetworkConfig",
+    "OptimizerConfig",
+    "PackedBatch",
+    "TD3Config",
+    "TD3State",
+    "act",
+    "actor_loss",
+    "critic_loss",
+    "init_params",
+    "init_state",
+    "make_networks",
+    "make_optimizer",
+    "param_labels",
+    "td_target",
+    "unpack",
+    "update",
+    "update_many",
+]
