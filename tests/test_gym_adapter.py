@@ -305,6 +305,11 @@ def test_discrete_actions_are_refused_in_one_line():
     assert "\n" not in str(error.value)
 
 
+def test_stack_must_hold_a_frame():
+    with pytest.raises(GymAdapterError, match="stack"):
+        GymImageAdapter(ImageEnv(gym_spaces.Box(0, 255, (8, 8), np.uint8)), stack=0)
+
+
 def test_non_image_observations_are_refused_in_one_line():
     env = ImageEnv(gym_spaces.Box(-1.0, 1.0, (6,), np.float32))
     with pytest.raises(GymAdapterError, match="not an image") as error:

@@ -241,6 +241,8 @@ class GymImageAdapter(gymnasium.Wrapper):
     ):
         """Wraps `env`; see `make_gym_env` for the arguments."""
         super().__init__(env)
+        if stack < 1:
+            raise GymAdapterError(f"stack must be at least 1 frame, got {stack}")
         name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         image_space, self.image_key, self.vector_keys = _split_observation(
             env.observation_space, image_key, vector_keys, name
