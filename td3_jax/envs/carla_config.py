@@ -58,6 +58,10 @@ class CarlaConfig:
     """At a junction follow the branch with the smallest heading change, or a seeded random branch."""
     goal_tolerance_m: float = 3.0
     """The route counts as completed within this arc length of its end."""
+    max_episode_steps: int = 1000
+    """Steps after which an episode is truncated (1000 x 0.05 s = 50 simulated seconds)."""
+    max_lateral_deviation_m: float = 2.5
+    """An episode terminates when the ego is farther than this from the route's lane centre."""
     settle_ticks: int = 2
     """Ticks run after placing the ego at reset before the first observation (physics settles, frames catch up)."""
     max_failures: int = 5
