@@ -1,0 +1,456 @@
+"""Host-side NumPy replay buffer that stores each frame once.
+
+A naive image buffer stores the observation and the next observation as full
+frame stacks: 2 × S frames per transition (56 KB for 84×84×4 uint8). Within an
+episode consecutive stacks share S-1 frames, so this buffer keeps one ring of
+single frames per env stream and rebuilds stacks by index arithmetic at sample
+time (the design of jaxrl2's memory-efficient buffer and Dopamine's
+"valid stacked elements"), about 7.3 KB per transition.
+
+Layout. Every env stream owns a ring of ``capacity // n_envs`` frame slots. A
+slot holds one frame and the vector state of the observation whose newest
+frame it is. A slot that holds the *next* observation of a transition also
+holds that transition (action, reward, terminated, truncated) and its `depth`:
+how many slots back the transition's window may reach before it meets the
+first stored frame of its episode (at most S). Episode starts store the frames
+of the reset observation with its leading repeats collapsed: the usual
+first-frame-repeated stack (`envs.spaces.FrameStack`) costs one slot, an
+arbitrary stack up to S. Windows never reach past an episode's first frame;
+they repeat it instead, exactly as the env's stacker does at reset.
+
+Capacity therefore counts frame slots: each transition uses one, and each
+episode start one more (up to S for a start stack that is not
+first-frame-repeated). `len()` is the exact number of sampleable transitions.
+
+A sample is a `types.PackedBatch`: one window of S+1 frames per transition,
+``frames[..., :S]`` the observation and ``frames[..., 1:]`` the next
+observation, which the device splits (5 frames move instead of 8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from td3_jax.types import PackedBatch
+
+STATE_FORMAT = 1
+"""Version of the `state_dict` layout; bumped when it changes."""
+_ARRAY_KEYS = (
+    "frames", "vectors", "actions", "rewards", "terminated", "truncated", "depth",
+    "write_pos", "count", "run", "needs_start",
+)
+_SCALAR_KEYS = ("format", "stack", "rng_state")
+
+
+class ReplayMemoryError(ValueError):
+    """The requested buffer would not fit in the memory this machine has available."""
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may still allocate, or None when it cannot be read. Host-side.
+
+    The smaller of the kernel's MemAvailable and the headroom under the cgroup
+    memory limit (containers report the host's MemAvailable).
+    """
+    candidates = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit_path, usage_path in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit_path) as limit_file, open(usage_path) as usage_file:
+                limit = limit_file.read().strip()
+                if limit != "max":
+                    candidates.append(int(limit) - int(usage_file.read().strip()))
+        except (OSError, ValueError):
+            pass
+    if not candidates and hasattr(os, "sysconf"):
+        try:
+            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            pass
+    return min(candidates) if candidates else None
+
+
+class ReplayBuffer:
+    """Ring buffer of single frames for n_envs parallel env streams. Host-side.
+
+    Args:
+      capacity: total frame slots, split evenly over the streams (each gets
+        ``capacity // n_envs``, at least ``stack + 1``). One slot per
+        transition plus one per episode start (see the module docstring).
+      n_envs: number of parallel env streams; `add` takes one row per stream.
+      stack: frames per observation stack, S.
+      frame_shape: (H, W) of one grayscale frame.
+      vector_dim: size V of the vector state.
+      action_dim: size A of the action.
+      seed: seed of the buffer's own `np.random.Generator` (sampling only).
+      memory_limit_bytes: refuse to build a buffer whose arrays exceed this;
+        None means the memory the machine has available now.
+
+    Raises:
+      ReplayMemoryError: the estimated bytes exceed the memory limit.
+      ValueError: capacity too small for one window per stream, or bad sizes.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        n_envs: int = 1,
+        stack: int = 4,
+        frame_shape: tuple[int, int] = (84, 84),
+        vector_dim: int = 53,
+        action_dim: int = 2,
+        seed: int = 0,
+        memory_limit_bytes: int | None = None,
+    ):
+        if not 1 <= stack <= np.iinfo(np.uint8).max:
+            raise ValueError(f"stack must be in [1, 255], got {stack}")
+        if n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        if capacity // n_envs < stack + 1:
+            raise ValueError(
+                f"capacity {capacity} gives {capacity // n_envs} frame slots per env stream; "
+                f"need at least stack + 1 = {stack + 1} per stream ({n_envs} streams)"
+            )
+        self.n_envs = n_envs
+        self.stack = stack
+        self.frame_shape = tuple(int(size) for size in frame_shape)
+        self.vector_dim = vector_dim
+        self.action_dim = action_dim
+        self.slots_per_env = capacity // n_envs
+        self.estimated_bytes = self.estimate_bytes(
+            capacity, n_envs=n_envs, stack=stack, frame_shape=frame_shape,
+            vector_dim=vector_dim, action_dim=action_dim,
+        )
+        limit = available_memory_bytes() if memory_limit_bytes is None else memory_limit_bytes
+        self.memory_limit_bytes = limit
+        if limit is not None and self.estimated_bytes > limit:
+            raise ReplayMemoryError(
+                f"replay buffer of {capacity:,} frames needs {self.estimated_bytes / 2**30:.2f} GiB "
+                f"but only {limit / 2**30:.2f} GiB is available; lower the replay capacity"
+            )
+        slots = n_envs * self.slots_per_env
+        self._frames = np.zeros((slots, *self.frame_shape), np.uint8)
+        self._vectors = np.zeros((slots, vector_dim), np.float32)
+        self._actions = np.zeros((slots, action_dim), np.float32)
+        self._rewards = np.zeros((slots,), np.float32)
+        self._terminated = np.zeros((slots,), np.bool_)
+        self._truncated = np.zeros((slots,), np.bool_)
+        # 0: the slot ends no transition (an episode-start frame or never written).
+        self._depth = np.zeros((slots,), np.uint8)
+        self._write_pos = np.zeros((n_envs,), np.int64)
+        self._count = np.zeros((n_envs,), np.int64)
+        # Slots from the current episode's first stored frame to the newest one, capped at S.
+        self._run = np.zeros((n_envs,), np.int64)
+        self._needs_start = np.ones((n_envs,), np.bool_)
+        self._rng = np.random.default_rng(seed)
+        self._after_storage_change()
+        # Window element j of a transition ending at slot p sits min(S - j, depth) slots back.
+        self._window_backs = np.arange(stack, -1, -1)
+
+    @staticmethod
+    def estimate_bytes(
+        capacity: int,
+        *,
+        n_envs: int = 1,
+        stack: int = 4,
+        frame_shape: tuple[int, int] = (84, 84),
+        vector_dim: int = 53,
+        action_dim: int = 2,
+    ) -> int:
+        """Bytes of the arrays a buffer with these settings allocates (all slots filled).
+
+        Returns:
+          Frame, vector, action, reward, flag and depth bytes per slot times the
+          slots, plus the per-stream counters. `stack` does not change it.
+        """
+        del stack
+        height, width = frame_shape
+        per_slot = height * width + 4 * vector_dim + 4 * action_dim + 4 + 1 + 1 + 1
+        return (capacity // n_envs) * n_envs * per_slot + n_envs * (3 * 8 + 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all arrays the buffer holds."""
+        return sum(array.nbytes for array in self._arrays().values())
+
+    def summary(self) -> str:
+        """One loggable line: capacity, streams and the memory estimate against the limit."""
+        limit = "unknown" if self.memory_limit_bytes is None else f"{self.memory_limit_bytes / 2**30:.2f} GiB"
+        per_slot = self.estimated_bytes / (self.n_envs * self.slots_per_env)
+        return (
+            f"replay buffer: {self.n_envs} x {self.slots_per_env:,} frame slots, stack {self.stack}, "
+            f"{per_slot:,.0f} B per transition, {self.estimated_bytes / 2**30:.2f} GiB "
+            f"(available: {limit})"
+        )
+
+    def __len__(self) -> int:
+        """Number of transitions `sample` can return."""
+        return self._n_transition_slots - self._n_broken_at_seams()
+
+    def add(
+        self,
+        image: np.ndarray,
+        vector: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        next_image: np.ndarray,
+        next_vector: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
+        """Stores one env step of every stream.
+
+        A stream starts an episode on its first add and after an add whose
+        `terminated` or `truncated` was set; then the frames of `image` are
+        stored (leading repeats of its first frame collapsed, so any stack is
+        reproduced exactly). Otherwise `image` must equal the previous add's
+        next observation, and only the newest frame of `next_image` is stored.
+        The inputs are checked before anything is written.
+
+        Args:
+          image: (n_envs, H, W, S) uint8, the observation stack.
+          vector: (n_envs, V) float32, the observation's vector state.
+          action: (n_envs, A) real, stored as float32.
+          reward: (n_envs,) real, stored as float32.
+          next_image: (n_envs, H, W, S) uint8, the true next observation (the
+            final one when the episode ends, never the reset observation);
+            within an episode ``next_image[..., :-1] == image[..., 1:]``.
+          next_vector: (n_envs, V) float32.
+          terminated: (n_envs,) bool, the episode ended in a terminal state.
+          truncated: (n_envs,) bool, the episode was cut (time limit); the
+            target still bootstraps from `next_image`.
+
+        Raises:
+          ValueError: a wrong shape or dtype, a `next_image` that is not
+            `image` shifted by one frame, or an `image` that does not continue
+            the stream (an episode end without terminated/truncated).
+        """
+        image = self._check_array("image", image, (*self.frame_shape, self.stack), np.uint8)
+        next_image = self._check_array("next_image", next_image, (*self.frame_shape, self.stack), np.uint8)
+        vector = self._check_array("vector", vector, (self.vector_dim,), np.float32)
+        next_vector = self._check_array("next_vector", next_vector, (self.vector_dim,), np.float32)
+        action = self._check_array("action", action, (self.action_dim,), None)
+        reward = self._check_array("reward", reward, (), None)
+        terminated = self._check_array("terminated", terminated, (), np.bool_)
+        truncated = self._check_array("truncated", truncated, (), np.bool_)
+        shifted = np.array_equal(next_image[..., :-1], image[..., 1:])
+        if not shifted:
+            raise ValueError("next_image[..., :-1] must equal image[..., 1:] (the stack shifted by one frame)")
+        self._check_continuity(image, vector)
+
+        for env in np.flatnonzero(self._needs_start):
+            self._store_episode_start(env, image[env], vector[env])
+        slots = self._flat(np.arange(self.n_envs), self._write_pos)
+        self._n_transition_slots += int(np.count_nonzero(self._depth[slots] == 0))
+        self._run = np.minimum(self._run + 1, self.stack)
+        self._frames[slots] = next_image[..., -1]
+        self._vectors[slots] = next_vector
+        self._actions[slots] = action
+        self._rewards[slots] = reward
+        self._terminated[slots] = terminated
+        self._truncated[slots] = truncated
+        self._depth[slots] = self._run
+        self._advance(np.arange(self.n_envs), 1)
+        self._needs_start = terminated | truncated
+
+    def sample(self, batch_size: int) -> PackedBatch:
+        """Draws `batch_size` transitions uniformly, with replacement.
+
+        Returns:
+          A `PackedBatch` of NumPy arrays: frames (B, H, W, S+1) uint8,
+          vector and next_vector (B, V) float32, action (B, A) float32,
+          reward (B,) float32, terminated (B,) float32 (1 only on termination;
+          a truncation bootstraps).
+
+        Raises:
+          ValueError: the buffer holds no sampleable transition.
+        """
+        return self.gather(self.sample_indices(batch_size))
+
+    def sample_indices(self, batch_size: int) -> np.ndarray:
+        """Slot indices of `batch_size` transitions drawn uniformly by the buffer's RNG.
+
+        Draws uniformly over written slots and rejects those that end no
+        transition (episode-start frames) or whose window reaches into frames
+        the ring has overwritten; usually well under 1% are rejected.
+
+        Returns:
+          (B,) int64 flat slot indices for `gather`.
+        """
+        if len(self) == 0:
+            raise ValueError("the replay buffer holds no sampleable transition yet; add steps first")
+        offsets = np.concatenate([[0], np.cumsum(self._count)])
+        chosen = []
+        missing = batch_size
+        while missing > 0:
+            drawn = self._rng.integers(0, offsets[-1], size=missing + missing // 8 + 8)
+            env = np.searchsorted(offsets, drawn, side="right") - 1
+            slots = self._flat(env, drawn - offsets[env])
+            slots = slots[self._is_sampleable(slots)][:missing]
+            chosen.append(slots)
+            missing -= slots.size
+        return np.concatenate(chosen)
+
+    def gather(self, slots: np.ndarray) -> PackedBatch:
+        """The transitions ending at `slots` (from `sample_indices`) as a `PackedBatch`."""
+        depth = self._depth[slots].astype(np.int64)
+        env, slot = np.divmod(slots, self.slots_per_env)
+        base = (env * self.slots_per_env)[:, None]
+        backs = np.minimum(self._window_backs[None, :], depth[:, None])
+        window = base + (slot[:, None] - backs) % self.slots_per_env
+        # Full-depth windows that do not wrap are contiguous slots: read all rows through a
+        # strided view straight into (B, H, W, S+1), then redo the others with a transpose.
+        frames = self._windows[np.maximum(slots - self.stack, 0)]
+        other = (depth < self.stack) | (slot < self.stack)
+        if other.any():
+            frames[other] = np.moveaxis(self._frames[window[other]], 1, -1)
+        return PackedBatch(
+            frames=frames,
+            vector=self._vectors[window[:, -2]],
+            action=self._actions[slots],
+            reward=self._rewards[slots],
+            next_vector=self._vectors[slots],
+            terminated=self._terminated[slots].astype(np.float32),
+        )
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume bit-exactly: arrays, write positions, RNG state.
+
+        Returns:
+          A flat dict of NumPy arrays (views of the live storage: save them
+          before the next `add`) and JSON-able scalars (``format``, ``stack``,
+          ``rng_state`` as a JSON string).
+        """
+        state = dict(self._arrays())
+        state["format"] = STATE_FORMAT
+        state["stack"] = self.stack
+        state["rng_state"] = json.dumps(self._rng.bit_generator.state)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores a `state_dict` taken from a buffer built with the same settings.
+
+        Arrays that are writeable, C-contiguous and of the right dtype are
+        adopted without a copy (so restoring a large buffer does not double
+        its memory); pass copies if the source buffer stays in use.
+
+        Raises:
+          ValueError: missing or unexpected keys, another format or stack, or
+            an array whose shape or dtype does not match this buffer.
+        """
+        expected = set(_ARRAY_KEYS) | set(_SCALAR_KEYS)
+        if set(state) != expected:
+            raise ValueError(
+                f"replay state keys differ: missing {sorted(expected - set(state))}, "
+                f"unexpected {sorted(set(state) - expected)}"
+            )
+        if int(state["format"]) != STATE_FORMAT or int(state["stack"]) != self.stack:
+            raise ValueError(
+                f"replay state has format {state['format']} and stack {state['stack']}; "
+                f"this buffer reads format {STATE_FORMAT} with stack {self.stack}"
+            )
+        restored = {}
+        for key, current in self._arrays().items():
+            array = np.asarray(state[key])
+            if array.shape != current.shape or array.dtype != current.dtype:
+                raise ValueError(
+                    f"replay state {key!r} is {array.shape} {array.dtype} but this buffer holds "
+                    f"{current.shape} {current.dtype}: build it with the checkpoint's capacity, "
+                    "n_envs, frame_shape, vector_dim and action_dim"
+                )
+            if not (array.flags.writeable and array.flags.c_contiguous):
+                array = array.copy()
+            restored[key] = array
+        for key, array in restored.items():
+            setattr(self, f"_{key}", array)
+        self._rng.bit_generator.state = json.loads(state["rng_state"])
+        self._after_storage_change()
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {key: getattr(self, f"_{key}") for key in _ARRAY_KEYS}
+
+    def _after_storage_change(self) -> None:
+        self._n_transition_slots = int(np.count_nonzero(self._depth))
+        self._windows = np.lib.stride_tricks.sliding_window_view(self._frames, self.stack + 1, axis=0)
+
+    def _flat(self, env: np.ndarray, slot: np.ndarray) -> np.ndarray:
+        return env * self.slots_per_env + slot
+
+    def _advance(self, envs: np.ndarray, steps: int) -> None:
+        self._write_pos[envs] = (self._write_pos[envs] + steps) % self.slots_per_env
+        self._count[envs] = np.minimum(self._count[envs] + steps, self.slots_per_env)
+
+    def _is_sampleable(self, slots: np.ndarray) -> np.ndarray:
+        """Whether each slot ends a transition whose whole window is still stored."""
+        env, slot = np.divmod(slots, self.slots_per_env)
+        age = (self._write_pos[env] - 1 - slot) % self.slots_per_env
+        depth = self._depth[slots]
+        return (depth > 0) & (age + depth < self.slots_per_env)
+
+    def _n_broken_at_seams(self) -> int:
+        # Only the S oldest slots of a full ring can reach back into overwritten frames.
+        full = np.flatnonzero(self._count == self.slots_per_env)
+        if full.size == 0:
+            return 0
+        oldest = (self._write_pos[full, None] + np.arange(self.stack)) % self.slots_per_env
+        slots = self._flat(full[:, None], oldest)
+        return int(np.count_nonzero(~self._is_sampleable(slots) & (self._depth[slots] > 0)))
+
+    def _store_episode_start(self, env: int, image: np.ndarray, vector: np.ndarray) -> None:
+        """Writes the frames of a reset observation (H, W, S), leading repeats collapsed."""
+        repeats = 1
+        while repeats < self.stack and np.array_equal(image[..., repeats], image[..., 0]):
+            repeats += 1
+        frames = np.moveaxis(image[..., repeats - 1 :], -1, 0)
+        slots = self._flat(env, (self._write_pos[env] + np.arange(len(frames))) % self.slots_per_env)
+        self._n_transition_slots -= int(np.count_nonzero(self._depth[slots]))
+        self._frames[slots] = frames
+        self._vectors[slots] = vector
+        self._actions[slots] = 0.0
+        self._rewards[slots] = 0.0
+        self._terminated[slots] = False
+        self._truncated[slots] = False
+        self._depth[slots] = 0
+        self._advance(np.array([env]), len(frames))
+        self._run[env] = len(frames) - 1
+
+    def _check_continuity(self, image: np.ndarray, vector: np.ndarray) -> None:
+        """Raises unless every stream inside an episode continues from its last next observation."""
+        for env in np.flatnonzero(~self._needs_start):
+            newest = (self._write_pos[env] - 1) % self.slots_per_env
+            backs = np.minimum(np.arange(self.stack - 1, -1, -1), self._run[env])
+            stack_slots = self._flat(env, (newest - backs) % self.slots_per_env)
+            same_frames = np.array_equal(np.moveaxis(self._frames[stack_slots], 0, -1), image[env])
+            same_vector = np.array_equal(self._vectors[self._flat(env, newest)], vector[env], equal_nan=True)
+            if not (same_frames and same_vector):
+                raise ValueError(
+                    f"env {env}: the observation is not the previous step's next observation; "
+                    "an episode that ended must be marked terminated or truncated"
+                )
+
+    def _check_array(self, name: str, value, row_shape: tuple, dtype) -> np.ndarray:
+        """`value` as an (n_envs, *row_shape) array; dtype None accepts any real and casts to float32."""
+        array = np.asarray(value)
+        shape = (self.n_envs, *row_shape)
+        if dtype is None:
+            ok = array.dtype.kind in "fiub"
+            target = "real numbers"
+        else:
+            ok = array.dtype == dtype
+            target = np.dtype(dtype).name
+        if array.shape != shape or not ok:
+            raise ValueError(f"{name} must be {shape} {target}, got {array.shape} {array.dtype}")
+        return array.astype(np.float32) if dtype is None else array

@@ -1,0 +1,325 @@
+"""The frame-once replay buffer against a naive reference that stores full stacks."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import json
+
+import chex
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from td3_jax.envs.spaces import FrameStack
+from td3_jax.replay import ReplayBuffer, ReplayMemoryError
+
+FRAME_SHAPE = (2, 3)  # six bytes: room for a unique little-endian id per frame
+VECTOR_DIM = 3
+ACTION_DIM = 2
+
+
+def stamped_frame(frame_id: int) -> np.ndarray:
+    """A (2, 3) uint8 frame whose bytes spell `frame_id`, so every frame is distinct."""
+    return np.frombuffer(frame_id.to_bytes(6, "little"), np.uint8).reshape(FRAME_SHAPE).copy()
+
+
+class StampedEnv:
+    """One env stream following a plan of episodes (length, ends_terminated, start_repeats).
+
+    A reset stacks the first frame `start_repeats` times and then new frames, so
+    start_repeats == stack is the usual first-frame-repeated stack. Frames and
+    observations carry unique ids (observation id in vector[0]).
+    """
+
+    def __init__(self, env_id: int, stack: int, episodes: list[tuple[int, bool, int]], ids):
+        self.env_id, self.stack, self.episodes, self.ids = env_id, stack, episodes, ids
+        self.frame_stack = FrameStack(stack, FRAME_SHAPE)
+        self.episode = -1
+        self.new_episode()
+
+    def new_episode(self) -> None:
+        self.episode += 1
+        self.length, self.ends_terminated, self.start_repeats = self.episodes[self.episode % len(self.episodes)]
+        self.t = 0
+        self.image = self.frame_stack.reset(stamped_frame(next(self.ids)))
+        for _ in range(self.stack - self.start_repeats):
+            self.image = self.frame_stack.push(stamped_frame(next(self.ids)))
+        self.vector = self.make_vector()
+
+    def make_vector(self) -> np.ndarray:
+        return np.array([next(self.ids), self.env_id, 0.25], np.float32)
+
+    def step(self) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+        self.t += 1
+        done = self.t == self.length
+        return (
+            self.frame_stack.push(stamped_frame(next(self.ids))),
+            self.make_vector(),
+            done and self.ends_terminated,
+            done and not self.ends_terminated,
+        )
+
+
+class ReferenceBuffer:
+    """Stores every transition's full stacks, keyed by transition id.
+
+    Liveness follows the documented capacity contract, counted independently
+    of the buffer's layout: per stream, an episode start writes
+    ``stack - start_repeats + 1`` frames and a transition one; a transition
+    lives while every frame its window uses is among the stream's last
+    `slots_per_env` frames.
+    """
+
+    def __init__(self, n_envs: int, stack: int, slots_per_env: int):
+        self.stack, self.slots_per_env = stack, slots_per_env
+        self.frames_written = [0] * n_envs
+        self.episode_first = [0] * n_envs
+        self.transitions = {}
+
+    def start_episode(self, env: int, start_repeats: int) -> None:
+        self.episode_first[env] = self.frames_written[env]
+        self.frames_written[env] += self.stack - start_repeats + 1
+
+    def add(self, env: int, transition_id: int, transition: dict) -> None:
+        next_frame = self.frames_written[env]
+        self.frames_written[env] += 1
+        oldest = max(next_frame - self.stack, self.episode_first[env])
+        self.transitions[transition_id] = dict(transition, env=env, oldest=oldest)
+
+    def live(self) -> dict[int, dict]:
+        return {
+            tid: tr for tid, tr in self.transitions.items()
+            if tr["oldest"] >= self.frames_written[tr["env"]] - self.slots_per_env
+        }
+
+
+def run_steps(buffer, reference, envs, n_steps, ids, on_step=None):
+    """Steps every env in lockstep, adding each step to `buffer` and `reference`."""
+    for _ in range(n_steps):
+        rows = []
+        for env in envs:
+            if reference is not None and env.t == 0:
+                reference.start_episode(env.env_id, env.start_repeats)
+            next_image, next_vector, terminated, truncated = env.step()
+            tid = next(ids)
+            rows.append(dict(
+                image=env.image, vector=env.vector, action=np.array([tid, env.env_id], np.float32),
+                reward=np.float32(0.5 * tid), next_image=next_image, next_vector=next_vector,
+                terminated=terminated, truncated=truncated,
+            ))
+            if reference is not None:
+                reference.add(env.env_id, tid, rows[-1])
+            if terminated or truncated:
+                env.new_episode()
+            else:
+                env.image, env.vector = next_image, next_vector
+        buffer.add(**{key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]})
+        if on_step is not None:
+            on_step()
+
+
+def assert_matches_reference(buffer: ReplayBuffer, reference: ReferenceBuffer) -> None:
+    """Every sampled transition equals the reference's; all live ones get sampled."""
+    live = reference.live()
+    assert len(buffer) == len(live)
+    if not live:
+        return
+    draws = 64 * len(live)
+    batch = buffer.sample(draws)
+    stack = buffer.stack
+    chex.assert_shape(batch.frames, (draws, *FRAME_SHAPE, stack + 1))
+    chex.assert_type([batch.frames, batch.vector, batch.terminated], [np.uint8, np.float32, np.float32])
+    live_ids = np.array(sorted(live))
+    sampled = batch.action[:, 0].astype(np.int64)
+    assert np.isin(sampled, live_ids).all(), "sampled an overwritten or unknown transition"
+    # 64 draws per transition: missing one has probability about len(live) * exp(-64).
+    np.testing.assert_array_equal(np.unique(sampled), live_ids)
+    rows = [live[tid] for tid in sampled]
+    expected = {key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]}
+    np.testing.assert_array_equal(batch.frames[..., :stack], expected["image"])
+    np.testing.assert_array_equal(batch.frames[..., 1:], expected["next_image"])
+    np.testing.assert_array_equal(batch.vector, expected["vector"])
+    np.testing.assert_array_equal(batch.next_vector, expected["next_vector"])
+    np.testing.assert_array_equal(batch.action, expected["action"])
+    np.testing.assert_array_equal(batch.reward, expected["reward"])
+    np.testing.assert_array_equal(batch.terminated, expected["terminated"].astype(np.float32))
+
+
+@st.composite
+def scenarios(draw):
+    n_envs = draw(st.integers(1, 3))
+    stack = draw(st.integers(1, 4))
+    slots_per_env = draw(st.integers(stack + 1, stack + 12))
+    episode = st.tuples(st.integers(1, 9), st.booleans(), st.integers(1, stack))
+    plans = [draw(st.lists(episode, min_size=1, max_size=6)) for _ in range(n_envs)]
+    n_steps = draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**16))
+    return n_envs, stack, slots_per_env, plans, n_steps, seed
+
+
+def make_case(n_envs, stack, slots_per_env, plans, seed):
+    ids = itertools.count(1)
+    buffer = ReplayBuffer(
+        n_envs * slots_per_env, n_envs=n_envs, stack=stack, frame_shape=FRAME_SHAPE,
+        vector_dim=VECTOR_DIM, action_dim=ACTION_DIM, seed=seed,
+    )
+    reference = ReferenceBuffer(n_envs, stack, slots_per_env)
+    envs = [StampedEnv(env, stack, plans[env], ids) for env in range(n_envs)]
+    return buffer, reference, envs, ids
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios())
+def test_samples_match_naive_reference(scenario):
+    n_envs, stack, slots_per_env, plans, n_steps, seed = scenario
+    buffer, reference, envs, ids = make_case(n_envs, stack, slots_per_env, plans, seed)
+    run_steps(buffer, reference, envs, n_steps, ids, on_step=lambda: assert_matches_reference(buffer, reference))
+
+
+def checkpoint_round_trip(state: dict) -> dict:
+    """What a checkpoint does: arrays through .npz bytes, scalars through JSON."""
+    arrays = {key: value for key, value in state.items() if isinstance(value, np.ndarray)}
+    scalars = {key: value for key, value in state.items() if key not in arrays}
+    blob = io.BytesIO()
+    np.savez(blob, **arrays)
+    blob.seek(0)
+    with np.load(blob) as loaded:
+        restored = {key: loaded[key] for key in loaded.files}
+    restored.update(json.loads(json.dumps(scalars)))
+    return restored
+
+
+def test_save_load_round_trip_continues_identically():
+    plans = [[(7, True, 4), (3, False, 4), (5, False, 2)], [(11, False, 4), (2, True, 1)]]
+    first, _, envs, ids = make_case(2, 4, 12, plans, seed=3)
+    run_steps(first, None, envs, 20, ids)
+    second, *_ = make_case(2, 4, 12, plans, seed=99)
+    second.load_state_dict(checkpoint_round_trip(first.state_dict()))
+    chex.assert_trees_all_equal(second.state_dict(), first.state_dict())
+    chex.assert_trees_all_equal(second.sample(32), first.sample(32))
+
+    # Both buffers take the same next steps from copies of the envs.
+    twin_envs, twin_ids = copy.deepcopy((envs, ids))
+    for _ in range(3):
+        run_steps(first, None, envs, 5, ids)
+        run_steps(second, None, twin_envs, 5, twin_ids)
+        chex.assert_trees_all_equal(second.sample(32), first.sample(32))
+    chex.assert_trees_all_equal(second.state_dict(), first.state_dict())
+
+
+def test_state_dict_is_flat_arrays_and_json_scalars():
+    buffer, _, envs, ids = make_case(1, 4, 10, [[(4, True, 4)]], seed=0)
+    run_steps(buffer, None, envs, 6, ids)
+    state = buffer.state_dict()
+    scalars = {key: value for key, value in state.items() if not isinstance(value, np.ndarray)}
+    assert json.loads(json.dumps(scalars)) == scalars
+    assert set(scalars) == {"format", "stack", "rng_state"}
+
+
+def test_load_rejects_state_of_other_settings():
+    small, *_ = make_case(1, 4, 10, [[(4, True, 4)]], seed=0)
+    large, *_ = make_case(1, 4, 12, [[(4, True, 4)]], seed=0)
+    with pytest.raises(ValueError, match="capacity"):
+        large.load_state_dict(small.state_dict())
+    state = small.state_dict()
+    del state["depth"]
+    with pytest.raises(ValueError, match="missing"):
+        small.load_state_dict(state)
+
+
+def test_sampling_is_uniform_over_transitions_of_uneven_streams():
+    # Stream 0 has short episodes (many start slots), stream 1 long ones: a sampler that picked
+    # a stream first, or a slot without rejecting start frames, would be biased.
+    buffer, reference, envs, ids = make_case(2, 4, 40, [[(2, True, 4)], [(30, False, 4)]], seed=5)
+    run_steps(buffer, reference, envs, 25, ids)
+    live = reference.live()
+    draws = 2000 * len(live)
+    tids = buffer.sample(draws).action[:, 0].astype(int)
+    counts = np.array([np.count_nonzero(tids == tid) for tid in live])
+    assert counts.sum() == draws
+    # 5 binomial standard deviations around the expected 2000 per transition.
+    assert np.all(np.abs(counts - 2000) < 5 * np.sqrt(2000))
+
+
+def test_same_seed_same_samples_other_seed_others():
+    batches = []
+    for seed in (7, 7, 8):
+        buffer, _, envs, ids = make_case(1, 3, 30, [[(6, False, 3)]], seed=seed)
+        run_steps(buffer, None, envs, 25, ids)
+        batches.append(buffer.sample(16))
+    chex.assert_trees_all_equal(batches[0], batches[1])
+    assert not np.array_equal(batches[0].action, batches[2].action)
+
+
+def one_step(buffer: ReplayBuffer, **overrides) -> dict:
+    stack, height, width = buffer.stack, *buffer.frame_shape
+    frames = np.arange(stack + 1, dtype=np.uint8)[None, None, None, :] * np.ones((1, height, width, 1), np.uint8)
+    step = dict(
+        image=frames[..., :stack], vector=np.zeros((1, buffer.vector_dim), np.float32),
+        action=np.zeros((1, buffer.action_dim)), reward=np.zeros(1),
+        next_image=frames[..., 1:], next_vector=np.ones((1, buffer.vector_dim), np.float32),
+        terminated=np.zeros(1, bool), truncated=np.zeros(1, bool),
+    )
+    step.update(overrides)
+    return step
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("image", np.zeros((1, 2, 3, 4), np.float32), r"image must be \(1, 2, 3, 4\) uint8"),
+        ("image", np.zeros((1, 3, 2, 4), np.uint8), r"image must be \(1, 2, 3, 4\) uint8"),
+        ("next_image", np.zeros((2, 3, 4), np.uint8), "next_image must be"),
+        ("vector", np.zeros((1, VECTOR_DIM), np.float64), "vector must be .* float32"),
+        ("action", np.zeros((1, 3)), "action must be"),
+        ("terminated", np.zeros(1, np.int64), "terminated must be .* bool"),
+    ],
+)
+def test_add_rejects_wrong_shape_or_dtype(name, value, message):
+    buffer = ReplayBuffer(20, stack=4, frame_shape=FRAME_SHAPE, vector_dim=VECTOR_DIM)
+    with pytest.raises(ValueError, match=message):
+        buffer.add(**one_step(buffer, **{name: value}))
+    assert len(buffer) == 0
+
+
+def test_add_rejects_broken_streams_without_writing():
+    buffer = ReplayBuffer(20, stack=2, frame_shape=FRAME_SHAPE, vector_dim=VECTOR_DIM)
+    step = one_step(buffer)
+    with pytest.raises(ValueError, match="shifted by one frame"):
+        buffer.add(**dict(step, next_image=step["next_image"][..., ::-1].copy()))
+    buffer.add(**step)
+    before = {key: np.copy(value) for key, value in buffer.state_dict().items()}
+    # The same observation again, although the last step did not end the episode.
+    with pytest.raises(ValueError, match="env 0: the observation is not the previous step's next"):
+        buffer.add(**step)
+    chex.assert_trees_all_equal(buffer.state_dict(), before)
+    buffer.add(**dict(step, image=step["next_image"], next_image=step["next_image"] + 1,
+                      vector=step["next_vector"]))
+    assert len(buffer) == 2
+
+
+def test_sample_from_empty_buffer_is_a_clear_error():
+    with pytest.raises(ValueError, match="no sampleable transition"):
+        ReplayBuffer(20, frame_shape=FRAME_SHAPE).sample(4)
+
+
+def test_refuses_more_memory_than_available():
+    with pytest.raises(ReplayMemoryError, match="lower the replay capacity"):
+        ReplayBuffer(10**12)  # about 7 PB, more than any machine has
+    with pytest.raises(ValueError, match=r"needs .* GiB but only .* GiB"):
+        ReplayBuffer(1000, memory_limit_bytes=10**6)
+
+
+@pytest.mark.parametrize("n_envs, stack", [(1, 4), (3, 2), (2, 1)])
+def test_estimate_matches_allocation(n_envs, stack):
+    kwargs = dict(n_envs=n_envs, stack=stack, frame_shape=(5, 7), vector_dim=4, action_dim=3)
+    buffer = ReplayBuffer(100, **kwargs)
+    assert buffer.nbytes == ReplayBuffer.estimate_bytes(100, **kwargs)
+    assert f"{n_envs} x {100 // n_envs}" in buffer.summary()
+
+
+def test_one_million_default_transitions_fit_in_seven_and_a_half_gb():
+    assert ReplayBuffer.estimate_bytes(1_000_000) <= 7.5e9
