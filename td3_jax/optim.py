@@ -42,6 +42,8 @@ def group_norms(tree, labels) -> dict[str, jax.Array]:
     label_leaves = jax.tree.leaves(labels)
     squares = {group: jnp.zeros((), jnp.float32) for group in GROUPS}
     for leaf, label in zip(leaves, label_leaves, strict=True):
+        if label not in squares:
+            raise ValueError(f"parameter label {label!r} has no optimizer group; expected one of {GROUPS}")
         squares[label] = squares[label] + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
     norms = {group: jnp.sqrt(value) for group, value in squares.items()}
     norms["total"] = jnp.sqrt(sum(squares.values()))

@@ -1,0 +1,272 @@
+"""The jitted TD3 update: maths, delays, determinism, fusion, and the encoder-ownership fix."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_VECTOR_DIM, random_batch, tiny_config
+
+from td3_jax import networks, td3
+from td3_jax.hparams import NetworkConfig, OptimizerConfig
+from td3_jax.types import Batch, PackedBatch
+
+
+def _state(config=None, seed=0):
+    return td3.init_state(config or tiny_config(), jax.random.key(seed), vector_dim=TINY_VECTOR_DIM)
+
+
+def _tree_changed(a, b) -> bool:
+    return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_default_architecture_matches_the_original_parameter_counts():
+    shapes = jax.eval_shape(
+        lambda key: networks.init_params(NetworkConfig(), key, (84, 84, 4), 53), jax.random.key(0)
+    )
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    actor, critic = shapes
+    assert count(actor["encoder"]) == 1_727_392  # Nature CNN + per-element LayerNorm, as the original
+    assert count(actor["head"]) == 211_202
+    assert count(critic["encoder"]) == 1_727_392
+    assert count(critic["q1"]) + count(critic["q2"]) == 422_914
+
+
+def test_targets_are_copies_not_aliases():
+    state = _state()
+    for online, target in [
+        (state.actor_params, state.actor_target_params),
+        (state.critic_params, state.critic_target_params),
+    ]:
+        chex.assert_trees_all_equal(online, target)
+        for x, y in zip(jax.tree.leaves(online), jax.tree.leaves(target)):
+            assert x.unsafe_buffer_pointer() != y.unsafe_buffer_pointer()
+
+
+def test_td_target_on_a_hand_checkable_case(rng):
+    """Constant target Q heads (Q1'=5, Q2'=3): y = r + gamma (1 - d) min(5, 3)."""
+    config = tiny_config(discount=0.9)
+    state = _state(config)
+
+    def constant_head(head, value):
+        last = sorted(head)[-1]
+        head = dict(head)
+        head[last] = {"kernel": jnp.zeros_like(head[last]["kernel"]), "bias": jnp.full_like(head[last]["bias"], value)}
+        return head
+
+    target = dict(state.critic_target_params)
+    target["q1"] = constant_head(target["q1"], 5.0)
+    target["q2"] = constant_head(target["q2"], 3.0)
+    state = state.replace(critic_target_params=target)
+    batch = random_batch(rng, batch_size=2)._replace(
+        reward=np.array([1.0, 2.0], np.float32), terminated=np.array([0.0, 1.0], np.float32)
+    )
+    actor, critic = networks.make_networks(config.network)
+    y = td3.td_target(config, actor, critic, state, batch, jax.random.key(1))
+    np.testing.assert_allclose(np.asarray(y), [1.0 + 0.9 * 3.0, 2.0], rtol=1e-6)
+
+
+def test_actor_step_changes_no_critic_parameter(rng):
+    """The same state at an actor step and at a non-actor step yields the same critic."""
+    state = _state()
+    batch = random_batch(rng)
+    with_actor, metrics_a = td3.update(state, batch)  # step 0: actor step
+    without_actor, metrics_b = td3.update(state.replace(step=jnp.int32(1)), batch)
+    assert float(metrics_a["debug/actor_updated"]) == 1.0 and float(metrics_b["debug/actor_updated"]) == 0.0
+    chex.assert_trees_all_equal(with_actor.critic_params, without_actor.critic_params)
+    chex.assert_trees_all_equal(with_actor.critic_opt_state, without_actor.critic_opt_state)
+    assert _tree_changed(with_actor.actor_params, state.actor_params)
+    chex.assert_trees_all_equal(without_actor.actor_params, state.actor_params)
+
+
+def test_critic_features_enter_the_actor_loss_only_through_stop_gradient(rng):
+    state = _state()
+    config = state.config
+    actor, critic = networks.make_networks(config.network)
+    batch = random_batch(rng)
+    critic_grads = jax.grad(td3.actor_loss, argnums=1, has_aux=True)(
+        state.actor_params, state.critic_params, actor, critic, batch
+    )[0]
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(critic_grads["encoder"]))
+
+
+def test_actor_gradient_is_zero_when_q_ignores_the_action(rng):
+    """The actor reaches Q only through its action: the original's bug fails this."""
+    state = _state()
+    actor, critic = networks.make_networks(state.config.network)
+    critic_params = dict(state.critic_params)
+    first = sorted(critic_params["q1"])[0]
+    kernel = critic_params["q1"][first]["kernel"]
+    action_dim = state.config.network.action_dim
+    critic_params["q1"] = dict(critic_params["q1"])
+    critic_params["q1"][first] = dict(critic_params["q1"][first], kernel=kernel.at[-action_dim:].set(0.0))
+    grads = jax.grad(td3.actor_loss, has_aux=True)(
+        state.actor_params, critic_params, actor, critic, random_batch(rng)
+    )[0]
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_actor_and_targets_change_only_on_policy_freq_steps(rng):
+    state = _state(tiny_config(policy_freq=3))
+    for step in range(7):
+        new_state, metrics = td3.update(state, random_batch(rng))
+        actor_step = step % 3 == 0
+        assert float(metrics["debug/actor_updated"]) == float(actor_step)
+        assert _tree_changed(new_state.actor_params, state.actor_params) == actor_step
+        assert _tree_changed(new_state.actor_target_params, state.actor_target_params) == actor_step
+        assert _tree_changed(new_state.critic_target_params, state.critic_target_params) == actor_step
+        assert _tree_changed(new_state.critic_params, state.critic_params)
+        assert np.isnan(float(metrics["train/actor_loss"])) != actor_step
+        state = new_state
+    assert int(state.step) == 7
+
+
+def test_zero_learning_rate_freezes_exactly_that_group(rng):
+    frozen = OptimizerConfig(max_grad_norm=1.0, cnn_lr=0.0, mlp_lr=1e-3)
+    frozen_critic = OptimizerConfig(max_grad_norm=10.0, cnn_lr=0.0, mlp_lr=1e-3)
+    state = _state(tiny_config(actor_optimizer=frozen, critic_optimizer=frozen_critic))
+    new_state, metrics = td3.update(state, random_batch(rng))
+    chex.assert_trees_all_equal(new_state.actor_params["encoder"], state.actor_params["encoder"])
+    chex.assert_trees_all_equal(new_state.critic_params["encoder"], state.critic_params["encoder"])
+    assert _tree_changed(new_state.actor_params["head"], state.actor_params["head"])
+    assert _tree_changed(new_state.critic_params["q1"], state.critic_params["q1"])
+    assert float(metrics["agent/actor_cnn_lr"]) == 0.0
+
+
+def test_logged_after_clip_norms_respect_max_norm_under_huge_gradients(rng):
+    state = _state()
+    batch = random_batch(rng)._replace(reward=np.full(4, 1e8, np.float32))
+    _, metrics = td3.update(state, batch)
+    assert float(metrics["debug/critic_grad_norm_BEFORE_clip"]) > 1e3
+    assert float(metrics["debug/critic_grad_norm_AFTER_clip"]) <= 10.0 * (1 + 1e-5)
+    assert float(metrics["debug/actor_grad_norm_AFTER_clip"]) <= 1.0 * (1 + 1e-5)
+    np.testing.assert_allclose(
+        float(metrics["debug/critic_grad_clip_ratio"]),
+        10.0 / float(metrics["debug/critic_grad_norm_BEFORE_clip"]),
+        rtol=1e-5,
+    )
+
+
+def test_same_seed_is_bit_identical_and_different_seeds_differ(rng):
+    batches = [random_batch(rng) for _ in range(3)]
+
+    def run(seed):
+        state = _state(seed=seed)
+        for batch in batches:
+            state, _ = td3.update(state, batch)
+        return state
+
+    chex.assert_trees_all_equal(run(0), run(0))
+    assert _tree_changed(run(0).critic_params, run(1).critic_params)
+
+
+def test_update_many_equals_sequential_updates_and_compiles_once(rng):
+    state = _state()
+    batches = [random_batch(rng) for _ in range(4)]
+    sequential = state
+    sequential_metrics = []
+    for batch in batches:
+        sequential, metrics = td3.update(sequential, batch)
+        sequential_metrics.append(metrics)
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+    fused, fused_metrics = td3.update_many(state, stacked)
+    # XLA fuses the scanned body differently from the standalone update, so the
+    # two agree to float32 rounding rather than bit for bit.
+    chex.assert_trees_all_close(fused, sequential, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(fused.step), 4)
+    np.testing.assert_array_equal(np.asarray(fused.key), np.asarray(sequential.key))
+    np.testing.assert_allclose(
+        np.asarray(fused_metrics["train/critic_loss"]),
+        [float(m["train/critic_loss"]) for m in sequential_metrics],
+        rtol=1e-5,
+    )
+    compiled_before = td3.update_many._cache_size()
+    fused, _ = td3.update_many(fused, stacked)
+    td3.update(fused, batches[0])
+    assert td3.update_many._cache_size() == compiled_before  # a new step or key never recompiles
+
+
+def test_packed_batch_is_the_same_update_as_two_stacks(rng):
+    frames = rng.integers(0, 256, (4, 84, 84, 5), dtype=np.uint8)
+    packed = random_batch(rng)
+    packed = PackedBatch(
+        frames=frames,
+        vector=packed.vector,
+        action=packed.action,
+        reward=packed.reward,
+        next_vector=packed.next_vector,
+        terminated=packed.terminated,
+    )
+    unpacked = Batch(
+        image=frames[..., :4],
+        vector=packed.vector,
+        action=packed.action,
+        reward=packed.reward,
+        next_image=frames[..., 1:],
+        next_vector=packed.next_vector,
+        terminated=packed.terminated,
+    )
+    state = _state()
+    chex.assert_trees_all_equal(td3.update(state, packed), td3.update(state, unpacked))
+
+
+def test_metrics_have_the_same_keys_every_step_and_are_finite_when_valid(rng):
+    state = _state()
+    keys = None
+    for _ in range(3):
+        state, metrics = td3.update(state, random_batch(rng))
+        keys = keys or set(metrics)
+        assert set(metrics) == keys
+        assert float(metrics["debug/all_finite"]) == 1.0
+        valid = {k: v for k, v in metrics.items() if float(metrics["debug/actor_updated"]) or not np.isnan(v)}
+        assert all(np.isfinite(float(v)) for v in valid.values())
+
+
+def test_all_finite_flag_drops_on_nan_input(rng):
+    batch = random_batch(rng)._replace(reward=np.full(4, np.nan, np.float32))
+    _, metrics = td3.update(_state(), batch)
+    assert float(metrics["debug/all_finite"]) == 0.0
+
+
+def test_act_is_bounded_deterministic_without_noise_and_noise_never_recompiles(rng):
+    state = _state()
+    network = state.config.network
+    image = rng.integers(0, 256, (3, 84, 84, 4), dtype=np.uint8)
+    vector = rng.normal(size=(3, TINY_VECTOR_DIM)).astype(np.float32)
+    a = td3.act(state.actor_params, image, vector, jax.random.key(0), 0.0, network=network)
+    b = td3.act(state.actor_params, image, vector, jax.random.key(9), 0.0, network=network)
+    chex.assert_shape(a, (3, 2))
+    chex.assert_trees_all_equal(a, b)
+    compiled = td3.act._cache_size()
+    noisy = td3.act(state.actor_params, image, vector, jax.random.key(0), 5.0, network=network)
+    assert td3.act._cache_size() == compiled
+    assert float(jnp.max(jnp.abs(noisy))) <= 1.0
+    assert _tree_changed(noisy, a)
+
+
+def test_core_modules_do_no_io():
+    """The jitted core imports only numerical libraries and project modules."""
+    forbidden = {"os", "sys", "time", "logging", "yaml", "tensorboardX", "orbax", "carla", "tqdm", "pathlib"}
+    package = pathlib.Path(td3.__file__).parent
+    for name in ("td3.py", "networks.py", "optim.py", "conv.py", "types.py", "hparams.py"):
+        tree = ast.parse((package / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not roots & forbidden, f"{name} imports {roots & forbidden}"
+
+
+@pytest.mark.parametrize("name", ["update", "update_many", "init_state", "act", "TD3Config", "make_networks"])
+def test_public_api_is_importable_from_the_package(name):
+    import td3_jax
+
+    assert hasattr(td3_jax, name)
