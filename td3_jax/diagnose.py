@@ -65,7 +65,9 @@ def load_criteria(path: str | os.PathLike) -> Criteria:
     fields = {field.name: field for field in dataclasses.fields(Criteria)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise UserError(f"criteria file {path}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(fields)}")
+        raise UserError(
+            f"criteria file {path}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(fields)}"
+        )
     values = {}
     for key, value in raw.items():
         nullable = key.endswith("_max_norm")

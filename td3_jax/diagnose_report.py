@@ -216,12 +216,18 @@ def sustained_onset(steps: np.ndarray, above: np.ndarray) -> int | None:
     return int(steps[0] if not len(below) else steps[below[-1] + 1])
 
 
+def early_level(values: np.ndarray) -> float:
+    """Median |value| of the first quarter (at least one point) of the finite values; NaN if none."""
+    values = np.abs(values[np.isfinite(values)])
+    return float(np.median(values[: max(1, len(values) // 4)])) if len(values) else math.nan
+
+
 def growth_orders(values: np.ndarray) -> float:
-    """log10 of (max of the series) over (median of its first quarter, at least one point); finite only."""
+    """log10 of the series' max |value| over its `early_level`; 0 with fewer than 2 finite points."""
     values = np.abs(values[np.isfinite(values)])
     if len(values) < 2:
         return 0.0
-    early = float(np.median(values[: max(1, len(values) // 4)]))
+    early = early_level(values)
     late = float(np.max(values))
     if early <= 0:
         return 0.0 if late <= 0 else math.inf
@@ -402,10 +408,14 @@ def _summary(verdict, divergence_step, first_learning, learning_points, crossed,
         return f"{learning_points} logged point(s) of learning metrics: too few to judge"
     if verdict == "healthy":
         return "all bounds hold and Q at the policy action tracks Q on replay actions"
-    text = "a bound of the success table is crossed" if crossed else f"no bound crossed yet, but {', '.join(failed)} fail(s)"
+    if crossed:
+        text = "a bound of the success table is crossed"
+    else:
+        text = f"no bound crossed yet, but {', '.join(failed)} fail(s)"
     if divergence_step is not None:
-        first = " (the first logged learning step: it began at or before it)" if divergence_step == first_learning else ""
-        text += f"; divergence began at step {divergence_step}{first}"
+        text += f"; divergence began at step {divergence_step}"
+        if divergence_step == first_learning:
+            text += " (the first logged learning step: it began at or before it)"
     return text
 
 
@@ -516,8 +526,10 @@ def _post_clip_cause(net, series, tags, max_norm: dict, criteria: Criteria) -> C
 
 def _growth_cause(net: str, before: Series, tag: str, criteria: Criteria) -> Cause:
     orders = growth_orders(before.values)
-    early = float(np.median(np.abs(before.values[: max(1, len(before.values) // 4)])))
-    evidence = f"{tag} rose from a median of {fmt(early)} early to max {fmt(np.nanmax(before.values))} ({orders:.1f} orders)"
+    evidence = (
+        f"{tag} rose from a median of {fmt(early_level(before.values))} early to max "
+        f"{fmt(np.nanmax(before.values))} ({orders:.1f} orders)"
+    )
     if orders >= criteria.grad_growth_orders:
         likelihood: Likelihood = "likely"
         evidence += (
@@ -526,7 +538,8 @@ def _growth_cause(net: str, before: Series, tag: str, criteria: Criteria) -> Cau
         )
     else:
         likelihood = "possible" if orders >= 1 else "unlikely"
-    return Cause(f"grad_growth_{net}", likelihood, f"{net} pre-clip gradient norm growing by orders of magnitude", evidence)
+    title = f"{net} pre-clip gradient norm growing by orders of magnitude"
+    return Cause(f"grad_growth_{net}", likelihood, title, evidence)
 
 
 def _lr_cause(learning_rates, criteria: Criteria, verdict, gap_failed: bool) -> Cause:
