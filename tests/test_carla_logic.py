@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from td3_jax.envs import carla_logic as logic
 from td3_jax.envs.carla_config import CarlaConfig
-from td3_jax.envs.carla_env import termination, vector_observation
+from td3_jax.envs.carla_env import termination
 
 
 def _bgra(gray_rgb: np.ndarray) -> bytes:
@@ -255,17 +255,9 @@ def test_obstacle_gap_and_time_to_collision():
 
 
 def test_termination_rules_and_their_priority():
-    cfg = CarlaConfig(max_episode_steps=10, max_lateral_deviation_m=2.5, goal_tolerance_m=3.0)
+    cfg = CarlaConfig(max_episode_steps=10, offroad_limit_m=2.5, goal_tolerance_m=3.0)
     assert termination(True, 3.0, 99.0, 100.0, 10, cfg) == (True, False, "collision")
     assert termination(False, -2.6, 99.0, 100.0, 10, cfg) == (True, False, "off_road")
     assert termination(False, 2.4, 97.0, 100.0, 10, cfg) == (True, False, "route_completed")
     assert termination(False, 2.4, 96.0, 100.0, 10, cfg) == (False, True, "time_limit")
     assert termination(False, 0.0, 0.0, 100.0, 9, cfg) == (False, False, "")
-
-
-def test_vector_observation_layout():
-    local = np.arange(50, dtype=np.float64).reshape(25, 2)
-    vec = vector_observation(15.0, -1.75, math.pi / 2, local)
-    assert vec.shape == (53,) and vec.dtype == np.float32
-    np.testing.assert_allclose(vec[:3], [0.5, -0.5, 0.5])
-    np.testing.assert_allclose(vec[3:], local.reshape(-1) / 50.0, rtol=1e-6)

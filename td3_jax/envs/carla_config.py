@@ -51,7 +51,9 @@ class CarlaConfig:
     route_length_m: float = 250.0
     """Length of the route followed from the spawn point along the map's waypoints."""
     route_spacing_m: float = 2.0
-    """Spacing of the map waypoints the route is built from (and of the observed look-ahead points)."""
+    """Spacing of the map waypoints the route is built from, of the bonus waypoints and of the look-ahead points."""
+    num_waypoints: int = 25
+    """Look-ahead points of the route in the observation vector."""
     route_dense_spacing_m: float = 0.25
     """Spacing of the densified route used for projection and progress."""
     route_branch: Literal["straight", "random"] = "straight"
@@ -60,8 +62,8 @@ class CarlaConfig:
     """The route counts as completed within this arc length of its end."""
     max_episode_steps: int = 1000
     """Steps after which an episode is truncated (1000 x 0.05 s = 50 simulated seconds)."""
-    max_lateral_deviation_m: float = 2.5
-    """An episode terminates when the ego is farther than this from the route's lane centre."""
+    offroad_limit_m: float = 2.5
+    """An episode terminates when |lateral deviation from the route's lane centre| exceeds this."""
     settle_ticks: int = 2
     """Ticks run after placing the ego at reset before the first observation (physics settles, frames catch up)."""
     max_failures: int = 5

@@ -41,16 +41,12 @@ from td3_jax.cli import UserError
 from td3_jax.envs import carla_logic as logic
 from td3_jax.envs.carla_config import CarlaConfig
 from td3_jax.envs.carla_session import CarlaSession, Reading, Route, vehicle_control
+from td3_jax.envs.observation import build_vector
 from td3_jax.envs.reward import Measurements, RewardConfig, compute_reward
 from td3_jax.envs.spaces import DEFAULT_STACK, FrameStack, action_space, observation_space
 
 log = logging.getLogger(__name__)
 
-LOOKAHEAD_POINTS = 25
-"""Route points in the vector observation, `route_spacing_m` apart."""
-VECTOR_DIM = 3 + 2 * LOOKAHEAD_POINTS
-# Scales of the vector observation: speed, lateral deviation, heading error, look-ahead points.
-_SPEED_SCALE, _LATERAL_SCALE, _POINT_SCALE = 30.0, 3.5, 50.0
 
 
 class CarlaUnavailableError(UserError):
@@ -71,29 +67,18 @@ def _unavailable_message(config: CarlaConfig, error: Exception) -> str:
     )
 
 
-def vector_observation(speed: float, lateral: float, heading: float, local_points: np.ndarray) -> np.ndarray:
-    """The (53,) float32 vector: [speed/30, lateral/3.5, heading/pi, 25 x (x, y)/50].
-
-    Args:
-      speed: m/s. lateral: m, left positive. heading: rad, left positive.
-      local_points: (25, 2) look-ahead route points in the vehicle frame (x forward, y left).
-    """
-    head = [speed / _SPEED_SCALE, lateral / _LATERAL_SCALE, heading / math.pi]
-    return np.concatenate([head, local_points.reshape(-1) / _POINT_SCALE]).astype(np.float32)
-
-
 def termination(
     collided: bool, lateral: float, arc: float, route_length: float, steps: int, config: CarlaConfig
 ) -> tuple[bool, bool, str]:
     """(terminated, truncated, reason) after a step; reason is "" while the episode goes on.
 
-    Collision, leaving the lane by more than `max_lateral_deviation_m` and
+    Collision, leaving the lane by more than `offroad_limit_m` and
     completing the route end the episode (no bootstrap); the step limit
     truncates it (the target bootstraps through it).
     """
     if collided:
         return True, False, "collision"
-    if abs(lateral) > config.max_lateral_deviation_m:
+    if abs(lateral) > config.offroad_limit_m:
         return True, False, "off_road"
     if arc >= route_length - config.goal_tolerance_m:
         return True, False, "route_completed"
@@ -150,7 +135,7 @@ class CarlaEnv(gym.Env):
             import carla as carla_module  # noqa: PLC0415 - optional dependency, imported on use
         self.config = config
         self.reward_config = reward
-        self.observation_space = observation_space(stack, VECTOR_DIM)
+        self.observation_space = observation_space(stack, 3 + 2 * config.num_waypoints)
         self.action_space = action_space()
         self._carla = carla_module
         self._client_factory = client_factory or carla_module.Client
@@ -322,13 +307,16 @@ class CarlaEnv(gym.Env):
     def _observe(self, reading: Reading, tracking: dict[str, float], push: bool) -> dict[str, np.ndarray]:
         route = self._route
         ahead = logic.lookahead_points(
-            route.dense, route.dense_arcs, tracking["arc"], LOOKAHEAD_POINTS, self.config.route_spacing_m
+            route.dense, route.dense_arcs, tracking["arc"], self.config.num_waypoints, self.config.route_spacing_m
         )
         local = logic.to_vehicle_frame(ahead, reading.position, reading.yaw)
         image = self._frames.push(reading.gray) if push else self._frames.reset(reading.gray)
         self._obs = {
             "image": image,
-            "vector": vector_observation(tracking["speed"], tracking["lateral"], tracking["heading"], local),
+            "vector": build_vector(
+                np.array([tracking["speed"]]), np.array([tracking["lateral"]]), np.array([tracking["heading"]]),
+                local[None],
+            )[0],
         }
         return {k: v.copy() for k, v in self._obs.items()}
 

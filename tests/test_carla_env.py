@@ -1,0 +1,437 @@
+"""The CARLA env's reset / step / reconnect control flow against an in-process stand-in.
+
+What this proves: given a client that behaves as described below, the env
+applies synchronous settings and a seeded synchronous Traffic Manager, spawns
+its actors once and NPCs once per connection, matches camera frames to tick
+ids (stale readings are queued before the current one on every tick), ends an
+episode as truncated and marked on a tick timeout, reconnects with backoff,
+stops after `max_failures`, and restores the world settings on close.
+
+What it does not prove: that a real CARLA server behaves like the stand-in
+(actor physics, sensor timing, Traffic Manager behaviour, what a hung server
+really raises). The stand-in is a straight road along CARLA's +x axis, an ego
+that moves 10 m/s x throttle forward and 0.5 m x steer to CARLA's right per
+tick, and a camera whose image is uniformly the tick's frame id (mod 256).
+Value objects (Transform, VehicleControl, WorldSettings, ...) are the real
+`carla` classes; only client, world, map, actors and batch commands are fakes.
+"""
+
+import gc
+import math
+from types import SimpleNamespace
+
+import carla
+import numpy as np
+import pytest
+
+from td3_jax.envs.carla_config import CarlaConfig
+from td3_jax.envs.carla_env import CarlaEnv, CarlaFailureError, CarlaUnavailableError, make_carla_env
+from td3_jax.envs.reward import COMPONENTS
+
+TIMEOUT_MESSAGE = "time-out of 10000ms while waiting for the simulator"
+
+
+class FakeWaypoint:
+    def __init__(self, x):
+        self.x = x
+        self.transform = carla.Transform(carla.Location(x=x, y=0.0, z=0.0), carla.Rotation(yaw=0.0))
+        self.lane_width = 3.5
+        self.lane_type = carla.LaneType.Driving
+
+    def next(self, distance):
+        return [FakeWaypoint(self.x + distance)]
+
+
+class FakeMap:
+    name = "Carla/Maps/Town01"
+
+    def get_spawn_points(self):
+        return [carla.Transform(carla.Location(x=x, y=0.0, z=0.3)) for x in (0.0, 500.0, 1000.0)]
+
+    def get_waypoint(self, location, project_to_road=True, lane_type=None):
+        if project_to_road or abs(location.y) < 5.0:
+            return FakeWaypoint(location.x)
+        return None
+
+
+class FakeActor:
+    def __init__(self, server, actor_id, type_id, transform, parent=None):
+        self.server, self.id, self.type_id, self.parent = server, actor_id, type_id, parent
+        self.transform = transform
+        self.control = carla.VehicleControl()
+        self.callback = None
+        self.bounding_box = SimpleNamespace(extent=carla.Vector3D(2.4, 1.0, 0.8))
+
+    def listen(self, callback):
+        self.callback = callback
+
+    def stop(self):
+        self.callback = None
+
+    def apply_control(self, control):
+        self.control = control
+
+    def set_transform(self, transform):
+        self.transform = transform
+
+    def get_transform(self):
+        return self.transform
+
+    def set_target_velocity(self, v):
+        self.server.calls.append("set_target_velocity")
+
+    def set_target_angular_velocity(self, v):
+        pass
+
+
+class FakeBlueprint:
+    def __init__(self, type_id):
+        self.id = type_id
+
+    def set_attribute(self, name, value):
+        pass
+
+    def has_attribute(self, name):
+        return False
+
+
+class FakeLibrary:
+    def find(self, type_id):
+        return FakeBlueprint(type_id)
+
+    def filter(self, pattern):
+        return [FakeBlueprint("vehicle.a"), FakeBlueprint("vehicle.b")]
+
+
+class FakeSnapshot:
+    def __init__(self, frame, actors):
+        self.frame, self._actors = frame, actors
+
+    def has_actor(self, actor_id):
+        return actor_id in self._actors
+
+    def find(self, actor_id):
+        actor = self._actors[actor_id]
+        speed = 10.0 * actor.control.throttle if actor.type_id.startswith("vehicle.tesla") else 0.0
+        return SimpleNamespace(
+            get_transform=lambda: actor.transform,
+            get_velocity=lambda: carla.Vector3D(speed, 0.0, 0.0),
+            get_acceleration=lambda: carla.Vector3D(0.0, 0.0, 0.0),
+            get_angular_velocity=lambda: carla.Vector3D(0.0, 0.0, 0.0),
+        )
+
+
+class FakeServer:
+    """World state that outlives clients; `hang_ticks` / `refuse_connections` inject failures."""
+
+    def __init__(self):
+        self.calls: list = []
+        self.settings = carla.WorldSettings()
+        self.actors: dict[int, FakeActor] = {}
+        self.frame = 100
+        self.next_id = 1
+        self.hang_ticks = 0
+        self.refuse_connections = 0
+        self.collide_at: set[int] = set()
+        self.clients = 0
+
+    def client(self, host, port):
+        self.clients += 1
+        return FakeClient(self)
+
+    def spawn(self, type_id, transform, parent=None):
+        actor = FakeActor(self, self.next_id, type_id, transform, parent)
+        self.actors[actor.id] = actor
+        self.next_id += 1
+        return actor
+
+    def tick(self, seconds):
+        self.calls.append(("tick", seconds))
+        if self.hang_ticks:
+            self.hang_ticks -= 1
+            raise RuntimeError(TIMEOUT_MESSAGE)
+        self.frame += 1
+        for actor in list(self.actors.values()):
+            if actor.type_id.startswith("vehicle.tesla"):
+                loc = actor.transform.location
+                actor.transform = carla.Transform(
+                    carla.Location(x=loc.x + 0.5 * actor.control.throttle, y=loc.y + 0.5 * actor.control.steer, z=loc.z),
+                    actor.transform.rotation,
+                )
+        for actor in list(self.actors.values()):
+            if actor.callback is None:
+                continue
+            if actor.type_id == "sensor.camera.rgb":
+                # A stale reading of the previous frame arrives before this tick's.
+                for frame in (self.frame - 1, self.frame):
+                    actor.callback(SimpleNamespace(frame=frame, width=8, height=6, raw_data=bytes([frame % 256, frame % 256, frame % 256, 255]) * 48))
+            elif actor.type_id == "sensor.other.collision" and self.frame in self.collide_at:
+                actor.callback(SimpleNamespace(frame=self.frame, normal_impulse=carla.Vector3D(300.0, 0.0, 0.0)))
+        return self.frame
+
+
+class FakeWorld:
+    def __init__(self, server):
+        self.server = server
+
+    def get_map(self):
+        return FakeMap()
+
+    def get_settings(self):
+        return self.server.settings
+
+    def apply_settings(self, settings):
+        self.server.calls.append(("apply_settings", settings.synchronous_mode, settings.fixed_delta_seconds))
+        self.server.settings = settings
+
+    def get_blueprint_library(self):
+        return FakeLibrary()
+
+    def spawn_actor(self, blueprint, transform, attach_to=None):
+        return self.server.spawn(blueprint.id, transform, attach_to)
+
+    def tick(self, seconds=10.0):
+        return self.server.tick(seconds)
+
+    def get_snapshot(self):
+        return FakeSnapshot(self.server.frame, self.server.actors)
+
+
+class FakeTrafficManager:
+    def __init__(self, server):
+        self.server = server
+
+    def set_synchronous_mode(self, mode):
+        self.server.calls.append(("tm_sync", mode))
+
+    def set_random_device_seed(self, seed):
+        self.server.calls.append(("tm_seed", seed))
+
+
+class FakeClient:
+    def __init__(self, server):
+        self.server = server
+
+    def set_timeout(self, seconds):
+        self.server.calls.append(("set_timeout", seconds))
+
+    def get_server_version(self):
+        if self.server.refuse_connections:
+            self.server.refuse_connections -= 1
+            raise RuntimeError(TIMEOUT_MESSAGE)
+        return "0.9.16"
+
+    def get_client_version(self):
+        return "0.9.16"
+
+    def get_world(self):
+        return FakeWorld(self.server)
+
+    def get_trafficmanager(self, port):
+        self.server.calls.append(("tm_port", port))
+        return FakeTrafficManager(self.server)
+
+    def apply_batch_sync(self, commands, do_tick=False):
+        responses = []
+        for command in commands:
+            if command.kind == "spawn":
+                actor = self.server.spawn(command.blueprint.id, command.transform)
+                responses.append(SimpleNamespace(error="", actor_id=actor.id))
+                self.server.calls.append(("spawn_npc", command.then_command.port))
+            else:
+                self.server.actors.pop(command.actor_id, None)
+                self.server.calls.append(("destroy", command.actor_id))
+                responses.append(SimpleNamespace(error="", actor_id=command.actor_id))
+        if do_tick:
+            self.server.tick(10.0)
+        return responses
+
+
+class _Spawn:
+    kind = "spawn"
+
+    def __init__(self, blueprint, transform):
+        self.blueprint, self.transform, self.then_command = blueprint, transform, None
+
+    def then(self, command):
+        self.then_command = command
+        return self
+
+
+fake_command = SimpleNamespace(
+    SpawnActor=_Spawn,
+    SetAutopilot=lambda actor, enabled, port: SimpleNamespace(port=port),
+    FutureActor=object(),
+    DestroyActor=lambda actor_id: SimpleNamespace(kind="destroy", actor_id=actor_id),
+)
+
+
+class CarlaWithFakeCommands:
+    """The real `carla` module, except batch commands (they need real blueprints)."""
+
+    command = fake_command
+
+    def __getattr__(self, name):
+        return getattr(carla, name)
+
+
+def make_env(server, sleeps=None, **overrides):
+    config = CarlaConfig(**{"npc_counts": (2, 3, 4), "route_length_m": 100.0, "camera_width": 8, "camera_height": 6, **overrides})
+    return CarlaEnv(
+        config, seed=7, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
+        sleep=(sleeps.append if sleeps is not None else lambda s: None),
+    )
+
+
+def ticks(server):
+    return sum(1 for c in server.calls if isinstance(c, tuple) and c[0] == "tick")
+
+
+def test_reset_applies_sync_settings_seeded_tm_and_spawns_traffic_once():
+    server = FakeServer()
+    env = make_env(server)
+    obs, info = env.reset()
+    assert env.observation_space.contains(obs)
+    assert ("apply_settings", True, 0.05) in server.calls
+    assert ("tm_sync", True) in server.calls and ("tm_seed", 7) in server.calls and ("tm_port", 8000) in server.calls
+    assert info["npc_count"] == 2 and info["carla_failures"] == 0
+    env.reset()
+    env.reset()
+    assert sum(1 for c in server.calls if c[0] == "spawn_npc") == 2  # once per connection, not per reset
+    assert len([a for a in server.actors.values() if a.type_id.startswith("vehicle.tesla")]) == 1
+
+
+def test_respawning_npcs_every_reset_when_configured():
+    server = FakeServer()
+    env = make_env(server, respawn_npcs_every_reset=True)
+    env.reset()
+    env.reset()
+    assert sum(1 for c in server.calls if c[0] == "spawn_npc") == 4
+    assert sum(1 for c in server.calls if c[0] == "destroy") == 2
+
+
+def test_every_observation_shows_the_frame_of_its_own_tick():
+    server = FakeServer()
+    env = make_env(server)
+    obs, _ = env.reset()
+    for step in range(6):
+        obs, reward, terminated, truncated, info = env.step(np.array([0.0, 0.5]))
+        assert obs["image"][0, 0, -1] == info["frame"] % 256
+        if step >= 3:  # the stack holds four frames of consecutive ticks, no repeats, no gaps
+            assert list(obs["image"][0, 0, :]) == [(info["frame"] - k) % 256 for k in (3, 2, 1, 0)]
+
+
+def test_step_info_and_reward_from_measurements():
+    server = FakeServer()
+    env = make_env(server)
+    env.reset()
+    _, reward, terminated, truncated, info = env.step(np.array([0.0, 1.0]))
+    assert not terminated and not truncated and info["carla_failure"] is False
+    assert set(info["reward_components"]) == set(COMPONENTS)
+    assert reward == pytest.approx(sum(info["reward_components"].values()))
+    assert info["speed_mps"] == pytest.approx(10.0) and info["route_progress"] > 0
+    # Steering right in CARLA moves the car right of the lane: negative lateral deviation.
+    for _ in range(2):
+        _, _, _, _, info = env.step(np.array([1.0, 0.0]))
+    assert info["lateral_deviation_m"] == pytest.approx(-1.0)
+
+
+def test_collision_terminates():
+    server = FakeServer()
+    env = make_env(server)
+    env.reset()
+    server.collide_at = {server.frame + 2}
+    env.step(np.array([0.0, 0.0]))
+    _, reward, terminated, truncated, info = env.step(np.array([0.0, 0.0]))
+    assert terminated and not truncated and info["termination_reason"] == "collision"
+    assert info["reward_components"]["safety"] < 0
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.array([0.0, 0.0]))
+
+
+def test_tick_timeout_truncates_marks_and_reconnects_with_fresh_actors():
+    server = FakeServer()
+    env = make_env(server, tick_timeout_s=3.0)
+    env.reset()
+    obs, *_ = env.step(np.array([0.0, 0.5]))
+    old_ego = [a.id for a in server.actors.values() if a.type_id.startswith("vehicle.tesla")]
+    server.hang_ticks = 1
+    failed_obs, reward, terminated, truncated, info = env.step(np.array([0.0, 0.5]))
+    assert (reward, terminated, truncated) == (0.0, False, True)
+    assert info["carla_failure"] is True and info["carla_failures"] == 1
+    assert info["termination_reason"] == "carla_failure" and "time-out" in info["carla_error"]
+    np.testing.assert_array_equal(failed_obs["image"], obs["image"])
+    assert ("tick", 3.0) in server.calls
+    _, info = env.reset()
+    assert server.clients == 2 and info["carla_failures"] == 1
+    assert old_ego[0] not in server.actors  # the old ego was destroyed, a new one spawned
+    assert len([a for a in server.actors.values() if a.type_id.startswith("vehicle.tesla")]) == 1
+    env.step(np.array([0.0, 0.5]))
+
+
+def test_reconnection_backs_off_and_gives_up_with_a_clear_error():
+    server = FakeServer()
+    sleeps = []
+    env = make_env(server, sleeps, reconnect_attempts=3, reconnect_backoff_s=2.0)
+    env.reset()
+    server.hang_ticks = 1
+    env.step(np.array([0.0, 0.0]))
+    server.refuse_connections = 2
+    env.reset()
+    assert sleeps == [2.0, 4.0]
+    server.hang_ticks = 1
+    env.step(np.array([0.0, 0.0]))
+    server.refuse_connections = 10
+    with pytest.raises(CarlaFailureError, match="did not come back after 3 reconnection attempts"):
+        env.reset()
+
+
+def test_too_many_failures_stop_training_and_restore_settings():
+    server = FakeServer()
+    env = make_env(server, max_failures=2)
+    env.reset()
+    for _ in range(2):
+        server.hang_ticks = 1
+        assert env.step(np.array([0.0, 0.0]))[4]["carla_failure"]
+        env.reset()
+    server.hang_ticks = 1
+    with pytest.raises(CarlaFailureError, match="failed 3 times") as raised:
+        env.step(np.array([0.0, 0.0]))
+    assert "\n" not in str(raised.value) and "checkpoint" in str(raised.value)
+    assert server.settings.synchronous_mode is False
+
+
+def test_no_server_at_first_reset_is_a_one_line_error_without_retries():
+    server = FakeServer()
+    server.refuse_connections = 100
+    sleeps = []
+    env = make_env(server, sleeps, host="sim.example", port=2345)
+    with pytest.raises(CarlaUnavailableError, match="sim.example:2345") as raised:
+        env.reset()
+    assert sleeps == [] and "\n" not in str(raised.value)
+
+
+def test_close_and_garbage_collection_restore_async_settings():
+    server = FakeServer()
+    env = make_env(server)
+    env.reset()
+    assert server.settings.synchronous_mode is True
+    env.close()
+    assert server.settings.synchronous_mode is False and ("tm_sync", False) in server.calls
+    assert [a for a in server.actors.values()] == []
+    env = make_env(server)
+    env.reset()
+    del env
+    gc.collect()
+    assert server.settings.synchronous_mode is False
+
+
+def test_make_carla_env_reads_the_shared_env_settings(monkeypatch):
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    shared = SimpleNamespace(carla=CarlaConfig(), stack=3, seed=5)
+    env = make_carla_env(shared)
+    assert env.observation_space["image"].shape == (84, 84, 3)
+    import os
+
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert math.isfinite(env.config.connect_timeout_s)
