@@ -45,6 +45,9 @@ REPLAY_Q_TAG = "train/q1_value"
 POLICY_Q_TAG = "debug/actor_q_mean"
 ACTOR_LOSS_TAG = "train/actor_loss"
 ALL_FINITE_TAG = "debug/all_finite"
+ACTOR_UPDATED_TAG = "debug/actor_updated"
+ACTOR_METRIC_PREFIXES = ("train/actor_", "debug/actor_", "debug/action_", "agent/actor_update")
+"""Metrics of the actor step: NaN placeholders when `debug/actor_updated` is 0, so ignored then."""
 
 
 def policy_replay_q_ratio(policy_q, replay_q, q_scale_floor: float = 1.0):
@@ -149,7 +152,8 @@ class DivergenceGuard:
         Args:
           step: env step the metrics belong to.
           metrics: host floats keyed by td3_jax TensorBoard tag; actor metrics
-            may be absent when the actor did not update in the interval.
+            may be absent when the actor did not update in the interval, or
+            NaN placeholders when `debug/actor_updated` is 0.
 
         Returns:
           The alerts, critical ones first; empty when mode is off or all is well.
@@ -157,6 +161,8 @@ class DivergenceGuard:
         if self.config.mode == "off":
             return []
         self.checks += 1
+        if metrics.get(ACTOR_UPDATED_TAG, 1.0) == 0.0:
+            metrics = {tag: v for tag, v in metrics.items() if not tag.startswith(ACTOR_METRIC_PREFIXES)}
         alerts = self._non_finite(step, metrics)
         if not alerts:
             alerts = self._bounds(step, metrics) + self._gap(step, metrics)

@@ -62,6 +62,15 @@ def test_non_finite_is_critical_and_stops_at_once_despite_patience(bad):
     assert "\n" not in guard.stop_message
 
 
+def test_nan_actor_placeholders_of_a_critic_only_update_are_ignored():
+    placeholders = {"train/actor_loss": math.nan, "debug/actor_q_mean": math.nan,
+                    "debug/actor_grad_norm_BEFORE_clip": math.nan, "debug/action_saturation": math.nan}
+    metrics = {**healthy_metrics(), **placeholders, "debug/actor_updated": 0.0}
+    assert DivergenceGuard(GuardConfig()).check(1, metrics) == []
+    alerts = DivergenceGuard(GuardConfig()).check(1, {**metrics, "debug/actor_updated": 1.0})
+    assert alerts[0].tag == NON_FINITE_TAG
+
+
 def test_all_finite_flag_zero_is_non_finite():
     alerts = DivergenceGuard(GuardConfig()).check(5, {**healthy_metrics(), "debug/all_finite": 0.0})
     assert alerts[0].tag == NON_FINITE_TAG
