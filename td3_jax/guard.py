@@ -182,7 +182,7 @@ class DivergenceGuard:
             self.should_stop = True
             last_good = "none" if self.last_good_step is None else str(self.last_good_step)
             self.stop_message = (
-                f"divergence guard stopped training at step {step}: {critical[0].message} "
+                f"divergence guard stopped training at {critical[0].message} "
                 f"(last good step: {last_good})"
             )
         return alerts
