@@ -28,6 +28,12 @@ from td3_jax.envs.carla_config import CarlaConfig
 from td3_jax.envs.carla_env import CarlaEnv, CarlaFailureError, CarlaUnavailableError, make_carla_env
 from td3_jax.envs.reward import COMPONENTS
 
+# The step info keys of the embedded simulator (td3_jax/envs/lanesim.py) that every backend reports.
+SHARED_INFO_KEYS = {
+    "termination_reason", "success", "collision", "lane_invasion", "offroad", "lateral_deviation_m",
+    "heading_error_rad", "speed_mps", "distance_travelled_m", "route_progress", "distance_to_goal_m",
+    "obstacle_distance_m", "obstacle_speed_mps", "time_to_collision_s", "reward_components",
+}
 TIMEOUT_MESSAGE = "time-out of 10000ms while waiting for the simulator"
 
 
@@ -328,8 +334,10 @@ def test_step_info_and_reward_from_measurements():
     _, reward, terminated, truncated, info = env.step(np.array([0.0, 1.0]))
     assert not terminated and not truncated and info["carla_failure"] is False
     assert set(info["reward_components"]) == set(COMPONENTS)
+    assert SHARED_INFO_KEYS <= set(info)
     assert reward == pytest.approx(sum(info["reward_components"].values()))
     assert info["speed_mps"] == pytest.approx(10.0) and info["route_progress"] > 0
+    assert info["distance_travelled_m"] == pytest.approx(0.5)
     # Steering right in CARLA moves the car right of the lane: negative lateral deviation.
     for _ in range(2):
         _, _, _, _, info = env.step(np.array([1.0, 0.0]))

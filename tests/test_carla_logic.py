@@ -243,12 +243,12 @@ def test_each_waypoint_is_paid_once_however_the_car_moves(moves):
 
 def test_obstacle_gap_and_time_to_collision():
     ahead = np.array([[20.0, 0.5]])
-    gap, ttc = logic.obstacle_ahead(np.zeros(2), 0.0, 10.0, ahead, np.array([[5.0, 0.0]]), 1.75, 4.5)
-    assert gap == pytest.approx(15.5) and ttc == pytest.approx(15.5 / 5.0)
+    gap, ttc, speed = logic.obstacle_ahead(np.zeros(2), 0.0, 10.0, ahead, np.array([[5.0, 0.0]]), 1.75, 4.5)
+    assert gap == pytest.approx(15.5) and ttc == pytest.approx(15.5 / 5.0) and speed == pytest.approx(5.0)
     assert logic.obstacle_ahead(np.zeros(2), 0.0, 5.0, ahead, np.array([[5.0, 0.0]]), 1.75, 4.5)[1] == math.inf
     # Behind, or in the next lane: nothing ahead.
     others = np.array([[-10.0, 0.0], [10.0, 3.5]])
-    assert logic.obstacle_ahead(np.zeros(2), 0.0, 5.0, others, np.zeros((2, 2)), 1.75, 4.5) == (math.inf, math.inf)
+    assert logic.obstacle_ahead(np.zeros(2), 0.0, 5.0, others, np.zeros((2, 2)), 1.75, 4.5) == (math.inf, math.inf, 0.0)
 
 
 # ----------------------------------------------------------------------------- episode rules

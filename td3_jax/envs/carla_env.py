@@ -240,14 +240,16 @@ class CarlaEnv(gym.Env):
         self._segment = projection.segment
         self._arc = self._furthest = projection.arc
         self._goal_paid = False
+        self._odometer, self._position = 0.0, reading.position
         self._prev_accel, self._prev_lateral_accel = reading.accel, 0.0
         self._episodes += 1
         tracking = self._track(reading, projection)
         obs = self._observe(reading, tracking, push=False)
         info = {
-            "episode": self._episodes,
             "route_length_m": float(route.dense_arcs[-1]),
             "npc_count": len(session.npc_ids),
+            "start_pose": (float(reading.position[0]), float(reading.position[1]), float(reading.yaw)),
+            "episode": self._episodes,
             "spawn_point_index": spawn,
             "carla_failures": self._failures,
         }
@@ -276,11 +278,14 @@ class CarlaEnv(gym.Env):
         goal = not self._goal_paid and remaining <= self.config.goal_tolerance_m
         self._goal_paid |= goal
         heading_vec = np.array([math.cos(reading.yaw), math.sin(reading.yaw)])
-        gap, ttc = logic.obstacle_ahead(
+        gap, ttc, leader_speed = logic.obstacle_ahead(
             reading.position, reading.yaw, float(reading.velocity @ heading_vec), reading.others_xy,
             reading.others_velocity, tracking["half_width"], self._res.session.bumper_offset(),
         )
         lateral_accel = abs(tracking["speed"] * reading.yaw_rate)
+        self._odometer += float(np.linalg.norm(reading.position - self._position))
+        self._position = reading.position
+        tracking.update(gap=gap, ttc=ttc, leader_speed=leader_speed, completed=remaining <= self.config.goal_tolerance_m)
         measurements = Measurements(
             speed=np.float64(tracking["speed"]),
             lateral_deviation=np.float64(tracking["lateral"]),
@@ -324,17 +329,21 @@ class CarlaEnv(gym.Env):
         route_length = float(self._route.dense_arcs[-1])
         return {
             "termination_reason": reason,
+            "success": bool(tracking["completed"] and not reading.collided),
             "collision": bool(reading.collided),
-            "collision_impulse": reading.collision_impulse,
             "lane_invasion": bool(reading.lane_invasion),
             "offroad": bool(reading.offroad),
             "lateral_deviation_m": tracking["lateral"],
             "heading_error_rad": tracking["heading"],
             "speed_mps": tracking["speed"],
-            "distance_m": tracking["arc"],
-            "route_progress": min(tracking["arc"] / route_length, 1.0),
+            "distance_travelled_m": self._odometer,
+            "route_progress": min(max(tracking["arc"] / route_length, 0.0), 1.0),
             "distance_to_goal_m": float(measurements.distance_to_goal),
+            "obstacle_distance_m": tracking["gap"],
+            "obstacle_speed_mps": tracking["leader_speed"],
+            "time_to_collision_s": tracking["ttc"],
             "reward_components": {k: float(v) for k, v in weighted.items()},
+            "collision_impulse": reading.collision_impulse,
             "carla_failure": False,
             "carla_failures": self._failures,
             "frame": reading.frame,

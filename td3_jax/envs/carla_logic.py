@@ -368,8 +368,8 @@ def obstacle_ahead(
     corridor_half_width: float,
     bumper_offset: float,
     max_distance: float = 50.0,
-) -> tuple[float, float]:
-    """Bumper gap and time to collision to the nearest vehicle in the ego's corridor.
+) -> tuple[float, float, float]:
+    """Bumper gap, time to collision and speed of the nearest vehicle in the ego's corridor.
 
     Args:
       position: (2,) ego x, y in the plane.
@@ -382,16 +382,17 @@ def obstacle_ahead(
       max_distance: vehicles farther ahead are ignored.
 
     Returns:
-      (gap m, time to collision s); inf when nothing is ahead or not closing.
+      (gap m, time to collision s, its speed along the ego's heading m/s); gap
+      and time are inf (speed 0) when nothing is ahead, time is inf when not closing.
     """
     if len(others_xy) == 0:
-        return math.inf, math.inf
+        return math.inf, math.inf, 0.0
     local = to_vehicle_frame(others_xy, position, yaw)
     ahead = (local[:, 0] > 0) & (np.abs(local[:, 1]) <= corridor_half_width) & (local[:, 0] <= max_distance)
     if not np.any(ahead):
-        return math.inf, math.inf
+        return math.inf, math.inf, 0.0
     nearest = np.flatnonzero(ahead)[np.argmin(local[ahead, 0])]
     gap = max(float(local[nearest, 0]) - bumper_offset, 0.0)
     other_along = float(others_velocity[nearest] @ np.array([math.cos(yaw), math.sin(yaw)]))
     closing = speed_along - other_along
-    return gap, (gap / closing if closing > 1e-3 else math.inf)
+    return gap, (gap / closing if closing > 1e-3 else math.inf), other_along
