@@ -1,0 +1,487 @@
+"""Checkpoints that resume training exactly: train state, host state, config, replay. Host-side I/O.
+
+    ckpt = Checkpointer("runs/x/checkpoints", max_to_keep=3, save_replay=True)
+    ckpt.save(step, train_state=state, host_state=host, config=config, replay_state=buffer.state_dict())
+    restored = ckpt.restore(abstract_train_state=init_state(...))   # latest committed step
+    restored.train_state, restored.host_state, restored.config, restored.replay_state
+    config = load_config("runs/x/checkpoints")                       # JSON only, no arrays
+
+One checkpoint is one orbax step directory ``<directory>/<step>/`` with the
+items ``train_state`` (orbax StandardSave of the `TD3State` arrays),
+``replay`` (StandardSave of the replay buffer's NumPy arrays, optional),
+``host``, ``config`` and ``meta`` (JSON). See docs/checkpoints.md.
+
+Exactness. Every array is stored with its dtype and bytes; the train state is
+restored against an abstract `TD3State`, so optax NamedTuple states come back
+typed and the static `config` field comes from the caller. JSON parts must
+survive a JSON round trip unchanged (types included): `save` refuses tuples,
+NumPy scalars or non-string dict keys instead of silently returning lists,
+floats or string keys.
+
+Atomicity. orbax (0.12.x, local filesystems) writes a step into
+``<step>.orbax-checkpoint-tmp-<n>``, writes ``commit_success.txt`` into it and
+renames it to ``<step>``. Here every file is also fsynced before that rename
+and the parent directory after it, so a committed step is durable. A step
+counts as committed only if its directory has ``commit_success.txt``; temporary
+directories and step directories without the marker are ignored by
+`latest_step` and `restore`, so an interrupted save leaves the previous
+checkpoint in charge.
+
+Errors. Problems with the checkpoint itself (missing, uncommitted, another
+format, an architecture that does not match the abstract target, unreadable
+files) raise `CheckpointError`, one line naming the path, the problem and
+what to do. Anything else propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.path import atomicity
+
+from td3_jax.cli import UserError
+from td3_jax.td3 import TD3State
+
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint layout; bumped when it changes."""
+COMMIT_MARKER = "commit_success.txt"
+"""File orbax writes into a step directory just before committing it."""
+
+_TRAIN_STATE, _REPLAY, _HOST, _CONFIG, _META = "train_state", "replay", "host", "config", "meta"
+_FALLBACK = "move that step directory away to resume from the previous checkpoint"
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, incomplete, corrupt or does not fit the requested run."""
+
+
+class Restored(NamedTuple):
+    """What `Checkpointer.restore` returns.
+
+    Attributes:
+      step: the step that was restored.
+      train_state: `TD3State` with the abstract target's structure and config.
+      host_state: the JSON dict passed to `save` as `host_state`.
+      config: the resolved run config passed to `save` as `config`.
+      replay_state: the replay `state_dict` (NumPy arrays and JSON scalars), or
+        None when the checkpoint holds no replay or `with_replay` was False.
+    """
+
+    step: int
+    train_state: TD3State
+    host_state: dict
+    config: dict
+    replay_state: dict | None
+
+
+class _DurableRenamePath(atomicity.AtomicRenameTemporaryPath):
+    """orbax's tmp-directory-then-rename commit, with the data fsynced before the rename."""
+
+    async def finalize(self, *args, **kwargs):
+        await asyncio.to_thread(_fsync_tree, Path(self.get()))
+        await super().finalize(*args, **kwargs)
+        final = Path(self.get_final())
+        await asyncio.to_thread(_fsync_path, final / COMMIT_MARKER)
+        await asyncio.to_thread(_fsync_path, final.parent)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        # Some platforms cannot fsync a directory; file data is synced regardless.
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(directory, name))
+        _fsync_path(Path(directory))
+
+
+def _quiet_orbax_logging() -> None:
+    """orbax logs every save and restore at INFO through absl; keep warnings and errors."""
+    absl_logger = logging.getLogger("absl")
+    if absl_logger.getEffectiveLevel() < logging.WARNING:
+        absl_logger.setLevel(logging.WARNING)
+
+
+class Checkpointer:
+    """Keep-last-N checkpoints of one training run in one directory. Host-side I/O.
+
+    Args:
+      directory: the run's checkpoint directory (one subdirectory per step).
+      max_to_keep: committed checkpoints to keep; older ones are deleted after
+        each save. None keeps all.
+      save_replay: whether `save` stores the replay state it is given.
+      read_only: open an existing directory for restoring only: nothing is
+        created or deleted and `save` raises.
+
+    Raises:
+      CheckpointError: `read_only` and the directory does not exist.
+      ValueError: max_to_keep < 1.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        save_replay: bool = True,
+        read_only: bool = False,
+    ):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
+        self.directory = Path(directory).absolute()
+        self.save_replay = save_replay
+        self.read_only = read_only
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(
+                f"checkpoint directory {directory} does not exist; pass the checkpoints directory of a run "
+                "(e.g. runs/NAME/checkpoints)"
+            )
+        _quiet_orbax_logging()
+        handlers = {
+            _TRAIN_STATE: ocp.StandardCheckpointHandler(),
+            _REPLAY: ocp.StandardCheckpointHandler(),
+            _HOST: ocp.JsonCheckpointHandler(),
+            _CONFIG: ocp.JsonCheckpointHandler(),
+            _META: ocp.JsonCheckpointHandler(),
+        }
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=False,
+            temporary_path_class=_DurableRenamePath,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Waits for pending work and releases orbax's threads."""
+        self._manager.close()
+
+    def committed_steps(self) -> list[int]:
+        """Steps with a committed checkpoint, ascending."""
+        return sorted(step for step in self._manager.all_steps() if self._is_committed(step))
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None if there is none."""
+        steps = self.committed_steps()
+        return steps[-1] if steps else None
+
+    def save(
+        self,
+        step: int,
+        *,
+        train_state: TD3State,
+        host_state: dict,
+        config: dict,
+        replay_state: dict | None = None,
+    ) -> None:
+        """Writes checkpoint `step` and returns once it is committed and durable.
+
+        The replay arrays may be views of live storage (`ReplayBuffer.state_dict`):
+        they are written before this returns, so the caller may mutate them after.
+
+        Args:
+          step: the checkpoint's step (a directory name); must exceed every
+            committed step.
+          train_state: the `TD3State`; arrays only (its key as raw uint32 data).
+          host_state: JSON dict: env step, episode count, NumPy
+            `bit_generator.state` dicts, noise schedule position, ...
+          config: the resolved run config as a JSON dict.
+          replay_state: `ReplayBuffer.state_dict()`: NumPy arrays plus JSON
+            values; ignored when `save_replay` is False.
+
+        Raises:
+          TypeError: a JSON part would not come back identical from JSON.
+          CheckpointError: read-only, or `step` is not after the latest committed step.
+        """
+        if self.read_only:
+            raise CheckpointError(f"checkpoint directory {self.directory} was opened read-only; cannot save")
+        step = int(step)
+        _check_json_exact(_HOST, host_state)
+        _check_json_exact(_CONFIG, config)
+        meta: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "step": step, "replay": None}
+        items = {
+            _TRAIN_STATE: ocp.args.StandardSave(train_state),
+            _HOST: ocp.args.JsonSave(host_state),
+            _CONFIG: ocp.args.JsonSave(config),
+        }
+        if self.save_replay and replay_state is not None:
+            arrays = {name: value for name, value in replay_state.items() if isinstance(value, np.ndarray)}
+            scalars = {name: value for name, value in replay_state.items() if name not in arrays}
+            _check_json_exact("replay_state", scalars)
+            meta["replay"] = {"arrays": sorted(arrays), "scalars": scalars}
+            items[_REPLAY] = ocp.args.StandardSave(arrays)
+        items[_META] = ocp.args.JsonSave(meta)
+
+        latest = self.latest_step()
+        if latest is not None and step <= latest:
+            raise CheckpointError(
+                f"cannot save step {step} in {self.directory}: it already holds committed step {latest}; "
+                "resume from the latest checkpoint or use a new run directory"
+            )
+        self._remove_uncommitted(min_step=step)
+        if not self._manager.save(step, args=ocp.args.Composite(**items)):
+            raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
+        self._manager.wait_until_finished()
+
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        abstract_train_state: TD3State,
+        with_replay: bool = True,
+    ) -> Restored:
+        """Reads a committed checkpoint back bit-identically.
+
+        Args:
+          step: the step to restore; None means the latest committed one.
+          abstract_train_state: a `TD3State` of the run's config (concrete, or
+            from `jax.eval_shape`): gives the tree structure, shapes, dtypes
+            and the static config of the result.
+          with_replay: read the replay arrays if the checkpoint has them.
+
+        Raises:
+          CheckpointError: no such committed step, another format, a train
+            state that does not match `abstract_train_state`, or unreadable files.
+        """
+        step = self._committed_step(step)
+        where = self.directory / str(step)
+        meta = self._read_json(step, _META)
+        found = meta.get("format") if isinstance(meta, dict) else None
+        if found != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"checkpoint {where} has format {found!r} but this td3_jax reads format "
+                f"{CHECKPOINT_FORMAT}; restore it with the td3_jax version that wrote it"
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_train_state)
+        stored = self._item_metadata(step, _TRAIN_STATE)
+        mismatch = _first_mismatch(stored, abstract)
+        if mismatch:
+            raise CheckpointError(
+                f"checkpoint {where} does not match the config: {mismatch}; "
+                "resume with the config the run was trained with (stored in the checkpoint, see load_config)"
+            )
+        items = {
+            _TRAIN_STATE: ocp.args.StandardRestore(abstract),
+            _HOST: ocp.args.JsonRestore(),
+            _CONFIG: ocp.args.JsonRestore(),
+        }
+        replay_meta = meta.get("replay") if with_replay else None
+        if replay_meta is not None:
+            stored_replay = self._item_metadata(step, _REPLAY)
+            if sorted(stored_replay) != replay_meta["arrays"]:
+                raise CheckpointError(
+                    f"checkpoint {where} is corrupt: replay arrays {sorted(stored_replay)} differ from the "
+                    f"recorded {replay_meta['arrays']}; {_FALLBACK}"
+                )
+            # NumPy targets (untouched np.empty pages cost no memory) so NumPy arrays come back.
+            target = {name: np.empty(m.shape, m.dtype) for name, m in stored_replay.items()}
+            items[_REPLAY] = ocp.args.StandardRestore(target)
+        restored = self._read(step, items)
+        replay_state = None
+        if replay_meta is not None:
+            replay_state = {**restored[_REPLAY], **replay_meta["scalars"]}
+        return Restored(
+            step=step,
+            train_state=restored[_TRAIN_STATE],
+            host_state=restored[_HOST],
+            config=restored[_CONFIG],
+            replay_state=replay_state,
+        )
+
+    def read_config(self, step: int | None = None) -> dict:
+        """The resolved run config of a committed checkpoint, without reading any array."""
+        return self._read_json(self._committed_step(step), _CONFIG)
+
+    def _is_committed(self, step: int) -> bool:
+        return (self.directory / str(step) / COMMIT_MARKER).is_file()
+
+    def _committed_step(self, step: int | None) -> int:
+        committed = self.committed_steps()
+        if step is None:
+            if not committed:
+                raise CheckpointError(self._no_checkpoint_message())
+            return committed[-1]
+        if int(step) not in committed:
+            raise CheckpointError(
+                f"no committed checkpoint for step {step} in {self.directory} (committed: {committed or 'none'}); "
+                "pick one of those steps or omit the step for the latest"
+            )
+        return int(step)
+
+    def _no_checkpoint_message(self) -> str:
+        hint = "pass the checkpoints directory of a run that has saved at least once"
+        if (self.directory / "checkpoints").is_dir():
+            hint = f"did you mean {self.directory / 'checkpoints'}?"
+        elif self.directory.name.isdigit() and (self.directory / COMMIT_MARKER).is_file():
+            hint = f"that is one checkpoint; pass its parent {self.directory.parent}"
+        return f"no committed checkpoint in {self.directory}; {hint}"
+
+    def _remove_uncommitted(self, min_step: int) -> None:
+        """Deletes leftovers of interrupted saves at or after `min_step`: they would block this save."""
+        removed = False
+        for step in self._manager.all_steps():
+            if step >= min_step and not self._is_committed(step):
+                logging.getLogger(__name__).warning(
+                    "removing uncommitted checkpoint %s", self.directory / str(step)
+                )
+                shutil.rmtree(self.directory / str(step))
+                removed = True
+        if removed:
+            self._manager.reload()
+
+    def _require_items(self, step: int, items) -> None:
+        for item in items:
+            if not (self.directory / str(step) / item).is_dir():
+                raise CheckpointError(
+                    f"checkpoint {self.directory / str(step)} is incomplete: its {item!r} item is missing; "
+                    f"{_FALLBACK}"
+                )
+
+    def _item_metadata(self, step: int, item: str):
+        where = self.directory / str(step)
+        self._require_items(step, [item])
+        try:
+            metadata = self._manager.item_metadata(step)[item]
+        except (OSError, ValueError) as error:
+            raise CheckpointError(
+                f"checkpoint {where} has unreadable {item} metadata ({_brief(error)}); {_FALLBACK}"
+            ) from error
+        if metadata is None:
+            raise CheckpointError(f"checkpoint {where} has no {item} metadata; {_FALLBACK}")
+        return metadata.tree
+
+    def _read_json(self, step: int, item: str) -> dict:
+        return self._read(step, {item: ocp.args.JsonRestore()})[item]
+
+    def _read(self, step: int, items: dict) -> ocp.args.Composite:
+        """orbax restore; file-level failures (missing, truncated, undecodable) become CheckpointError."""
+        where = self.directory / str(step)
+        self._require_items(step, items)
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**items))
+        except (OSError, ValueError) as error:
+            # orbax and tensorstore report missing or truncated files as OSError or ValueError;
+            # shape mismatches were ruled out above, so these mean the files themselves are bad.
+            raise CheckpointError(
+                f"checkpoint {where} could not be read ({_brief(error)}); it is corrupt or incomplete, "
+                f"{_FALLBACK}"
+            ) from error
+
+
+def load_config(directory: str | os.PathLike, step: int | None = None) -> dict:
+    """The resolved run config of the latest (or given) committed checkpoint in `directory`.
+
+    Reads JSON only, so `td3-jax eval --checkpoint D` can rebuild the networks
+    before restoring any array. Host-side I/O.
+
+    Raises:
+      CheckpointError: no such directory or committed checkpoint, or an unreadable config.
+    """
+    with Checkpointer(directory, read_only=True) as checkpointer:
+        return checkpointer.read_config(step)
+
+
+def _check_json_exact(name: str, value: Any) -> None:
+    """Raises TypeError unless `value` comes back from a JSON round trip identical, types included."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} is not JSON-serializable: {error}") from error
+    problem = _json_difference(value, json.loads(text), name)
+    if problem:
+        raise TypeError(f"{name} would not survive JSON unchanged: {problem}")
+
+
+def _json_difference(original: Any, loaded: Any, path: str) -> str | None:
+    if type(original) is not type(loaded):
+        return (
+            f"{path} is {type(original).__name__} but JSON gives back {type(loaded).__name__}; "
+            "store plain int/float/str/bool/None, lists and str-keyed dicts"
+        )
+    if isinstance(original, dict):
+        if list(original) != list(loaded):
+            return f"{path} has non-string keys {[k for k in original if not isinstance(k, str)]}"
+        for key in original:
+            problem = _json_difference(original[key], loaded[key], f"{path}[{key!r}]")
+            if problem:
+                return problem
+    elif isinstance(original, list):
+        for index, (a, b) in enumerate(zip(original, loaded)):
+            problem = _json_difference(a, b, f"{path}[{index}]")
+            if problem:
+                return problem
+    elif isinstance(original, float):
+        if not (original == loaded or (math.isnan(original) and math.isnan(loaded))):
+            return f"{path} = {original!r} comes back as {loaded!r}"
+    return None
+
+
+def _path_name(path: tuple) -> str:
+    """A key path as dotted names, the same for a typed tree and orbax's dict/list metadata tree."""
+    parts = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+        else:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def _leaves_by_name(tree) -> dict[str, Any]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {_path_name(path): leaf for path, leaf in leaves}
+
+
+def _first_mismatch(stored_tree, abstract_tree) -> str | None:
+    """The first difference in leaf names, shapes or dtypes between checkpoint metadata and a target."""
+    stored = _leaves_by_name(stored_tree)
+    wanted = _leaves_by_name(abstract_tree)
+    missing = [name for name in wanted if name not in stored]
+    if missing:
+        return f"{len(missing)} arrays the config needs are not in the checkpoint (first: {missing[0]})"
+    extra = [name for name in stored if name not in wanted]
+    if extra:
+        return f"{len(extra)} arrays in the checkpoint are not in the config (first: {extra[0]})"
+    for name, target in wanted.items():
+        have = stored[name]
+        if tuple(have.shape) != tuple(target.shape) or np.dtype(have.dtype) != np.dtype(target.dtype):
+            return (
+                f"{name} is {tuple(have.shape)} {np.dtype(have.dtype)} in the checkpoint "
+                f"vs {tuple(target.shape)} {np.dtype(target.dtype)} in the config"
+            )
+    return None
+
+
+def _brief(error: BaseException) -> str:
+    """First line of an exception, capped, for one-line messages."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
