@@ -246,8 +246,10 @@ class ReplayBuffer:
         reward = self._check_array("reward", reward, (), None)
         terminated = self._check_array("terminated", terminated, (), np.bool_)
         truncated = self._check_array("truncated", truncated, (), np.bool_)
-        shifted = np.array_equal(next_image[..., :-1], image[..., 1:])
-        if not shifted:
+        # Frame-major copies (n_envs, S, H, W): every comparison and write below is then contiguous.
+        image = np.ascontiguousarray(np.moveaxis(image, -1, 1))
+        next_image = np.ascontiguousarray(np.moveaxis(next_image, -1, 1))
+        if not np.array_equal(next_image[:, :-1], image[:, 1:]):
             raise ValueError("next_image[..., :-1] must equal image[..., 1:] (the stack shifted by one frame)")
         self._check_continuity(image, vector)
 
@@ -256,7 +258,7 @@ class ReplayBuffer:
         slots = self._flat(np.arange(self.n_envs), self._write_pos)
         self._n_transition_slots += int(np.count_nonzero(self._depth[slots] == 0))
         self._run = np.minimum(self._run + 1, self.stack)
-        self._frames[slots] = next_image[..., -1]
+        self._frames[slots] = next_image[:, -1]
         self._vectors[slots] = next_vector
         self._actions[slots] = action
         self._rewards[slots] = reward
@@ -410,11 +412,11 @@ class ReplayBuffer:
         return int(np.count_nonzero(~self._is_sampleable(slots) & (self._depth[slots] > 0)))
 
     def _store_episode_start(self, env: int, image: np.ndarray, vector: np.ndarray) -> None:
-        """Writes the frames of a reset observation (H, W, S), leading repeats collapsed."""
+        """Writes the frames of a reset observation (S, H, W), leading repeats collapsed."""
         repeats = 1
-        while repeats < self.stack and np.array_equal(image[..., repeats], image[..., 0]):
+        while repeats < self.stack and np.array_equal(image[repeats], image[0]):
             repeats += 1
-        frames = np.moveaxis(image[..., repeats - 1 :], -1, 0)
+        frames = image[repeats - 1 :]
         slots = self._flat(env, (self._write_pos[env] + np.arange(len(frames))) % self.slots_per_env)
         self._n_transition_slots -= int(np.count_nonzero(self._depth[slots]))
         self._frames[slots] = frames
@@ -428,12 +430,17 @@ class ReplayBuffer:
         self._run[env] = len(frames) - 1
 
     def _check_continuity(self, image: np.ndarray, vector: np.ndarray) -> None:
-        """Raises unless every stream inside an episode continues from its last next observation."""
+        """Raises unless every stream inside an episode continues from its last next observation.
+
+        Args:
+          image: (n_envs, S, H, W) uint8, frame-major.
+          vector: (n_envs, V) float32.
+        """
         for env in np.flatnonzero(~self._needs_start):
             newest = (self._write_pos[env] - 1) % self.slots_per_env
             backs = np.minimum(np.arange(self.stack - 1, -1, -1), self._run[env])
             stack_slots = self._flat(env, (newest - backs) % self.slots_per_env)
-            same_frames = np.array_equal(np.moveaxis(self._frames[stack_slots], 0, -1), image[env])
+            same_frames = np.array_equal(self._frames[stack_slots], image[env])
             same_vector = np.array_equal(self._vectors[self._flat(env, newest)], vector[env], equal_nan=True)
             if not (same_frames and same_vector):
                 raise ValueError(
