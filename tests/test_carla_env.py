@@ -161,7 +161,9 @@ class FakeServer:
             if actor.type_id.startswith("vehicle.tesla"):
                 loc = actor.transform.location
                 actor.transform = carla.Transform(
-                    carla.Location(x=loc.x + 0.5 * actor.control.throttle, y=loc.y + 0.5 * actor.control.steer, z=loc.z),
+                    carla.Location(
+                        x=loc.x + 0.5 * actor.control.throttle, y=loc.y + 0.5 * actor.control.steer, z=loc.z
+                    ),
                     actor.transform.rotation,
                 )
         for actor in list(self.actors.values()):
@@ -170,7 +172,8 @@ class FakeServer:
             if actor.type_id == "sensor.camera.rgb":
                 # A stale reading of the previous frame arrives before this tick's.
                 for frame in (self.frame - 1, self.frame):
-                    actor.callback(SimpleNamespace(frame=frame, width=8, height=6, raw_data=bytes([frame % 256, frame % 256, frame % 256, 255]) * 48))
+                    pixel = bytes([frame % 256] * 3 + [255])
+                    actor.callback(SimpleNamespace(frame=frame, width=8, height=6, raw_data=pixel * 48))
             elif actor.type_id == "sensor.other.collision" and self.frame in self.collide_at:
                 actor.callback(SimpleNamespace(frame=self.frame, normal_impulse=carla.Vector3D(300.0, 0.0, 0.0)))
         return self.frame
@@ -282,7 +285,8 @@ class CarlaWithFakeCommands:
 
 
 def make_env(server, sleeps=None, **overrides):
-    config = CarlaConfig(**{"npc_counts": (2, 3, 4), "route_length_m": 100.0, "camera_width": 8, "camera_height": 6, **overrides})
+    small = {"npc_counts": (2, 3, 4), "route_length_m": 100.0, "camera_width": 8, "camera_height": 6}
+    config = CarlaConfig(**{**small, **overrides})
     return CarlaEnv(
         config, seed=7, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
         sleep=(sleeps.append if sleeps is not None else lambda s: None),

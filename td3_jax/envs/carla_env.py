@@ -285,7 +285,8 @@ class CarlaEnv(gym.Env):
         lateral_accel = abs(tracking["speed"] * reading.yaw_rate)
         self._odometer += float(np.linalg.norm(reading.position - self._position))
         self._position = reading.position
-        tracking.update(gap=gap, ttc=ttc, leader_speed=leader_speed, completed=remaining <= self.config.goal_tolerance_m)
+        completed = remaining <= self.config.goal_tolerance_m
+        tracking.update(gap=gap, ttc=ttc, leader_speed=leader_speed, completed=completed)
         measurements = Measurements(
             speed=np.float64(tracking["speed"]),
             lateral_deviation=np.float64(tracking["lateral"]),

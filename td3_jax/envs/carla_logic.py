@@ -262,7 +262,9 @@ def to_vehicle_frame(world_points: np.ndarray, position: np.ndarray, yaw: float)
     return np.stack([rel[:, 0] * c + rel[:, 1] * s, -rel[:, 0] * s + rel[:, 1] * c], -1)
 
 
-def choose_branch(current_yaw_deg: float, candidate_yaws_deg: Sequence[float], rule: str, rng: np.random.Generator) -> int:
+def choose_branch(
+    current_yaw_deg: float, candidate_yaws_deg: Sequence[float], rule: str, rng: np.random.Generator
+) -> int:
     """Index of the next waypoint to follow when the lane splits.
 
     Args:

@@ -348,7 +348,7 @@ class CarlaSession:
                 loc, v = npc.get_transform().location, npc.get_velocity()
                 others.append((loc.x, -loc.y))
                 others_vel.append((v.x, -v.y))
-        impulse = sum(math.sqrt(e.normal_impulse.x**2 + e.normal_impulse.y**2 + e.normal_impulse.z**2) for e in collisions)
+        impulse = sum(math.hypot(e.normal_impulse.x, e.normal_impulse.y, e.normal_impulse.z) for e in collisions)
         return Reading(
             frame=frame,
             gray=gray,
