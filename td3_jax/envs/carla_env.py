@@ -235,7 +235,6 @@ class CarlaEnv(gym.Env):
         session.forget_events()
         self._route = route
         self._steps = 0
-        self._segment = 0
         projection = logic.project_to_route(route.dense, route.dense_arcs, reading.position)
         self._segment = projection.segment
         self._arc = self._furthest = projection.arc
