@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
@@ -330,6 +331,13 @@ def diagnose_scalars(
     Returns:
       The diagnosis; `exit_code` is 0 only for a healthy verdict.
     """
+    with warnings.catch_warnings():
+        # nanmax and friends warn on all-NaN series; those already fail the finite row.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _diagnose(scalars, criteria, config_norms, path)
+
+
+def _diagnose(scalars, criteria: Criteria, config_norms, path: str) -> Diagnosis:
     series, tags = resolve_signals(scalars)
     max_norms = resolve_max_norms(criteria, config_norms, series)
     learning_rates = {
@@ -453,7 +461,10 @@ def _gap_cause(series, tags, gap_row: Row) -> Cause:
     replay_range = f"{fmt(np.nanmin(replay))} .. {fmt(np.nanmax(replay))}"
     if gap_row.status != "FAIL":
         return Cause("policy_replay_q_gap", "unlikely", title, f"ratio {gap_row.measured}; replay-Q {replay_range}")
-    peak = int(np.nanargmax(np.abs(policy.values)))
+    finite = np.isfinite(policy.values)
+    if not finite.any():
+        return Cause("policy_replay_q_gap", "possible", title, f"{tags['policy_q']} has no finite value; see NaN/Inf")
+    peak = int(np.argmax(np.where(finite, np.abs(policy.values), -np.inf)))
     evidence = (
         f"Q at the policy action ({tags['policy_q']}) reached {fmt(policy.values[peak])} at step "
         f"{int(policy.steps[peak])} while Q on replay actions ({tags['replay_q']}) stayed within {replay_range}"
@@ -485,7 +496,10 @@ def _post_clip_cause(net, series, tags, max_norm: dict, criteria: Criteria) -> C
     if f"{net}_grad_after" in series:
         after = series[f"{net}_grad_after"].values
         tag = tags[f"{net}_grad_after"]
-        if np.nanmax(after) > limit:
+        if not np.isfinite(after).any():
+            return Cause(key, "possible", title, f"{tag} has no finite value; see NaN/Inf")
+        after = after[np.isfinite(after)]
+        if after.max() > limit:
             return Cause(key, "likely", title, (
                 f"{tag} reaches {fmt(np.nanmax(after))} > {bound}: clipping is not applied, or the logged value "
                 "is not the global L2 norm of the gradient actually applied"
@@ -545,7 +559,7 @@ def _growth_cause(net: str, before: Series, tag: str, criteria: Criteria) -> Cau
 def _lr_cause(learning_rates, criteria: Criteria, verdict, gap_failed: bool) -> Cause:
     title = "learning rates"
     high = {tag: last for tag, (_, last) in learning_rates.items() if last >= criteria.high_learning_rate}
-    changed = {tag: pair for tag, pair in learning_rates.items() if pair[0] != pair[1]}
+    changed = {tag: (a, b) for tag, (a, b) in learning_rates.items() if math.isfinite(a + b) and a != b}
     listed = ", ".join(f"{tag.split('/')[-1]} {fmt(last)}" for tag, (_, last) in learning_rates.items())
     if verdict in ("healthy", "not enough data"):
         return Cause("learning_rates", "unlikely", title, listed)

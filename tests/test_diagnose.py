@@ -12,7 +12,15 @@ from tensorboardX import SummaryWriter
 
 from td3_jax import cli
 from td3_jax.diagnose import diagnose_run, find_event_files, format_text, read_scalars, write_diagnosis
-from td3_jax.diagnose_report import Criteria, Series, align, diagnose_scalars, growth_orders, sustained_onset
+from td3_jax.diagnose_report import (
+    SIGNALS,
+    Criteria,
+    Series,
+    align,
+    diagnose_scalars,
+    growth_orders,
+    sustained_onset,
+)
 
 REFERENCE_RUNS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_runs"
 LEARNING_STEPS = range(1000, 5001, 200)
@@ -322,3 +330,21 @@ def test_milder_original_runs_are_diverging_with_clipping_judged_correctly(run, 
     assert causes(diagnosis)["policy_replay_q_gap"] == "likely"
     if run == "day21-run2":  # global post-clip norms are logged: clipping verified
         assert causes(diagnosis)["post_clip_norm_actor"] == "unlikely"
+
+
+ANY_TAG = st.sampled_from(sorted({tag for tags in SIGNALS.values() for tag in tags} | {"agent/actor_lr"}))
+ANY_VALUE = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e12, 1e12))
+
+
+@given(st.dictionaries(ANY_TAG, st.lists(ANY_VALUE, min_size=1, max_size=12), max_size=12))
+@settings(max_examples=150, deadline=None)
+def test_any_scalars_give_a_verdict_and_strict_json(points):
+    scalars = {tag: Series(np.arange(len(v), dtype=np.int64) * 10, np.array(v)) for tag, v in points.items()}
+    diagnosis = diagnose_scalars(scalars)
+    assert diagnosis.verdict in ("healthy", "diverging", "exploded", "not enough data")
+    assert (diagnosis.exit_code == 0) == (diagnosis.verdict == "healthy")
+    json.dumps(diagnosis.to_dict(), allow_nan=False)
+    format_text(diagnosis)
+    finite = all(np.isfinite(s.values).all() for s in scalars.values())
+    if not finite:
+        assert diagnosis.verdict == "exploded"
