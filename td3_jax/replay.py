@@ -192,7 +192,7 @@ class ReplayBuffer:
         per_slot = self.estimated_bytes / (self.n_envs * self.slots_per_env)
         return (
             f"replay buffer: {self.n_envs} x {self.slots_per_env:,} frame slots, stack {self.stack}, "
-            f"{per_slot:,.0f} B per transition, {self.estimated_bytes / 2**30:.2f} GiB "
+            f"{per_slot:,.0f} B per frame slot, {self.estimated_bytes / 2**30:.2f} GiB "
             f"(available: {limit})"
         )
 

@@ -189,6 +189,7 @@ def checkpoint_round_trip(state: dict) -> dict:
     with np.load(blob) as loaded:
         restored = {key: loaded[key] for key in loaded.files}
     restored.update(json.loads(json.dumps(scalars)))
+    restored["frames"].setflags(write=False)  # a restored array the buffer must copy, not adopt
     return restored
 
 
