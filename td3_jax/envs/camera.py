@@ -1,0 +1,152 @@
+"""Forward pinhole camera over a flat world: ground from a raster, vehicles as boxes. Host-side NumPy.
+
+Each pixel's ray is intersected with the ground plane once, at construction, in
+the vehicle frame (x forward, y left, z up). A frame then costs one rigid
+transform of those ground points, one gather from the episode's road raster
+and a rectangle fill per visible vehicle. The sensor emulated is the
+original's: a horizontal field of view over a 16:9 image that is squeezed to
+84x84, so the vertical field of view is narrower than the horizontal one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from td3_jax.envs.config import LaneSimConfig
+from td3_jax.envs.roads import Road
+from td3_jax.envs.spaces import FRAME_SIZE
+from td3_jax.envs.traffic import NPC_HEIGHT_M
+
+SKY_TOP, SKY_HORIZON = 205, 175
+"""Gray levels of the sky at the top of the frame and at the horizon."""
+HAZE = 150
+"""Gray level of ground beyond the render distance."""
+MIN_DEPTH_M = 0.3
+"""Box corners closer than this to the camera plane are pushed out to it."""
+WINDOW_SHARE = 0.35
+"""Upper share of a vehicle box drawn in the darker window shade."""
+
+
+class Camera:
+    """Renders (84, 84) uint8 frames of the road ahead of a vehicle.
+
+    Args:
+      cfg: camera mount and optics (camera_* fields, render_distance_m).
+      size: frame height and width in pixels.
+    """
+
+    def __init__(self, cfg: LaneSimConfig, size: int = FRAME_SIZE):
+        self.size = size
+        self.mount_x, self.mount_z = cfg.camera_x_m, cfg.camera_z_m
+        half_h = np.tan(np.radians(cfg.camera_fov_deg) / 2)
+        self.half_tan = half_h
+        self.fx = (size / 2) / half_h
+        self.fy = (size / 2) / (half_h / cfg.camera_aspect)
+        pitch = np.radians(cfg.camera_pitch_deg)
+        self.cos_p, self.sin_p = np.cos(pitch), np.sin(pitch)
+        centres = np.arange(size) + 0.5 - size / 2
+        u, v = np.meshgrid(centres / self.fx, centres / self.fy)
+        # Ray (forward, left, up) = (1, -u, -v) in the camera, then pitched about the left axis.
+        forward = self.cos_p + self.sin_p * v
+        up = self.sin_p - self.cos_p * v
+        with np.errstate(divide="ignore"):
+            t = np.where(up < -1e-6, -self.mount_z / up, np.inf)
+        ground_x, ground_y = self.mount_x + t * forward, -t * u
+        distance = t * np.sqrt(forward**2 + u**2)
+        ground = distance <= cfg.render_distance_m
+        self.ground_index = np.flatnonzero(ground)
+        # Homogeneous ground points in raster cells, so one 2x3 matmul maps them to raster columns and rows.
+        self.ground_cells = np.stack(
+            [ground_x.ravel()[self.ground_index] / cfg.raster_cell_m,
+             ground_y.ravel()[self.ground_index] / cfg.raster_cell_m,
+             np.ones(len(self.ground_index))]
+        ).astype(np.float32)
+        self.cell = cfg.raster_cell_m
+        self.max_box_distance = cfg.render_distance_m
+        rows = np.broadcast_to(np.linspace(SKY_TOP, SKY_HORIZON, size)[:, None], (size, size))
+        background = np.where(up < -1e-6, HAZE, rows).astype(np.uint8)
+        self.background = background.ravel()
+
+    def render(
+        self,
+        road: Road,
+        pose: tuple[float, float, float],
+        boxes: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One frame.
+
+        Args:
+          road: the episode's road (raster, origin, cell).
+          pose: (x, y, yaw) of the vehicle centre, world frame.
+          boxes: (M, 6) float64 other vehicles: x, y, yaw, half length, half width, gray level.
+          out: optional (size, size) uint8 buffer to draw into.
+
+        Returns:
+          (size, size) uint8 frame (`out` if given).
+        """
+        x, y, yaw = pose
+        c, s = np.cos(yaw), np.sin(yaw)
+        to_cells = 1.0 / self.cell
+        transform = np.array(
+            [[c, -s, (x - road.origin[0]) * to_cells], [s, c, (y - road.origin[1]) * to_cells]], np.float32
+        )
+        cells = (transform @ self.ground_cells).astype(np.intp)
+        height, width = road.raster.shape
+        np.clip(cells, 0, np.array([[width - 1], [height - 1]]), out=cells)
+        frame = self.background.copy() if out is None else _fill(out, self.background)
+        flat = frame.reshape(-1)
+        flat[self.ground_index] = road.raster.reshape(-1).take(cells[1] * width + cells[0])
+        image = flat.reshape(self.size, self.size)
+        if boxes is not None and len(boxes):
+            self._draw_boxes(image, x, y, c, s, boxes)
+        return image
+
+    def _draw_boxes(self, image: np.ndarray, x: float, y: float, c: float, s: float, boxes: np.ndarray) -> None:
+        dx, dy = boxes[:, 0] - x, boxes[:, 1] - y
+        ahead = c * dx + s * dy - self.mount_x
+        side = -s * dx + c * dy
+        reach = boxes[:, 3] + boxes[:, 4]
+        near = (ahead > -reach) & (ahead < self.max_box_distance) & (np.abs(side) < ahead * self.half_tan + reach)
+        if not near.any():
+            return
+        boxes = boxes[near]
+        order = np.argsort(-ahead[near])
+        # Footprint corners in the vehicle frame (camera-relative forward, left).
+        yaw_rel = boxes[:, 2:3] - np.arctan2(s, c)
+        bc, bs = np.cos(yaw_rel), np.sin(yaw_rel)
+        hl, hw = boxes[:, 3:4] * _CORNER_L, boxes[:, 4:5] * _CORNER_W
+        fwd = ahead[near][:, None] + hl * bc - hw * bs
+        left = side[near][:, None] + hl * bs + hw * bc
+        rows_low, cols_low = self._project(fwd, left, -self.mount_z)
+        rows_high, cols_high = self._project(fwd, left, NPC_HEIGHT_M - self.mount_z)
+        limits = np.stack(
+            [rows_high.min(axis=1), rows_low.max(axis=1),
+             np.minimum(cols_low.min(axis=1), cols_high.min(axis=1)),
+             np.maximum(cols_low.max(axis=1), cols_high.max(axis=1))],
+            axis=1,
+        )
+        limits = np.rint(np.clip(limits, 0, self.size)).astype(np.intp)
+        shades = boxes[:, 5].astype(np.uint8)
+        for i in order:
+            r0, r1, c0, c1 = limits[i]
+            if r1 <= r0 or c1 <= c0:
+                continue
+            split = r0 + max(int((r1 - r0) * WINDOW_SHARE), 1)
+            image[r0:split, c0:c1] = shades[i] // 2
+            image[split:r1, c0:c1] = shades[i]
+
+    def _project(self, fwd: np.ndarray, left: np.ndarray, up: float) -> tuple[np.ndarray, np.ndarray]:
+        """Continuous (row, column) of points given relative to the camera in the vehicle frame."""
+        depth = np.maximum(self.cos_p * fwd + self.sin_p * up, MIN_DEPTH_M)
+        rows = self.size / 2 - self.fy * (self.cos_p * up - self.sin_p * fwd) / depth
+        return rows, self.size / 2 - self.fx * left / depth
+
+
+_CORNER_L = np.array([1.0, 1.0, -1.0, -1.0])
+_CORNER_W = np.array([1.0, -1.0, -1.0, 1.0])
+
+
+def _fill(out: np.ndarray, background: np.ndarray) -> np.ndarray:
+    out.reshape(-1)[:] = background
+    return out

@@ -1,0 +1,196 @@
+"""Settings of the driving environments: the embedded simulator and the backend choice.
+
+`LaneSimConfig` is the `lanesim:` section of a training config and `EnvConfig`
+the `env:` section; `RewardConfig` (in `reward.py`) is shared with CARLA.
+Defaults live only here; `docs/environment.md` explains the task they define.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from td3_jax.envs.carla_config import CarlaConfig
+from td3_jax.envs.reward import RewardConfig
+from td3_jax.envs.spaces import DEFAULT_STACK
+
+
+def _check_range(section: str, name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{section}.{name} must be in [{low}, {high}], got {value}")
+
+
+def _check_interval(section: str, name: str, pair: tuple[float, float], low: float) -> None:
+    if len(pair) != 2 or not low <= pair[0] <= pair[1]:
+        raise ValueError(f"{section}.{name} must be (low, high) with {low} <= low <= high, got {pair}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneSimConfig:
+    """The embedded lane-keeping simulator: road, traffic, vehicle, camera and episode rules."""
+
+    scenario: int = 0
+    """Traffic scenario: 0 light, 1 medium, 2 heavy (index into `npc_density_per_km`)."""
+    npc_density_per_km: tuple[float, float, float] = (12.0, 30.0, 60.0)
+    """NPC vehicles per km of lane for each scenario (the road has two lanes)."""
+    npc_speed_mps: tuple[float, float] = (6.5, 10.0)
+    """Range of the NPCs' desired speeds, drawn uniformly per vehicle."""
+    npc_min_gap_m: float = 12.0
+    """Smallest centre-to-centre spacing of NPCs in one lane at spawn."""
+    spawn_clearance_m: float = 20.0
+    """No NPC spawns within this arc length ahead of or behind the ego's start."""
+    route_length_m: float = 300.0
+    """Arc length from the start to the goal."""
+    road_margin_back_m: float = 20.0
+    """Road built behind the start."""
+    road_margin_front_m: float = 80.0
+    """Road built beyond the goal, so the camera and the look-ahead points see road there."""
+    lane_width_m: float = 3.5
+    """Width of each of the two lanes."""
+    straight_length_m: tuple[float, float] = (20.0, 80.0)
+    """Range of the straight sections' lengths."""
+    curve_radius_m: tuple[float, float] = (25.0, 200.0)
+    """Range of the curves' radii (the curvature is drawn uniformly between the inverses)."""
+    curve_angle_deg: tuple[float, float] = (20.0, 90.0)
+    """Range of the heading change of one curve, clothoid transitions included."""
+    clothoid_length_m: tuple[float, float] = (8.0, 25.0)
+    """Range of the length of each clothoid transition between straight and arc."""
+    max_heading_deg: float = 75.0
+    """The road's heading stays within this angle of its initial direction (it never crosses itself)."""
+    num_waypoints: int = 25
+    """Look-ahead points of the route in the observation vector."""
+    waypoint_spacing_m: float = 2.0
+    """Arc length between look-ahead points, and between the route waypoints that earn the bonus."""
+    goal_tolerance_m: float = 3.0
+    """The route counts as completed within this arc length of the goal."""
+    offroad_limit_m: float = 2.5
+    """The episode terminates when |lateral deviation from the lane centre| exceeds this."""
+    max_episode_steps: int = 1000
+    """Steps after which the episode is truncated (time limit, bootstrapping continues)."""
+    dt: float = 0.05
+    """Simulated seconds per step."""
+    initial_speed_mps: float = 5.0
+    """Ego speed at reset; the ego starts on the lane centre, aligned with the lane."""
+    wheelbase_m: float = 2.875
+    """Distance between the axles of the ego."""
+    vehicle_length_m: float = 4.7
+    """Length of the ego's body."""
+    vehicle_width_m: float = 1.85
+    """Width of the ego's body."""
+    max_steer_deg: float = 35.0
+    """Front-wheel angle at steer = +-1."""
+    max_steer_rate_deg_s: float = 120.0
+    """Fastest change of the front-wheel angle."""
+    max_accel_mps2: float = 3.5
+    """Acceleration at full throttle from rest (falls linearly to 0 at `max_speed_mps`)."""
+    max_brake_mps2: float = 8.0
+    """Deceleration at full brake."""
+    coast_decel_mps2: float = 0.3
+    """Rolling and air resistance while moving."""
+    max_speed_mps: float = 30.0
+    """Top speed."""
+    max_lateral_accel_mps2: float = 8.0
+    """Tyre grip: the path curvature is limited so that v^2 * curvature stays below this."""
+    obstacle_range_m: float = 50.0
+    """Range of the obstacle sensor (nearest vehicle ahead in the ego's path)."""
+    camera_x_m: float = 1.6
+    """Camera position ahead of the ego's centre."""
+    camera_z_m: float = 1.5
+    """Camera height above the ground."""
+    camera_pitch_deg: float = 0.0
+    """Camera pitch; negative looks down (CARLA convention)."""
+    camera_fov_deg: float = 90.0
+    """Horizontal field of view."""
+    camera_aspect: float = 16.0 / 9.0
+    """Aspect ratio of the emulated sensor (256x144 in the original) squeezed into the square frame."""
+    render_distance_m: float = 150.0
+    """Ground farther than this is drawn as horizon haze."""
+    raster_cell_m: float = 0.2
+    """Cell size of the top-down road raster the camera samples."""
+
+    def __post_init__(self):
+        sec = "lanesim"
+        _check_range(sec, "scenario", self.scenario, 0, len(self.npc_density_per_km) - 1)
+        if any(d < 0 for d in self.npc_density_per_km):
+            raise ValueError(f"{sec}.npc_density_per_km must be >= 0, got {self.npc_density_per_km}")
+        _check_interval(sec, "npc_speed_mps", self.npc_speed_mps, 0.5)
+        _check_range(sec, "npc_min_gap_m", self.npc_min_gap_m, 6.0, 200.0)
+        _check_range(sec, "spawn_clearance_m", self.spawn_clearance_m, 0.0, 200.0)
+        _check_range(sec, "route_length_m", self.route_length_m, 20.0, 5000.0)
+        _check_range(sec, "road_margin_back_m", self.road_margin_back_m, 5.0, 500.0)
+        _check_range(sec, "road_margin_front_m", self.road_margin_front_m,
+                     self.num_waypoints * self.waypoint_spacing_m, 1000.0)
+        _check_range(sec, "lane_width_m", self.lane_width_m, 2.5, 5.0)
+        _check_interval(sec, "straight_length_m", self.straight_length_m, 0.0)
+        _check_interval(sec, "curve_radius_m", self.curve_radius_m, 2 * self.lane_width_m + 1.0)
+        _check_interval(sec, "curve_angle_deg", self.curve_angle_deg, 1.0)
+        _check_interval(sec, "clothoid_length_m", self.clothoid_length_m, 0.0)
+        _check_range(sec, "max_heading_deg", self.max_heading_deg, 10.0, 85.0)
+        _check_range(sec, "num_waypoints", self.num_waypoints, 1, 200)
+        _check_range(sec, "waypoint_spacing_m", self.waypoint_spacing_m, 0.5, 20.0)
+        _check_range(sec, "goal_tolerance_m", self.goal_tolerance_m, 0.0, 50.0)
+        _check_range(sec, "offroad_limit_m", self.offroad_limit_m, 0.5, 10.0)
+        _check_range(sec, "max_episode_steps", self.max_episode_steps, 1, 10**7)
+        _check_range(sec, "dt", self.dt, 0.005, 0.2)
+        _check_range(sec, "initial_speed_mps", self.initial_speed_mps, 0.0, self.max_speed_mps)
+        _check_range(sec, "wheelbase_m", self.wheelbase_m, 1.0, 6.0)
+        _check_range(sec, "vehicle_length_m", self.vehicle_length_m, self.wheelbase_m, 10.0)
+        _check_range(sec, "vehicle_width_m", self.vehicle_width_m, 1.0, 3.0)
+        _check_range(sec, "max_steer_deg", self.max_steer_deg, 5.0, 70.0)
+        _check_range(sec, "max_steer_rate_deg_s", self.max_steer_rate_deg_s, 10.0, 10000.0)
+        _check_range(sec, "max_accel_mps2", self.max_accel_mps2, 0.5, 15.0)
+        _check_range(sec, "max_brake_mps2", self.max_brake_mps2, 0.5, 15.0)
+        _check_range(sec, "coast_decel_mps2", self.coast_decel_mps2, 0.0, 3.0)
+        _check_range(sec, "max_speed_mps", self.max_speed_mps, 5.0, 80.0)
+        _check_range(sec, "max_lateral_accel_mps2", self.max_lateral_accel_mps2, 1.0, 15.0)
+        _check_range(sec, "obstacle_range_m", self.obstacle_range_m, 5.0, 500.0)
+        _check_range(sec, "camera_x_m", self.camera_x_m, -5.0, 5.0)
+        _check_range(sec, "camera_z_m", self.camera_z_m, 0.3, 10.0)
+        _check_range(sec, "camera_pitch_deg", self.camera_pitch_deg, -60.0, 20.0)
+        _check_range(sec, "camera_fov_deg", self.camera_fov_deg, 30.0, 150.0)
+        _check_range(sec, "camera_aspect", self.camera_aspect, 0.5, 4.0)
+        _check_range(sec, "render_distance_m", self.render_distance_m, 10.0, 1000.0)
+        _check_range(sec, "raster_cell_m", self.raster_cell_m, 0.05, 1.0)
+
+    @property
+    def road_length_m(self) -> float:
+        """Total arc length of the generated road: margin behind, route, margin beyond."""
+        return self.road_margin_back_m + self.route_length_m + self.road_margin_front_m
+
+    @property
+    def vector_dim(self) -> int:
+        """Size of the observation vector: speed, deviation, heading error, 2 per waypoint."""
+        return 3 + 2 * self.num_waypoints
+
+    def num_npcs(self) -> int:
+        """NPC vehicles of the configured scenario on the two lanes of the road."""
+        lane_km = 2.0 * self.road_length_m / 1000.0
+        return int(round(self.npc_density_per_km[self.scenario] * lane_km))
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Which backend to drive and how its observations are stacked."""
+
+    backend: str = "lanesim"
+    """"lanesim" (embedded simulator), "carla", or "gym:<id>" for a gymnasium env with images."""
+    stack: int = DEFAULT_STACK
+    """Frames per observation (oldest first on the last image axis)."""
+    seed: int = 0
+    """Seed of the first reset; later resets continue the env's own random stream."""
+    num_envs: int = 1
+    """Envs stepped together by `make_vec_env`."""
+    lanesim: LaneSimConfig = LaneSimConfig()
+    """Settings of the embedded simulator."""
+    reward: RewardConfig = RewardConfig()
+    """Reward weights and thresholds (lanesim and carla)."""
+    carla: CarlaConfig = CarlaConfig()
+    """Settings of the CARLA backend."""
+
+    def __post_init__(self):
+        if self.backend not in ("lanesim", "carla") and not (
+            self.backend.startswith("gym:") and len(self.backend) > 4
+        ):
+            raise ValueError(f'env.backend must be "lanesim", "carla" or "gym:<id>", got {self.backend!r}')
+        _check_range("env", "stack", self.stack, 1, 16)
+        _check_range("env", "seed", self.seed, 0, 2**63 - 1)
+        _check_range("env", "num_envs", self.num_envs, 1, 4096)

@@ -1,0 +1,73 @@
+"""The observation vector shared by the driving backends (lanesim and CARLA).
+
+Layout, as in the original: ``[speed / 30, lateral deviation / 3.5, heading
+error / pi, then per look-ahead point (x, y) / 50]`` in float32. Unlike the
+original, the lateral deviation is signed (left of the lane centre positive)
+and the heading error is taken from the ego's own lane. Look-ahead points are
+in the vehicle frame, x forward and y left, on the centre of the ego's lane;
+points past the goal repeat the goal, so the route's end is visible in the
+vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SPEED_SCALE = 30.0
+"""m/s per unit of the speed entry."""
+DEVIATION_SCALE = 3.5
+"""m per unit of the lateral-deviation entry."""
+HEADING_SCALE = np.pi
+"""rad per unit of the heading-error entry."""
+WAYPOINT_SCALE = 50.0
+"""m per unit of a look-ahead coordinate."""
+HEADER = 3
+"""Entries before the look-ahead points."""
+
+
+def build_vector(
+    speed: np.ndarray,
+    lateral_deviation: np.ndarray,
+    heading_error: np.ndarray,
+    waypoints: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Scales measurements into the observation vector.
+
+    Args:
+      speed: (N,) m/s.
+      lateral_deviation: (N,) signed, m.
+      heading_error: (N,) rad in [-pi, pi].
+      waypoints: (N, W, 2) look-ahead points in the vehicle frame, m.
+      out: optional (N, 3 + 2W) float32 buffer.
+
+    Returns:
+      (N, 3 + 2W) float32.
+    """
+    num, count, _ = waypoints.shape
+    if out is None:
+        out = np.empty((num, HEADER + 2 * count), np.float32)
+    out[:, 0] = speed / SPEED_SCALE
+    out[:, 1] = lateral_deviation / DEVIATION_SCALE
+    out[:, 2] = heading_error / HEADING_SCALE
+    out[:, HEADER:] = waypoints.reshape(num, 2 * count) / WAYPOINT_SCALE
+    return out
+
+
+def parse_vector(vector: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+    """Inverse of `build_vector` for one observation.
+
+    Args:
+      vector: (3 + 2W,) float32.
+
+    Returns:
+      (speed m/s, lateral deviation m, heading error rad, (W, 2) waypoints m).
+    """
+    vector = np.asarray(vector, np.float64)
+    points = vector[HEADER:].reshape(-1, 2) * WAYPOINT_SCALE
+    return (
+        float(vector[0] * SPEED_SCALE),
+        float(vector[1] * DEVIATION_SCALE),
+        float(vector[2] * HEADING_SCALE),
+        points,
+    )
