@@ -22,7 +22,8 @@ import numpy as np
 import yaml
 
 from td3_jax.cli import UserError
-from td3_jax.diagnose_report import Criteria, Diagnosis, Series, diagnose_scalars, fmt
+from td3_jax.diagnose_report import Diagnosis, diagnose_scalars
+from td3_jax.diagnose_signals import Criteria, Series, fmt, resolve_signals
 
 EVENT_FILE_MARKER = "tfevents"
 CONFIG_FILE = "config.yaml"
@@ -210,8 +211,6 @@ def plot_scalars(scalars: dict[str, Series], diagnosis: Diagnosis, out: str | os
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from td3_jax.diagnose_report import resolve_signals
 
     series, tags = resolve_signals(scalars)
     figure = Figure(figsize=(12, 8), layout="constrained")

@@ -12,12 +12,12 @@ from tensorboardX import SummaryWriter
 
 from td3_jax import cli
 from td3_jax.diagnose import diagnose_run, find_event_files, format_text, read_scalars, write_diagnosis
-from td3_jax.diagnose_report import (
+from td3_jax.diagnose_report import diagnose_scalars
+from td3_jax.diagnose_signals import (
     SIGNALS,
     Criteria,
     Series,
     align,
-    diagnose_scalars,
     growth_orders,
     sustained_onset,
 )
