@@ -452,12 +452,8 @@ class ReplayBuffer:
         """`value` as an (n_envs, *row_shape) array; dtype None accepts any real and casts to float32."""
         array = np.asarray(value)
         shape = (self.n_envs, *row_shape)
-        if dtype is None:
-            ok = array.dtype.kind in "fiub"
-            target = "real numbers"
-        else:
-            ok = array.dtype == dtype
-            target = np.dtype(dtype).name
+        ok = array.dtype.kind in "fiub" if dtype is None else array.dtype == dtype
         if array.shape != shape or not ok:
+            target = "real numbers" if dtype is None else np.dtype(dtype).name
             raise ValueError(f"{name} must be {shape} {target}, got {array.shape} {array.dtype}")
         return array.astype(np.float32) if dtype is None else array
