@@ -385,11 +385,12 @@ class Checkpointer:
         self._require_items(step, items)
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
-        except (OSError, ValueError) as error:
-            # orbax and tensorstore report missing or truncated files as OSError or ValueError;
-            # shape mismatches were ruled out above, so these mean the files themselves are bad.
+        except Exception as error:
+            cause = _file_error(error)
+            if cause is None:
+                raise
             raise CheckpointError(
-                f"checkpoint {where} could not be read ({_brief(error)}); it is corrupt or incomplete, "
+                f"checkpoint {where} could not be read ({_brief(cause)}); it is corrupt or incomplete, "
                 f"{_FALLBACK}"
             ) from error
 
@@ -470,13 +471,27 @@ def _first_mismatch(stored_tree, abstract_tree) -> str | None:
     extra = [name for name in stored if name not in wanted]
     if extra:
         return f"{len(extra)} arrays in the checkpoint are not in the config (first: {extra[0]})"
-    for name, target in wanted.items():
-        have = stored[name]
-        if tuple(have.shape) != tuple(target.shape) or np.dtype(have.dtype) != np.dtype(target.dtype):
-            return (
-                f"{name} is {tuple(have.shape)} {np.dtype(have.dtype)} in the checkpoint "
-                f"vs {tuple(target.shape)} {np.dtype(target.dtype)} in the config"
-            )
+    describe = lambda leaf: f"{tuple(leaf.shape)} {np.dtype(leaf.dtype)}"  # noqa: E731
+    differing = [name for name in wanted if describe(stored[name]) != describe(wanted[name])]
+    if not differing:
+        return None
+    first = differing[0]
+    more = f" (and {len(differing) - 1} more arrays)" if len(differing) > 1 else ""
+    return f"{first} is {describe(stored[first])} in the checkpoint vs {describe(wanted[first])} in the config{more}"
+
+
+def _file_error(error: BaseException) -> BaseException | None:
+    """The file-level failure behind a restore error, or None if it is something else.
+
+    orbax and tensorstore report missing, truncated or undecodable files as
+    OSError or ValueError (JSONDecodeError included); orbax wraps failed array
+    reads in a bare Exception whose cause is that error. Shape and structure
+    mismatches are ruled out before reading, so these mean the files are bad.
+    """
+    if isinstance(error, (OSError, ValueError)):
+        return error
+    if type(error) is Exception and isinstance(error.__cause__, (OSError, ValueError)):
+        return error.__cause__
     return None
 
 

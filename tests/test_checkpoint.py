@@ -1,0 +1,319 @@
+"""Checkpoints: exact round trips, keep-last-N, atomic commits, clear errors on bad checkpoints.
+
+Train states are random fills of `jax.eval_shape(init_state)` (every leaf
+non-trivial, no compile), with IEEE special values in one leaf so that a
+round trip that is equal but not bit-identical (-0.0, NaN payloads) fails.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_VECTOR_DIM, tiny_config
+
+import td3_jax
+from td3_jax import checkpoint
+from td3_jax.checkpoint import COMMIT_MARKER, CheckpointError, Checkpointer, load_config
+from td3_jax.cli import UserError
+from td3_jax.hparams import EncoderConfig, NetworkConfig
+from td3_jax.replay import ReplayBuffer
+
+SPECIALS = np.array([np.nan, -0.0, np.inf, -np.inf, 1e-45, np.finfo(np.float32).max], np.float32)
+FRAME_SHAPE = (6, 6)
+
+
+def abstract_state(config=None) -> td3_jax.TD3State:
+    config = tiny_config() if config is None else config
+    init = lambda key: td3_jax.init_state(config, key, vector_dim=TINY_VECTOR_DIM)  # noqa: E731
+    return jax.eval_shape(init, jax.random.key(0))
+
+
+def random_state(abstract: td3_jax.TD3State, seed: int = 0) -> td3_jax.TD3State:
+    rng = np.random.default_rng(seed)
+
+    def fill(leaf):
+        dtype = np.dtype(leaf.dtype)
+        if np.issubdtype(dtype, np.floating):
+            value = rng.standard_normal(leaf.shape).astype(dtype)
+            if value.size >= SPECIALS.size:
+                value.reshape(-1)[: SPECIALS.size] = SPECIALS
+            return jnp.asarray(value)
+        info = np.iinfo(dtype)
+        return jnp.asarray(rng.integers(info.min, info.max, leaf.shape, dtype=dtype, endpoint=True))
+
+    return jax.tree.map(fill, abstract)
+
+
+def assert_bit_identical(restored, expected) -> None:
+    """Same tree (NamedTuple types and static config included), dtypes and bytes of every leaf."""
+    assert jax.tree.structure(restored) == jax.tree.structure(expected)
+    chex.assert_trees_all_equal(restored, expected)
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(expected), strict=True):
+        assert isinstance(got, type(want)) or (isinstance(got, jax.Array) and isinstance(want, jax.Array))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
+
+
+def small_replay(seed: int = 0, steps: int = 9) -> ReplayBuffer:
+    """A 2-frame-stack buffer with an episode boundary, its sampling RNG advanced."""
+    rng = np.random.default_rng(seed)
+    buffer = ReplayBuffer(16, stack=2, frame_shape=FRAME_SHAPE, vector_dim=3, seed=seed)
+    frames = [rng.integers(0, 256, FRAME_SHAPE, dtype=np.uint8)] * 2
+    vector = rng.normal(size=(1, 3)).astype(np.float32)
+    for step in range(steps):
+        new = rng.integers(0, 256, FRAME_SHAPE, dtype=np.uint8)
+        next_vector = rng.normal(size=(1, 3)).astype(np.float32)
+        image, next_image = np.stack(frames, -1), np.stack([frames[-1], new], -1)
+        done = step == 4
+        buffer.add(
+            image[None], vector, rng.uniform(-1, 1, (1, 2)), rng.normal(size=1), next_image[None], next_vector,
+            np.array([done]), np.array([False]),
+        )
+        frames = [new, new] if done else [frames[-1], new]
+        vector = next_vector
+    buffer.sample(3)
+    return buffer
+
+
+def host_state(step: int) -> dict:
+    noise_rng = np.random.default_rng(7)
+    noise_rng.normal(size=5)
+    return {
+        "env_step": step,
+        "episode": 3,
+        "noise_scale": 0.15,
+        "numpy_rng": {"noise": noise_rng.bit_generator.state, "env": np.random.default_rng(8).bit_generator.state},
+        "returns": [1.5, -2.0, None],
+        "eval": {"best": float("inf"), "passed": True},
+    }
+
+
+CONFIG = {"env": {"name": "lanesim", "seed": 3}, "td3": {"discount": 0.99, "actor_hidden": [8]}, "steps": 1000}
+
+
+@pytest.fixture(scope="module")
+def abstract():
+    return abstract_state()
+
+
+@pytest.fixture(scope="module")
+def state(abstract):
+    return random_state(abstract)
+
+
+def save(directory, step, state, *, replay=None, **options) -> None:
+    with Checkpointer(directory, **options) as checkpointer:
+        checkpointer.save(step, train_state=state, host_state=host_state(step), config=CONFIG, replay_state=replay)
+
+
+def test_round_trip_is_bit_identical_for_every_part(tmp_path, abstract, state):
+    buffer = small_replay()
+    save(tmp_path, 10, state, replay=buffer.state_dict())
+    with Checkpointer(tmp_path, read_only=True) as checkpointer:
+        restored = checkpointer.restore(abstract_train_state=abstract)
+    assert restored.step == 10
+    assert_bit_identical(restored.train_state, state)
+    assert type(restored.train_state.actor_opt_state[3]) is type(state.actor_opt_state[3])  # optax PartitionState
+    assert restored.train_state.config == state.config
+    assert restored.host_state == host_state(10)
+    assert restored.config == CONFIG
+
+    expected = buffer.state_dict()
+    assert restored.replay_state.keys() == expected.keys()
+    for name, value in expected.items():
+        got = restored.replay_state[name]
+        assert type(got) is type(value), name
+        if isinstance(value, np.ndarray):
+            assert got.dtype == value.dtype and got.tobytes() == value.tobytes(), name
+
+
+def test_restored_key_and_numpy_generators_continue_the_same_streams(tmp_path, abstract, state):
+    save(tmp_path, 1, state)
+    with Checkpointer(tmp_path) as checkpointer:
+        restored = checkpointer.restore(abstract_train_state=abstract)
+    key, restored_key = (jax.random.wrap_key_data(s.key) for s in (state, restored.train_state))
+    np.testing.assert_array_equal(jax.random.normal(restored_key, (4,)), jax.random.normal(key, (4,)))
+    resumed = np.random.default_rng()
+    resumed.bit_generator.state = restored.host_state["numpy_rng"]["noise"]
+    original = np.random.default_rng()
+    original.bit_generator.state = host_state(1)["numpy_rng"]["noise"]
+    np.testing.assert_array_equal(resumed.normal(size=8), original.normal(size=8))
+
+
+def test_restored_replay_buffer_samples_like_the_original(tmp_path, abstract, state):
+    buffer = small_replay()
+    save(tmp_path, 1, state, replay=buffer.state_dict())
+    with Checkpointer(tmp_path) as checkpointer:
+        replay_state = checkpointer.restore(abstract_train_state=abstract).replay_state
+    fresh = ReplayBuffer(16, stack=2, frame_shape=FRAME_SHAPE, vector_dim=3, seed=99)
+    fresh.load_state_dict(replay_state)
+    assert len(fresh) == len(buffer)
+    for _ in range(3):
+        chex.assert_trees_all_equal(fresh.sample(5), buffer.sample(5))
+
+
+def test_restore_without_replay(tmp_path, abstract, state):
+    replay = small_replay().state_dict()
+    save(tmp_path / "with", 1, state, replay=replay)
+    with Checkpointer(tmp_path / "with") as checkpointer:
+        assert checkpointer.restore(abstract_train_state=abstract, with_replay=False).replay_state is None
+    save(tmp_path / "off", 1, state, replay=replay, save_replay=False)
+    assert not (tmp_path / "off" / "1" / "replay").exists()
+    with Checkpointer(tmp_path / "off") as checkpointer:
+        restored = checkpointer.restore(abstract_train_state=abstract)
+    assert restored.replay_state is None
+    assert_bit_identical(restored.train_state, state)
+
+
+def test_keeps_the_last_n_committed_checkpoints(tmp_path, state):
+    with Checkpointer(tmp_path, max_to_keep=2) as checkpointer:
+        for step in (100, 200, 300, 400):
+            checkpointer.save(step, train_state=state, host_state={"step": step}, config=CONFIG, replay_state=None)
+        assert checkpointer.committed_steps() == [300, 400]
+        assert checkpointer.latest_step() == 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["300", "400"]
+
+
+def test_save_refuses_a_step_not_after_the_latest(tmp_path, state):
+    save(tmp_path, 5, state)
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(CheckpointError, match="already holds committed step 5"):
+        checkpointer.save(5, train_state=state, host_state={}, config={}, replay_state=None)
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ({"shape": (84, 84)}, "tuple"),
+        ({"reward": np.float64(1.0)}, "float64"),
+        ({"step": np.int64(3)}, "not JSON-serializable"),
+        ({"per_env": {0: 1}}, "non-string keys"),
+        ({"array": np.zeros(2)}, "not JSON-serializable"),
+    ],
+)
+def test_save_refuses_host_state_that_json_would_change(tmp_path, state, host, problem):
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(TypeError, match=problem):
+        checkpointer.save(1, train_state=state, host_state=host, config=CONFIG, replay_state=None)
+    assert Checkpointer(tmp_path).latest_step() is None
+
+
+def test_nan_in_host_state_round_trips(tmp_path, abstract, state):
+    with Checkpointer(tmp_path) as checkpointer:
+        checkpointer.save(1, train_state=state, host_state={"last_return": float("nan")}, config={}, replay_state=None)
+        assert np.isnan(checkpointer.restore(abstract_train_state=abstract).host_state["last_return"])
+
+
+def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_path, abstract, state, monkeypatch):
+    save(tmp_path, 1, state)
+    # A save that dies before its commit (here: the fsync before the rename fails).
+    def disk_full(root):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_fsync_tree", disk_full)
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(OSError, match="No space"):
+        checkpointer.save(2, train_state=random_state(abstract, 1), host_state={}, config={}, replay_state=None)
+    monkeypatch.undo()
+    assert any(".orbax-checkpoint-tmp" in p.name for p in tmp_path.iterdir())
+    # A step directory without its commit marker (e.g. copied by hand, or cut short by a power loss).
+    shutil.copytree(tmp_path / "1", tmp_path / "3")
+    (tmp_path / "3" / COMMIT_MARKER).unlink()
+
+    with Checkpointer(tmp_path, read_only=True) as checkpointer:
+        assert checkpointer.committed_steps() == [1]
+        restored = checkpointer.restore(abstract_train_state=abstract)
+        assert restored.step == 1
+        assert_bit_identical(restored.train_state, state)
+        with pytest.raises(CheckpointError, match=r"no committed checkpoint for step 3 .*committed: \[1\]"):
+            checkpointer.restore(3, abstract_train_state=abstract)
+
+    # Resuming from step 1 and saving steps 2 and 3 again replaces the leftovers.
+    later = random_state(abstract, 2)
+    with Checkpointer(tmp_path) as checkpointer:
+        for step in (2, 3):
+            checkpointer.save(step, train_state=later, host_state={}, config={}, replay_state=None)
+        assert checkpointer.committed_steps() == [1, 2, 3]
+        assert_bit_identical(checkpointer.restore(abstract_train_state=abstract).train_state, later)
+    assert not any(".orbax-checkpoint-tmp" in p.name for p in tmp_path.iterdir())
+
+
+def _other_architecture():
+    wider = tiny_config(network=NetworkConfig(encoder=EncoderConfig(features=32), actor_hidden=(8,), critic_hidden=(8,)))
+    deeper = tiny_config(network=NetworkConfig(encoder=EncoderConfig(features=16), actor_hidden=(8, 8), critic_hidden=(8,)))
+    return {
+        "wider encoder": (lambda: abstract_state(wider), r"encoder.Dense_0.bias is \(16,\) float32 in the checkpoint vs \(32,\) float32 in the config \(and \d+ more"),
+        "deeper actor": (lambda: abstract_state(deeper), r"not in the checkpoint \(first: actor_"),
+        "float16 step counter": (
+            lambda: abstract_state().replace(step=jax.ShapeDtypeStruct((), jnp.float16)),
+            r"step is \(\) int32 in the checkpoint vs \(\) float16",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_other_architecture()))
+def test_other_architecture_is_a_clear_error(tmp_path, state, case):
+    make_target, message = _other_architecture()[case]
+    save(tmp_path, 2000, state)
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(CheckpointError, match=message) as raised:
+        checkpointer.restore(abstract_train_state=make_target())
+    assert f"{tmp_path / '2000'} does not match the config" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def _largest_file(directory: Path) -> Path:
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CORRUPTIONS = {
+    "truncated train state": (lambda d: _truncate(_largest_file(d / "train_state")), "could not be read"),
+    "truncated replay": (lambda d: _truncate(_largest_file(d / "replay")), "could not be read"),
+    "missing train state": (lambda d: shutil.rmtree(d / "train_state"), "'train_state' item is missing"),
+    "missing replay": (lambda d: shutil.rmtree(d / "replay"), "'replay' item is missing"),
+    "train state metadata gone": (lambda d: (d / "train_state" / "_METADATA").unlink(), "no train_state metadata"),
+    "garbled host json": (lambda d: (d / "host" / "metadata").write_text('{"env_step": '), "JSONDecodeError"),
+    "other format": (lambda d: (d / "meta" / "metadata").write_text('{"format": 99}'), "has format 99"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_checkpoint_is_a_clear_one_line_error(tmp_path, abstract, state, case):
+    corrupt, message = CORRUPTIONS[case]
+    replay = {"frames": np.random.default_rng(0).integers(0, 256, (64, 32, 32), dtype=np.uint8), "format": 1}
+    save(tmp_path, 7, state, replay=replay)
+    corrupt(tmp_path / "7")
+    with Checkpointer(tmp_path, read_only=True) as checkpointer, pytest.raises(CheckpointError) as raised:
+        checkpointer.restore(abstract_train_state=abstract)
+    text = str(raised.value)
+    assert message in text and str(tmp_path / "7") in text and "\n" not in text
+    assert isinstance(raised.value, UserError)
+
+
+def test_not_a_checkpoint_directory(tmp_path, abstract, state):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_config(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    with pytest.raises(CheckpointError, match=f"no committed checkpoint in {tmp_path}; pass the checkpoints"):
+        Checkpointer(tmp_path, read_only=True).restore(abstract_train_state=abstract)
+    save(tmp_path / "checkpoints", 5, state)
+    with pytest.raises(CheckpointError, match="did you mean .*checkpoints"):
+        load_config(tmp_path)
+    with pytest.raises(CheckpointError, match="that is one checkpoint; pass its parent"):
+        load_config(tmp_path / "checkpoints" / "5")
+
+
+def test_load_config_reads_no_arrays(tmp_path, state):
+    save(tmp_path, 1, state)
+    save(tmp_path, 2, state)
+    (tmp_path / "2" / "meta" / "metadata").write_text(json.dumps({"format": 1}))
+    shutil.rmtree(tmp_path / "2" / "train_state")
+    assert load_config(tmp_path) == CONFIG
+    assert load_config(tmp_path, step=1) == CONFIG
