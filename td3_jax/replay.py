@@ -268,6 +268,21 @@ class ReplayBuffer:
         self._advance(np.arange(self.n_envs), 1)
         self._needs_start = terminated | truncated
 
+    def end_episodes(self, mask: np.ndarray) -> None:
+        """Ends the current episode of the streams in `mask` without storing a transition.
+
+        For a step whose transition is not real (a simulator failure, a resume
+        that cannot restore the env): the stream's next `add` starts a new
+        episode, and no window bridges the gap.
+
+        Args:
+          mask: (n_envs,) bool.
+        """
+        mask = np.asarray(mask, np.bool_)
+        if mask.shape != (self.n_envs,):
+            raise ValueError(f"mask must have shape ({self.n_envs},), got {mask.shape}")
+        self._needs_start = self._needs_start | mask
+
     def sample(self, batch_size: int) -> PackedBatch:
         """Draws `batch_size` transitions uniformly, with replacement.
 

@@ -1,0 +1,397 @@
+"""The run configuration: YAML sections mapped strictly onto frozen dataclasses.
+
+    algorithm:  TD3 and replay settings (the original's key names)
+    networks:   encoder and head architecture, per-group learning rates
+    env:        backend, stacking, simulator, reward, CARLA (td3_jax.envs.config)
+    training:   run length, evaluation, checkpoints, logging
+    guard:      the in-training divergence guard (td3_jax.guard)
+
+Every key is read; an unknown key, a wrong type or an out-of-range value is a
+`ConfigError` naming the key and what is allowed. Defaults live only in the
+dataclasses; `docs/config.md` lists them. Host-side code (reads files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from td3_jax.cli import UserError
+from td3_jax.envs.config import EnvConfig
+from td3_jax.guard import GuardConfig
+from td3_jax.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
+
+
+class ConfigError(UserError):
+    """A config file, key or value is wrong; the message says which and how to fix it."""
+
+
+def _check(condition: bool, key: str, requirement: str, value: Any) -> None:
+    if not condition:
+        raise ValueError(f"{key} must be {requirement}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplorationNoiseConfig:
+    """Std of the Gaussian noise added to the policy's actions while training."""
+
+    schedule: Literal["constant", "linear", "exponential"] = "exponential"
+    """How the std moves from `initial` to `final` after learning starts."""
+    initial: float = 0.3
+    """Std at the first learning step."""
+    final: float = 0.1
+    """Std the schedule approaches (linear: reaches at decay_steps)."""
+    decay_steps: int = 20000
+    """Linear: steps to reach `final`. Exponential: std = final + (initial-final) exp(-5 t / decay_steps)."""
+
+    def __post_init__(self):
+        _check(self.initial >= 0, "algorithm.exploration_noise.initial", ">= 0", self.initial)
+        _check(self.final >= 0, "algorithm.exploration_noise.final", ">= 0", self.final)
+        _check(self.decay_steps >= 1, "algorithm.exploration_noise.decay_steps", ">= 1", self.decay_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientClippingConfig:
+    """Global L2 norm each network's whole gradient is clipped to."""
+
+    actor_max_norm: float = 1.0
+    """Actor (encoder + head) clip norm."""
+    critic_max_norm: float = 10.0
+    """Critic (encoder + both Q heads) clip norm."""
+
+    def __post_init__(self):
+        _check(self.actor_max_norm > 0, "algorithm.gradient_clipping.actor_max_norm", "> 0", self.actor_max_norm)
+        _check(self.critic_max_norm > 0, "algorithm.gradient_clipping.critic_max_norm", "> 0", self.critic_max_norm)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmConfig:
+    """TD3 (Fujimoto et al. 2018) and replay settings."""
+
+    discount: float = 0.99
+    """Discount factor gamma."""
+    tau: float = 0.005
+    """Polyak rate of every target parameter, encoders included."""
+    policy_noise: float = 0.2
+    """Std of the target-policy smoothing noise."""
+    noise_clip: float = 0.5
+    """Bound of the target-policy smoothing noise."""
+    policy_freq: int = 2
+    """The actor and the targets update every `policy_freq` updates."""
+    batch_size: int = 256
+    """Transitions per update."""
+    buffer_size: int = 100000
+    """Replay capacity in transitions (one stored frame each)."""
+    learning_starts: int = 10000
+    """Env steps of uniform random actions before the policy acts and updates begin."""
+    train_freq: int = 1
+    """Run updates every `train_freq` env steps (per env)."""
+    gradient_steps: int = 1
+    """Updates per training call, fused into one jitted `update_many`."""
+    exploration_noise: ExplorationNoiseConfig = ExplorationNoiseConfig()
+    """Gaussian exploration noise schedule."""
+    gradient_clipping: GradientClippingConfig = GradientClippingConfig()
+    """Global-norm clip per network."""
+
+    def __post_init__(self):
+        _check(0.0 <= self.discount <= 1.0, "algorithm.discount", "in [0, 1]", self.discount)
+        _check(0.0 < self.tau <= 1.0, "algorithm.tau", "in (0, 1]", self.tau)
+        _check(self.policy_noise >= 0, "algorithm.policy_noise", ">= 0", self.policy_noise)
+        _check(self.noise_clip >= 0, "algorithm.noise_clip", ">= 0", self.noise_clip)
+        _check(self.policy_freq >= 1, "algorithm.policy_freq", ">= 1", self.policy_freq)
+        _check(self.batch_size >= 1, "algorithm.batch_size", ">= 1", self.batch_size)
+        _check(
+            self.buffer_size >= self.batch_size,
+            "algorithm.buffer_size",
+            f">= algorithm.batch_size ({self.batch_size})",
+            self.buffer_size,
+        )
+        _check(self.learning_starts >= 1, "algorithm.learning_starts", ">= 1", self.learning_starts)
+        _check(self.train_freq >= 1, "algorithm.train_freq", ">= 1", self.train_freq)
+        _check(self.gradient_steps >= 1, "algorithm.gradient_steps", ">= 1", self.gradient_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class CnnConfig:
+    """The image encoder of each network (same shape, separate parameters)."""
+
+    actor_cnn_lr: float = 1e-4
+    """Adam learning rate of the actor's encoder."""
+    critic_cnn_lr: float = 1e-4
+    """Adam learning rate of the critic's encoder."""
+    features: int = 512
+    """Encoder output width."""
+    layer_norm: bool = True
+    """LayerNorm after each encoder layer."""
+    activation: Literal["relu", "leaky_relu"] = "leaky_relu"
+    """Encoder nonlinearity (leaky slope 0.01)."""
+    conv_impl: str = "auto"
+    """Convolution implementation (see td3_jax.conv); auto picks the fastest for the backend."""
+
+    def __post_init__(self):
+        _check(self.actor_cnn_lr >= 0, "networks.cnn.actor_cnn_lr", ">= 0", self.actor_cnn_lr)
+        _check(self.critic_cnn_lr >= 0, "networks.cnn.critic_cnn_lr", ">= 0", self.critic_cnn_lr)
+        _check(self.features >= 1, "networks.cnn.features", ">= 1", self.features)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """One network's MLP head and its optimizer settings."""
+
+    learning_rate: float = 3e-4
+    """Adam learning rate of the MLP group."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer widths (depth = number of entries)."""
+    weight_decay: float = 0.0
+    """Coupled L2 on every parameter of this network (torch Adam style)."""
+
+    def __post_init__(self):
+        _check(self.learning_rate >= 0, "learning_rate", ">= 0", self.learning_rate)
+        _check(all(w >= 1 for w in self.hidden_sizes), "hidden_sizes", "positive widths", self.hidden_sizes)
+        _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworksConfig:
+    """Architecture and per-group learning rates."""
+
+    cnn: CnnConfig = CnnConfig()
+    """The two encoders."""
+    actor: HeadConfig = HeadConfig()
+    """The actor's MLP head."""
+    critic: HeadConfig = HeadConfig()
+    """Each of the critic's two Q heads."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Run length, evaluation, checkpoints and logging."""
+
+    seed: int = 42
+    """Seeds the network init, the update's PRNG key, exploration and the replay sampler."""
+    max_timesteps: int = 1000000
+    """Env steps to train for."""
+    eval_freq: int = 5000
+    """Evaluate every this many env steps (0: never, except at the end)."""
+    num_eval_episodes: int = 10
+    """Episodes per evaluation, on a separate env with fixed seeds, deterministic policy."""
+    eval_seed: int = 1000000
+    """Seed of the first evaluation episode; episode i uses eval_seed + i."""
+    checkpoint_freq: int = 10000
+    """Save a checkpoint every this many env steps (0: only at the end and on interrupt)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (oldest deleted first)."""
+    save_replay_buffer: bool = True
+    """Include the replay buffer in checkpoints (needed for an exact resume)."""
+    log_freq: int = 100
+    """Write aggregated update metrics to TensorBoard every this many env steps."""
+    progress: Literal["auto", "bar", "lines", "off"] = "auto"
+    """Console progress: auto = a bar on a terminal, plain lines otherwise (and when CI=true)."""
+
+    def __post_init__(self):
+        _check(self.max_timesteps >= 1, "training.max_timesteps", ">= 1", self.max_timesteps)
+        _check(self.eval_freq >= 0, "training.eval_freq", ">= 0", self.eval_freq)
+        _check(self.num_eval_episodes >= 0, "training.num_eval_episodes", ">= 0", self.num_eval_episodes)
+        _check(self.checkpoint_freq >= 0, "training.checkpoint_freq", ">= 0", self.checkpoint_freq)
+        _check(self.keep_checkpoints >= 1, "training.keep_checkpoints", ">= 1", self.keep_checkpoints)
+        _check(self.log_freq >= 1, "training.log_freq", ">= 1", self.log_freq)
+        _check(0 <= self.seed < 2**32, "training.seed", "in [0, 2**32)", self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole training run."""
+
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    """TD3 and replay."""
+    networks: NetworksConfig = NetworksConfig()
+    """Architecture and learning rates."""
+    env: EnvConfig = EnvConfig()
+    """Environment backend and its settings."""
+    training: TrainingConfig = TrainingConfig()
+    """Run length, evaluation, checkpoints, logging."""
+    guard: GuardConfig = GuardConfig()
+    """Divergence guard."""
+
+
+def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
+    """The jitted core's static configuration for this run."""
+    algorithm, nets = run.algorithm, run.networks
+    return TD3Config(
+        network=NetworkConfig(
+            encoder=EncoderConfig(
+                features=nets.cnn.features,
+                layer_norm=nets.cnn.layer_norm,
+                activation=nets.cnn.activation,
+                conv_impl=nets.cnn.conv_impl,
+            ),
+            actor_hidden=tuple(nets.actor.hidden_sizes),
+            critic_hidden=tuple(nets.critic.hidden_sizes),
+            action_dim=action_dim,
+        ),
+        actor_optimizer=OptimizerConfig(
+            max_grad_norm=algorithm.gradient_clipping.actor_max_norm,
+            cnn_lr=nets.cnn.actor_cnn_lr,
+            mlp_lr=nets.actor.learning_rate,
+            weight_decay=nets.actor.weight_decay,
+        ),
+        critic_optimizer=OptimizerConfig(
+            max_grad_norm=algorithm.gradient_clipping.critic_max_norm,
+            cnn_lr=nets.cnn.critic_cnn_lr,
+            mlp_lr=nets.critic.learning_rate,
+            weight_decay=nets.critic.weight_decay,
+        ),
+        discount=algorithm.discount,
+        tau=algorithm.tau,
+        policy_noise=algorithm.policy_noise,
+        noise_clip=algorithm.noise_clip,
+        policy_freq=algorithm.policy_freq,
+    )
+
+
+# ---------------------------------------------------------------- loading
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _convert(annotation, value: Any, key: str) -> Any:
+    """Checks `value` against `annotation` and converts YAML lists to tuples."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            raise ConfigError(f"{key} must be {_type_name(annotation)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _convert(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} has the wrong type: {value!r}")
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{key} must be null, got {value!r}")
+        return None
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def build(cls, data: Any, key: str = ""):
+    """Builds dataclass `cls` from a mapping, strictly: unknown keys are errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'config'} must be a mapping of keys, got {data!r}")
+    hints = _field_types(cls)
+    names = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"in {key}" if key else "at the top level"
+        raise ConfigError(f"unknown config key {unknown[0]!r} {where}; allowed: {', '.join(names)}")
+    values = {name: _convert(hints[name], data[name], f"{key}.{name}" if key else name) for name in data}
+    try:
+        return cls(**values)
+    except ValueError as error:
+        raise ConfigError(f"invalid config ({key or 'top level'}): {error}") from None
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Applies 'a.b.c=value' to the raw config mapping (value parsed as YAML)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r} must look like section.key=value")
+    path, _, raw = assignment.partition("=")
+    keys = path.strip().split(".")
+    node = data
+    for part in keys[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {part} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> tuple[RunConfig, dict]:
+    """Reads a YAML config, applies `--set` overrides, and validates it.
+
+    Returns:
+      The typed config and the raw mapping it was built from.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass one of the files in configs/")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return build(RunConfig, data), data
+
+
+def to_dict(config) -> dict:
+    """A plain, YAML/JSON-able mapping of a config dataclass (tuples become lists)."""
+
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def dump(config, path: str | Path) -> None:
+    """Writes the resolved config as YAML (loadable with `load`)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

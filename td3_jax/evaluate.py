@@ -1,0 +1,159 @@
+"""Deterministic evaluation of a policy, and the `td3-jax eval` subcommand. Host-side.
+
+Each evaluation runs N whole episodes on its own env instance with fixed seeds
+(episode i resets with `seed + i`), so every evaluation of a run sees the same
+roads and traffic and the training episode is never disturbed. Per-episode
+counts are summed over steps, not read from the final step (the original read
+collisions and lane invasions from the last step only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+Policy = Callable[[dict], np.ndarray]
+"""Maps a batched observation {"image": (1, H, W, S), "vector": (1, V)} to actions (1, A)."""
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    """What one evaluation episode did."""
+
+    reward: float
+    length: int
+    success: bool
+    collisions: int
+    lane_invasions: int
+    distance_m: float
+    lateral_sq_sum: float
+    speed_sum: float
+    termination_reason: str
+
+
+def run_episode(env, policy: Policy, seed: int) -> EpisodeResult:
+    """Runs one episode of `policy` on `env` from `reset(seed=seed)`."""
+    obs, _ = env.reset(seed=seed)
+    result = EpisodeResult(0.0, 0, False, 0, 0, 0.0, 0.0, 0.0, "")
+    while True:
+        batched = {key: np.asarray(value)[None] for key, value in obs.items()}
+        action = np.asarray(policy(batched))[0]
+        obs, reward, terminated, truncated, info = env.step(action)
+        result.reward += float(reward)
+        result.length += 1
+        result.collisions += int(bool(info.get("collision", False)))
+        result.lane_invasions += int(bool(info.get("lane_invasion", False)))
+        result.lateral_sq_sum += float(info.get("lateral_deviation_m", 0.0)) ** 2
+        result.speed_sum += float(info.get("speed_mps", 0.0))
+        result.distance_m = float(info.get("distance_travelled_m", result.distance_m))
+        if terminated or truncated:
+            result.success = bool(info.get("success", False))
+            reason = info.get("termination_reason", "")
+            result.termination_reason = str(reason) or ("time_limit" if truncated else "terminated")
+            return result
+
+
+def summarize(episodes: list[EpisodeResult]) -> dict[str, float]:
+    """Aggregate evaluation metrics, keyed by their TensorBoard tag (eval/*)."""
+    if not episodes:
+        return {}
+    steps = sum(e.length for e in episodes)
+    km = sum(e.distance_m for e in episodes) / 1000.0
+    summary = {
+        "eval/mean_reward": float(np.mean([e.reward for e in episodes])),
+        "eval/std_reward": float(np.std([e.reward for e in episodes])),
+        "eval/success_rate": float(np.mean([e.success for e in episodes])),
+        "eval/avg_collisions": float(np.mean([e.collisions for e in episodes])),
+        "eval/collisions_per_km": sum(e.collisions for e in episodes) / km if km > 0 else math.nan,
+        "eval/avg_lane_invasions": float(np.mean([e.lane_invasions for e in episodes])),
+        "eval/lateral_rmse_m": math.sqrt(sum(e.lateral_sq_sum for e in episodes) / steps),
+        "eval/mean_speed_kmh": 3.6 * sum(e.speed_sum for e in episodes) / steps,
+        "eval/avg_distance_m": float(np.mean([e.distance_m for e in episodes])),
+        "eval/avg_episode_length": float(np.mean([e.length for e in episodes])),
+    }
+    reasons = sorted({e.termination_reason for e in episodes})
+    for reason in reasons:
+        summary[f"eval/termination_{reason}"] = float(np.mean([e.termination_reason == reason for e in episodes]))
+    return summary
+
+
+def evaluate(env, policy: Policy, num_episodes: int, seed: int) -> tuple[dict[str, float], list[EpisodeResult]]:
+    """Runs `num_episodes` episodes with seeds seed, seed+1, ...; returns (summary, episodes)."""
+    episodes = [run_episode(env, policy, seed + i) for i in range(num_episodes)]
+    return summarize(episodes), episodes
+
+
+def td3_policy(actor_params, network) -> Policy:
+    """The deterministic TD3 policy (no exploration noise) as a `Policy`."""
+    import jax
+
+    from td3_jax.td3 import act
+
+    key = jax.random.key(0)  # unused: noise_scale is 0
+
+    def policy(obs: dict) -> np.ndarray:
+        return np.asarray(act(actor_params, obs["image"], obs["vector"], key, 0.0, network=network))
+
+    return policy
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a run directory or its checkpoints/ directory")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's num_eval_episodes)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: the run's eval_seed)")
+    parser.add_argument("--json", default=None, help="also write the metrics and episodes to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from td3_jax import checkpoint, config as config_lib
+    from td3_jax.cli import UserError
+    from td3_jax.envs import make_env
+    from td3_jax.td3 import init_state
+
+    directory = Path(args.checkpoint)
+    if (directory / "checkpoints").is_dir():
+        directory = directory / "checkpoints"
+    if not directory.is_dir():
+        raise UserError(f"{args.checkpoint} is not a run directory or checkpoint directory")
+    raw = checkpoint.load_config(directory, args.step)
+    run_config = config_lib.build(config_lib.RunConfig, raw)
+    env = make_env(run_config.env)
+    action_dim = env.action_space.shape[0]
+    td3_cfg = config_lib.td3_config(run_config, action_dim)
+    abstract = jax.eval_shape(
+        lambda: init_state(
+            td3_cfg,
+            jax.random.key(0),
+            image_shape=env.observation_space["image"].shape,
+            vector_dim=env.observation_space["vector"].shape[0],
+        )
+    )
+    with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
+        restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
+    episodes = args.episodes if args.episodes is not None else run_config.training.num_eval_episodes
+    seed = args.seed if args.seed is not None else run_config.training.eval_seed
+    if episodes < 1:
+        raise UserError(f"--episodes must be >= 1, got {episodes}")
+    summary, results = evaluate(env, td3_policy(restored.train_state.actor_params, td3_cfg.network), episodes, seed)
+    env.close()
+    print(f"checkpoint {directory}/{restored.step}: {episodes} episodes from seed {seed}")
+    for key, value in summary.items():
+        print(f"  {key:32s} {value:12.4f}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"checkpoint_step": restored.step, "metrics": summary,
+                        "episodes": [dataclasses.asdict(e) for e in results]}, indent=2)
+        )
+    return 0

@@ -1,0 +1,121 @@
+"""TensorBoard logging and console progress of a training run. Host-side I/O.
+
+Update metrics arrive as device arrays from every fused update call and are
+fetched from the device once per logging interval (one `jax.device_get`), then
+aggregated: tags ending in `_max` take the interval's maximum, `_min` its
+minimum, every other tag its mean. Actor metrics are NaN on steps without an
+actor update, so they aggregate over the actor steps only, and a tag with no
+valid value in the interval is not written (no stale or fake points).
+Every tag is defined in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+def aggregate(chunks: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """Reduces per-update metric arrays to one float per tag (see module docstring)."""
+    if not chunks:
+        return {}
+    out = {}
+    for tag in chunks[0]:
+        values = np.concatenate([np.atleast_1d(np.asarray(chunk[tag], np.float64)) for chunk in chunks])
+        if tag == "debug/all_finite":
+            out[tag] = float(np.min(values))
+            continue
+        valid = values[~np.isnan(values)]
+        if valid.size == 0:
+            continue
+        if tag.endswith("_max"):
+            out[tag] = float(np.max(valid))
+        elif tag.endswith("_min"):
+            out[tag] = float(np.min(valid))
+        else:
+            out[tag] = float(np.mean(valid))
+    return out
+
+
+def _progress_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if os.environ.get("CI", "").lower() in ("1", "true") or not sys.stderr.isatty():
+        return "lines"
+    return "bar"
+
+
+class RunLog:
+    """One run's TensorBoard writer, metric aggregation and progress display."""
+
+    LINE_INTERVAL_S = 30.0  # plain progress lines at most this often
+
+    def __init__(self, run_dir: Path, *, total_steps: int, start_step: int, progress: str):
+        self.writer = SummaryWriter(str(run_dir), flush_secs=30)
+        self._pending: list = []
+        self._mode = _progress_mode(progress)
+        self._bar = None
+        if self._mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self._total = total_steps
+        self._last_line = 0.0
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        self.status: dict[str, float] = {}
+
+    def add_update_metrics(self, metrics: Mapping[str, jax.Array]) -> None:
+        """Keeps one update call's metrics (device arrays, K updates each) until `flush_updates`."""
+        self._pending.append(metrics)
+
+    def flush_updates(self, step: int) -> dict[str, float]:
+        """Fetches, aggregates and writes the pending update metrics; returns them."""
+        if not self._pending:
+            return {}
+        values = aggregate(jax.device_get(self._pending))
+        self._pending = []
+        self.scalars(step, values)
+        return values
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        for tag, value in values.items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.writer.add_scalar(tag, float(value), step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def progress(self, step: int, **status: float) -> None:
+        """Advances the bar (or prints a plain line every LINE_INTERVAL_S) with `status` values."""
+        self.status.update(status)
+        if self._bar is not None:
+            self._bar.update(step - self._last_step)
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in self.status.items()}, refresh=False)
+        elif self._mode == "lines":
+            now = time.perf_counter()
+            if now - self._last_line >= self.LINE_INTERVAL_S or step >= self._total:
+                self.line(f"step {step}/{self._total} " + " ".join(f"{k}={v:.4g}" for k, v in self.status.items()))
+                self._last_line = now
+        self._last_step = step
+
+    def line(self, message: str) -> None:
+        """Prints a line without breaking the progress bar."""
+        if self._bar is not None:
+            self._bar.write(message)
+        elif self._mode != "off":
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,458 @@
+"""The training program: host loop, evaluation, checkpoints, and `td3-jax train`. Host-side.
+
+One loop drives a vector of envs (the embedded simulator by default), fills the
+frame-deduplicating replay buffer, and calls the jitted `update_many` every
+`train_freq` env steps with `gradient_steps` fused updates. Everything the
+update needs is in the `TD3State`; everything the loop needs to continue
+exactly (env step, episode counters, RNG states, the env itself for the
+embedded simulator, the replay buffer) goes into each checkpoint.
+
+One counter, `env_step`, gates exploration, training, logging, evaluation and
+checkpoints, so no gate can disagree with another (the original's even/odd
+logging bug). Transitions store `terminated` and `truncated` separately: a
+time limit bootstraps, a crash does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import math
+import os
+import pickle
+import signal
+import time
+import zlib
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from td3_jax import config as config_lib
+from td3_jax.checkpoint import Checkpointer
+from td3_jax.cli import UserError
+from td3_jax.evaluate import evaluate, td3_policy
+from td3_jax.guard import DivergenceGuard, alert_scalars
+from td3_jax.replay import ReplayBuffer
+from td3_jax.run_log import RunLog
+from td3_jax.td3 import act, init_state, update_many
+
+EPISODE_HISTORY = 100  # episodes in the console's running mean
+
+
+def exploration_std(schedule: config_lib.ExplorationNoiseConfig, steps_since_start: int) -> float:
+    """Std of the exploration noise `steps_since_start` env steps after learning starts."""
+    if schedule.schedule == "constant":
+        return schedule.initial
+    fraction = steps_since_start / schedule.decay_steps
+    if schedule.schedule == "linear":
+        return schedule.initial + (schedule.final - schedule.initial) * min(1.0, fraction)
+    return schedule.final + (schedule.initial - schedule.final) * math.exp(-5.0 * fraction)
+
+
+def _pack(value) -> str:
+    return base64.b64encode(zlib.compress(pickle.dumps(value), 1)).decode("ascii")
+
+
+def _unpack(text: str):
+    return pickle.loads(zlib.decompress(base64.b64decode(text)))
+
+
+@dataclasses.dataclass
+class EpisodeStats:
+    """Running sums of the current episode of each env."""
+
+    n: int
+
+    def __post_init__(self):
+        self.reward = np.zeros(self.n)
+        self.length = np.zeros(self.n, np.int64)
+        self.collisions = np.zeros(self.n, np.int64)
+        self.lane_invasions = np.zeros(self.n, np.int64)
+        self.components: dict[str, np.ndarray] = {}
+
+    def add(self, reward, info) -> None:
+        self.reward += reward
+        self.length += 1
+        if "collision" in info:
+            self.collisions += np.asarray(info["collision"], bool)
+        if "lane_invasion" in info:
+            self.lane_invasions += np.asarray(info["lane_invasion"], bool)
+        for name, values in info.get("reward_components", {}).items():
+            self.components.setdefault(name, np.zeros(self.n))
+            self.components[name] += np.asarray(values, np.float64)
+
+    def finish(self, index: int) -> dict[str, float]:
+        """The ended episode's TensorBoard values; resets that env's sums."""
+        values = {
+            "train/episode_reward": float(self.reward[index]),
+            "train/episode_length": float(self.length[index]),
+            "train/collisions_per_episode": float(self.collisions[index]),
+            "train/lane_invasions_per_episode": float(self.lane_invasions[index]),
+        }
+        total = sum(abs(v[index]) for v in self.components.values())
+        for name, sums in self.components.items():
+            values[f"rewards/{name}_component"] = float(sums[index])
+            if total > 0:
+                values[f"rewards/{name}_percentage"] = 100.0 * abs(float(sums[index])) / total
+            sums[index] = 0.0
+        self.reward[index] = 0.0
+        self.length[index] = 0
+        self.collisions[index] = 0
+        self.lane_invasions[index] = 0
+        return values
+
+
+class Trainer:
+    """One training run in `run_dir`. Host-side; see the module docstring."""
+
+    def __init__(self, run: config_lib.RunConfig, run_dir: Path, *, checkpoint_dir: Path | None = None):
+        from td3_jax.envs import make_env, make_vec_env
+
+        self.run = run
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.env = make_vec_env(run.env)
+        self.eval_env = make_env(run.env) if run.training.num_eval_episodes > 0 else None
+        self.n_envs = self.env.num_envs
+        obs_space = self.env.single_observation_space
+        image_shape = obs_space["image"].shape
+        vector_dim = obs_space["vector"].shape[0]
+        self.action_dim = self.env.single_action_space.shape[0]
+        self.td3_config = config_lib.td3_config(run, self.action_dim)
+        algorithm = run.algorithm
+        seed = run.training.seed
+        init_key, act_key = jax.random.split(jax.random.key(seed))
+        self.state = init_state(self.td3_config, init_key, image_shape=image_shape, vector_dim=vector_dim)
+        self.act_key = act_key
+        self.buffer = ReplayBuffer(
+            algorithm.buffer_size,
+            n_envs=self.n_envs,
+            stack=image_shape[-1],
+            frame_shape=image_shape[:2],
+            vector_dim=vector_dim,
+            action_dim=self.action_dim,
+            seed=seed,
+        )
+        self.explore_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+        self.checkpointer = Checkpointer(
+            checkpoint_dir or run_dir / "checkpoints",
+            max_to_keep=run.training.keep_checkpoints,
+            save_replay=run.training.save_replay_buffer,
+        )
+        self.guard = DivergenceGuard(run.guard)
+        self.env_step = 0
+        self.episodes = 0
+        self.updates = 0
+        self.episode_stats = EpisodeStats(self.n_envs)
+        self.recent_rewards: list[float] = []
+        self.results = {"training_rewards": [], "evaluations": []}
+        self.obs = None
+        self._stop_signal: int | None = None
+        self._last_good_state = None
+
+    # ------------------------------------------------------------ state
+
+    def host_state(self) -> dict:
+        """JSON-able loop state for an exact resume."""
+        backend_snapshot = None
+        if self.run.env.backend == "lanesim":  # the embedded simulator can be restored mid-episode
+            backend_snapshot = _pack((self.env, self.obs, self.episode_stats))
+        return {
+            "env_step": self.env_step,
+            "episodes": self.episodes,
+            "updates": self.updates,
+            "explore_rng": self.explore_rng.bit_generator.state,
+            "act_key": [int(x) for x in np.asarray(jax.random.key_data(self.act_key))],
+            "guard": self.guard.state_dict(),
+            "recent_rewards": list(self.recent_rewards),
+            "results": self.results,
+            "env_snapshot": backend_snapshot,
+        }
+
+    def restore(self) -> None:
+        """Continues from the latest checkpoint of this run."""
+        restored = self.checkpointer.restore(abstract_train_state=self.state, with_replay=True)
+        self.state = restored.train_state
+        host = restored.host_state
+        if restored.replay_state is not None:
+            self.buffer.load_state_dict(restored.replay_state)
+        self.env_step, self.episodes, self.updates = host["env_step"], host["episodes"], host["updates"]
+        self.explore_rng.bit_generator.state = host["explore_rng"]
+        self.act_key = jax.random.wrap_key_data(np.asarray(host["act_key"], np.uint32))
+        self.guard.load_state_dict(host["guard"])
+        self.recent_rewards = list(host["recent_rewards"])
+        self.results = host["results"]
+        if host["env_snapshot"] is not None:
+            self.env.close()
+            self.env, self.obs, self.episode_stats = _unpack(host["env_snapshot"])
+        else:  # CARLA or gym: a new episode starts; the buffer must not bridge it
+            self.obs, _ = self.env.reset(seed=self.run.env.seed + self.episodes)
+            self.buffer.end_episodes(np.ones(self.n_envs, bool))
+            self.episode_stats = EpisodeStats(self.n_envs)
+
+    def save_checkpoint(self) -> None:
+        if self.checkpointer.latest_step() == self.env_step:
+            return
+        replay = self.buffer.state_dict() if self.run.training.save_replay_buffer else None
+        self.checkpointer.save(
+            self.env_step,
+            train_state=self.state,
+            host_state=self.host_state(),
+            config=config_lib.to_dict(self.run),
+            replay_state=replay,
+        )
+
+    # ------------------------------------------------------------ loop
+
+    def _request_stop(self, signum, _frame) -> None:
+        self._stop_signal = signum
+
+    def _actions(self) -> np.ndarray:
+        algorithm = self.run.algorithm
+        if self.env_step < algorithm.learning_starts:
+            return self.explore_rng.uniform(-1.0, 1.0, (self.n_envs, self.action_dim)).astype(np.float32)
+        std = exploration_std(algorithm.exploration_noise, self.env_step - algorithm.learning_starts)
+        self.act_key, key = jax.random.split(self.act_key)
+        actions = act(
+            self.state.actor_params, self.obs["image"], self.obs["vector"], key, std,
+            network=self.td3_config.network,
+        )
+        return np.asarray(actions)
+
+    def _train(self, log: RunLog) -> None:
+        algorithm = self.run.algorithm
+        k, batch_size = algorithm.gradient_steps, algorithm.batch_size
+        start = time.perf_counter()
+        batch = self.buffer.sample(k * batch_size)
+        batches = jax.tree.map(lambda x: x.reshape(k, batch_size, *x.shape[1:]), batch)
+        self.state, metrics = update_many(self.state, batches)
+        jax.block_until_ready(self.state.step)
+        self._update_seconds += time.perf_counter() - start
+        self._update_calls += 1
+        self.updates += k
+        log.add_update_metrics(metrics)
+
+    def _log(self, log: RunLog, interval_start: tuple[int, float]) -> None:
+        values = log.flush_updates(self.env_step)
+        now = time.perf_counter()
+        steps, seconds = self.env_step - interval_start[0], now - interval_start[1]
+        progress = {
+            "progress/env_steps_per_sec": steps / seconds if seconds > 0 else math.nan,
+            "progress/buffer_size": float(len(self.buffer)),
+            "agent/total_iterations": float(self.updates),
+            "agent/is_training": float(self.env_step >= self.run.algorithm.learning_starts),
+            "agent/buffer_utilization": len(self.buffer) / self.run.algorithm.buffer_size,
+        }
+        if self._update_calls:
+            progress["progress/update_latency_ms"] = 1000.0 * self._update_seconds / self._update_calls
+        if self.env_step >= self.run.algorithm.learning_starts:
+            steps_since = self.env_step - self.run.algorithm.learning_starts
+            progress["train/exploration_noise"] = exploration_std(self.run.algorithm.exploration_noise, steps_since)
+        log.scalars(self.env_step, progress)
+        self._update_seconds, self._update_calls = 0.0, 0
+        if values:
+            alerts = self.guard.check(self.env_step, values)
+            if self.run.guard.mode != "off":
+                log.scalars(self.env_step, alert_scalars(alerts))
+            for alert in alerts:
+                log.line(f"[{alert.severity}] {alert.message}")
+            if not any(alert.severity == "critical" for alert in alerts):
+                self._last_good_state = (self.env_step, self.state)
+        status = {"sps": progress["progress/env_steps_per_sec"]}
+        if self.recent_rewards:
+            status["ep_return"] = float(np.mean(self.recent_rewards))
+        if "train/q1_value" in values:
+            status["q"] = values["train/q1_value"]
+        log.progress(self.env_step, **status)
+
+    def _evaluate(self, log: RunLog) -> None:
+        if self.eval_env is None:
+            return
+        training = self.run.training
+        policy = td3_policy(self.state.actor_params, self.td3_config.network)
+        summary, _ = evaluate(self.eval_env, policy, training.num_eval_episodes, training.eval_seed)
+        log.scalars(self.env_step, summary)
+        self.results["evaluations"].append({"env_step": self.env_step, **summary})
+        log.line(
+            f"eval @ {self.env_step}: return {summary['eval/mean_reward']:.1f}, "
+            f"success {summary['eval/success_rate']:.2f}, lateral RMSE {summary['eval/lateral_rmse_m']:.2f} m"
+        )
+
+    def _record_step(self, log: RunLog, actions, next_obs, reward, terminated, truncated, info) -> None:
+        done = np.asarray(terminated) | np.asarray(truncated)
+        failed = np.asarray(info.get("carla_failure", np.zeros(self.n_envs, bool)), bool)
+        real_next = {key: np.array(value, copy=True) for key, value in next_obs.items()}
+        if done.any():
+            for i in np.flatnonzero(done & info.get("_final_obs", done)):
+                for key in real_next:
+                    real_next[key][i] = info["final_obs"][i][key]
+        if failed.any():  # a simulator failure: this transition is not real; drop it, end the episode
+            self.buffer.end_episodes(failed)
+        if not failed.all():
+            self.buffer.add(
+                self.obs["image"], self.obs["vector"], actions, reward,
+                real_next["image"], real_next["vector"], terminated, truncated,
+            )
+        self.episode_stats.add(np.where(failed, 0.0, reward), info)
+        for i in np.flatnonzero(done):
+            values = self.episode_stats.finish(i)
+            if failed[i]:
+                continue
+            self.episodes += 1
+            log.scalars(self.env_step, values)
+            self.results["training_rewards"].append(values["train/episode_reward"])
+            self.recent_rewards = (self.recent_rewards + [values["train/episode_reward"]])[-EPISODE_HISTORY:]
+        self.obs = next_obs
+
+    def train(self, *, resume: bool) -> int:
+        """Runs until `max_timesteps`; returns the process exit code."""
+        training, algorithm = self.run.training, self.run.algorithm
+        if resume:
+            self.restore()
+        else:
+            self.obs, _ = self.env.reset(seed=self.run.env.seed)
+        config_lib.dump(self.run, self.run_dir / "config.yaml")
+        log = RunLog(self.run_dir, total_steps=training.max_timesteps, start_step=self.env_step, progress=training.progress)
+        if self.env_step == 0:
+            log.scalars(0, {
+                "agent/actor_max_grad_norm": algorithm.gradient_clipping.actor_max_norm,
+                "agent/critic_max_grad_norm": algorithm.gradient_clipping.critic_max_norm,
+            })
+            log.text("config", "```\n" + (self.run_dir / "config.yaml").read_text() + "\n```", 0)
+        log.line(f"run directory {self.run_dir}; {self.buffer.summary()}")
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._update_seconds, self._update_calls = 0.0, 0
+        interval_start = (self.env_step, time.perf_counter())
+        exit_code = 0
+        try:
+            while self.env_step < training.max_timesteps and self._stop_signal is None:
+                actions = self._actions()
+                next_obs, reward, terminated, truncated, info = self.env.step(actions)
+                before = self.env_step
+                self.env_step += self.n_envs
+                self._record_step(log, actions, next_obs, reward, terminated, truncated, info)
+                if self.env_step >= algorithm.learning_starts:
+                    first = max(before, algorithm.learning_starts - 1)
+                    for _ in range(self.env_step // algorithm.train_freq - first // algorithm.train_freq):
+                        self._train(log)
+                if _crossed(before, self.env_step, training.log_freq):
+                    self._log(log, interval_start)
+                    interval_start = (self.env_step, time.perf_counter())
+                    if self.guard.should_stop:
+                        exit_code = self._guard_stop(log)
+                        break
+                if training.eval_freq and _crossed(before, self.env_step, training.eval_freq):
+                    self._evaluate(log)
+                if training.checkpoint_freq and _crossed(before, self.env_step, training.checkpoint_freq):
+                    self.save_checkpoint()
+            if exit_code == 0:
+                if self._stop_signal is None and (not training.eval_freq or self.env_step % training.eval_freq):
+                    self._evaluate(log)
+                self.save_checkpoint()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            log.close()
+        if self._stop_signal is not None:
+            print(f"stopped by signal {self._stop_signal} at step {self.env_step}; checkpoint saved. "
+                  f"Resume with: td3-jax train --resume {self.run_dir}")
+            return 0
+        self._write_results()
+        self._print_diagnosis()
+        self.env.close()
+        return exit_code
+
+    def _guard_stop(self, log: RunLog) -> int:
+        step, state = self._last_good_state or (self.env_step, self.state)
+        with Checkpointer(self.run_dir / "last_good", max_to_keep=1, save_replay=False) as last_good:
+            last_good.save(step, train_state=state, host_state={"env_step": step},
+                           config=config_lib.to_dict(self.run))
+        log.line(f"{self.guard.stop_message}; last good state saved in {self.run_dir / 'last_good'}")
+        self._write_results()
+        self._print_diagnosis()
+        print(self.guard.stop_message)
+        return 1
+
+    def _write_results(self) -> None:
+        evaluations = self.results["evaluations"]
+        last = evaluations[-5:]
+        results = {
+            "scenario": self.run.env.lanesim.scenario,
+            "backend": self.run.env.backend,
+            "seed": self.run.training.seed,
+            "total_timesteps": self.env_step,
+            "total_updates": self.updates,
+            "total_episodes": self.episodes,
+            "training_rewards": self.results["training_rewards"],
+            "eval_rewards": [e["eval/mean_reward"] for e in evaluations],
+            "eval_success_rates": [e["eval/success_rate"] for e in evaluations],
+            "eval_collisions": [e["eval/avg_collisions"] for e in evaluations],
+            "eval_lane_invasions": [e["eval/avg_lane_invasions"] for e in evaluations],
+            "final_eval_mean_reward": float(np.mean([e["eval/mean_reward"] for e in last])) if last else None,
+            "final_eval_success_rate": float(np.mean([e["eval/success_rate"] for e in last])) if last else None,
+            "evaluations": evaluations,
+        }
+        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+
+    def _print_diagnosis(self) -> None:
+        from td3_jax.diagnose import diagnose_run, format_text, write_diagnosis
+
+        diagnosis = diagnose_run(self.run_dir)
+        write_diagnosis(diagnosis, self.run_dir)
+        print(format_text(diagnosis))
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]."""
+    return after // every > before // every
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def default_run_dir(run: config_lib.RunConfig, root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backend = run.env.backend.replace(":", "-").replace("/", "-")
+    return Path(root) / f"TD3_{backend}_scenario_{run.env.lanesim.scenario}_{stamp}"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config (see configs/); default: built-in defaults")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set algorithm.batch_size=64 (repeatable)")
+    parser.add_argument("--run-dir", default=None, help="run directory (default: runs/TD3_<backend>_<time>)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    parser.add_argument("--seed", type=int, default=None, help="sets training.seed and env.seed")
+    parser.add_argument("--scenario", type=int, default=None, help="traffic scenario 0/1/2 (lanesim and carla)")
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """The `--set` assignments implied by the convenience flags, then the explicit ones."""
+    sets = []
+    if args.seed is not None:
+        sets += [f"training.seed={args.seed}", f"env.seed={args.seed}"]
+    if args.scenario is not None:
+        sets += [f"env.lanesim.scenario={args.scenario}", f"env.carla.scenario={args.scenario}"]
+    return sets + list(args.set)
+
+
+def run(args: argparse.Namespace, *, checkpoint_dir: Path | None = None) -> int:
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir} is not a td3_jax run directory (no config.yaml); pass the directory of a run")
+        if args.config:
+            raise UserError("--resume takes the run's own config.yaml; drop --config (use --set to extend the run)")
+        run_config, _ = config_lib.load(run_dir / "config.yaml", overrides_from_args(args))
+    else:
+        run_config, _ = config_lib.load(args.config, overrides_from_args(args))
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(run_config)
+        if (run_dir / "config.yaml").exists():
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
+    if run_config.env.backend == "carla":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    trainer = Trainer(run_config, run_dir, checkpoint_dir=checkpoint_dir)
+    return trainer.train(resume=bool(args.resume))
