@@ -68,8 +68,8 @@ class LaneSimConfig:
     """Steps after which the episode is truncated (time limit, bootstrapping continues)."""
     dt: float = 0.05
     """Simulated seconds per step."""
-    initial_speed_mps: float = 5.0
-    """Ego speed at reset; the ego starts on the lane centre, aligned with the lane."""
+    initial_speed_mps: float = 8.33
+    """Ego speed at reset (30 km/h); the ego starts on the lane centre, aligned with the lane."""
     wheelbase_m: float = 2.875
     """Distance between the axles of the ego."""
     vehicle_length_m: float = 4.7

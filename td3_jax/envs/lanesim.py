@@ -26,12 +26,10 @@ from td3_jax.envs import roads, traffic
 from td3_jax.envs.camera import Camera
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.observation import build_vector
-from td3_jax.envs.reward import COMPONENTS, Measurements, RewardConfig, compute_reward
+from td3_jax.envs.reward import REASONS, Measurements, RewardConfig, compute_reward, termination
 from td3_jax.envs import spaces
 from td3_jax.envs.spaces import FRAME_SIZE
 
-REASONS = ("", "collision", "off_road", "route_completed", "time_limit")
-"""Values of info["termination_reason"]; "" while the episode runs."""
 NPC_SHADES = (30, 225)
 """Range of NPC body gray levels."""
 
@@ -172,11 +170,11 @@ class LaneSimCore:
         )
         reward, components = compute_reward(measurements, self.reward_cfg)
         self.to_goal = to_goal
-        off_road = np.abs(deviation) > cfg.offroad_limit_m
-        terminated = collision | off_road | completed
         self.steps += 1
-        truncated = ~terminated & (self.steps >= cfg.max_episode_steps)
-        reason = np.select([collision, off_road, completed, truncated], [1, 2, 3, 4], 0)
+        terminated, truncated, reason = termination(
+            collision, deviation, to_goal, self.steps, offroad_limit_m=cfg.offroad_limit_m,
+            goal_tolerance_m=cfg.goal_tolerance_m, max_episode_steps=cfg.max_episode_steps,
+        )
         self._observe(self._all, heading_error)
         info = {
             "termination_reason": _REASONS[reason],

@@ -5,6 +5,8 @@ component is a pure NumPy function of a `Measurements` record whose fields are
 scalars or arrays of one common shape (one entry per env), so the same code
 scores one CARLA car or a batch of simulated ones. Host-side code.
 
+`termination` holds the episode rules every backend shares.
+
 The components, weights and thresholds follow the original system's HEAD
 (``total = sum_i weight_i * component_i``; efficiency 2, lane_keeping 2,
 comfort 1, safety 1, progress 3). Deliberate differences:
@@ -29,6 +31,8 @@ import numpy as np
 
 COMPONENTS = ("efficiency", "lane_keeping", "comfort", "safety", "progress")
 """Names of the reward components, in the order they are reported."""
+REASONS = ("", "collision", "off_road", "route_completed", "time_limit")
+"""Termination reasons by code (`termination`); "" while the episode runs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,3 +271,36 @@ def compute_reward(m: Measurements, cfg: RewardConfig) -> tuple[np.ndarray, dict
     weighted = {name: getattr(cfg, f"{name}_weight") * _FUNCTIONS[name](m, cfg) for name in COMPONENTS}
     total = sum(weighted.values())
     return total, weighted
+
+
+def termination(
+    collision: np.ndarray,
+    lateral_deviation: np.ndarray,
+    distance_to_goal: np.ndarray,
+    steps: np.ndarray,
+    *,
+    offroad_limit_m: float,
+    goal_tolerance_m: float,
+    max_episode_steps: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The episode rules: terminate on collision, off-road or route completion; truncate at the time limit.
+
+    Args:
+      collision: the ego hit something on this step.
+      lateral_deviation: signed offset from the lane centre, m.
+      distance_to_goal: route arc length left, m.
+      steps: steps taken in the episode, this one included.
+      offroad_limit_m: |lateral_deviation| beyond this terminates ("off_road").
+      goal_tolerance_m: distance_to_goal within this terminates ("route_completed").
+      max_episode_steps: steps >= this truncates ("time_limit") unless terminated.
+
+    Returns:
+      (terminated, truncated, reason): bools and int codes into `REASONS`, of
+      the inputs' shape; the first matching reason in the order above wins.
+    """
+    off_road = np.abs(lateral_deviation) > offroad_limit_m
+    completed = np.asarray(distance_to_goal) <= goal_tolerance_m
+    terminated = np.asarray(collision) | off_road | completed
+    truncated = ~terminated & (np.asarray(steps) >= max_episode_steps)
+    reason = np.select([collision, off_road, completed, truncated], [1, 2, 3, 4], 0)
+    return terminated, truncated, reason
