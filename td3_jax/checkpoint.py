@@ -59,6 +59,7 @@ COMMIT_MARKER = "commit_success.txt"
 
 _TRAIN_STATE, _REPLAY, _HOST, _CONFIG, _META = "train_state", "replay", "host", "config", "meta"
 _FALLBACK = "move that step directory away to resume from the previous checkpoint"
+_LOG = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError):
@@ -166,10 +167,12 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=not read_only,
-            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=False,
             temporary_path_class=_DurableRenamePath,
         )
+        if not read_only:
+            # orbax can do this too, but in a background thread that races a second manager's cleanup.
+            self._remove_unfinished_saves()
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def __enter__(self) -> Checkpointer:
@@ -342,12 +345,22 @@ class Checkpointer:
             hint = f"that is one checkpoint; pass its parent {self.directory.parent}"
         return f"no committed checkpoint in {self.directory}; {hint}"
 
+    def _remove_unfinished_saves(self) -> None:
+        """Deletes orbax temporary step directories left by saves that never reached their rename."""
+        if not self.directory.is_dir():
+            return
+        for path in self.directory.iterdir():
+            step, suffix, _ = path.name.partition(atomicity.TMP_DIR_SUFFIX)
+            if suffix and step.isdigit() and path.is_dir():
+                _LOG.warning("removing unfinished checkpoint save %s", path)
+                shutil.rmtree(path)
+
     def _remove_uncommitted(self, min_step: int) -> None:
         """Deletes leftovers of interrupted saves at or after `min_step`: they would block this save."""
         removed = False
         for step in self._manager.all_steps():
             if step >= min_step and not self._is_committed(step):
-                logging.getLogger(__name__).warning(
+                _LOG.warning(
                     "removing uncommitted checkpoint %s", self.directory / str(step)
                 )
                 shutil.rmtree(self.directory / str(step))
@@ -500,3 +513,70 @@ def _brief(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _benchmark(argv: list[str] | None = None) -> dict:
+    """Times save and restore of a default-size train state plus a replay buffer of incompressible frames.
+
+        python -m td3_jax.checkpoint --replay-mb 100 --json checkpoint_bench.json
+
+    Prints a table, optionally writes JSON. Host-side I/O.
+    """
+    import argparse
+    import platform
+    import tempfile
+    import time
+
+    from td3_jax.hparams import TD3Config
+    from td3_jax.replay import ReplayBuffer
+    from td3_jax.td3 import init_state
+
+    parser = argparse.ArgumentParser(prog="python -m td3_jax.checkpoint", description=_benchmark.__doc__)
+    parser.add_argument("--replay-mb", type=float, default=100.0, help="replay buffer size in MB")
+    parser.add_argument("--repeats", type=int, default=3, help="timed save/restore pairs (median reported)")
+    parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    capacity = int(args.replay_mb * 1e6 / ReplayBuffer.estimate_bytes(1, vector_dim=53))
+    buffer = ReplayBuffer(capacity, vector_dim=53)
+    rng = np.random.default_rng(0)
+    replay_state = buffer.state_dict()
+    for value in replay_state.values():
+        if isinstance(value, np.ndarray) and value.size > 1000:
+            high = 2 if value.dtype == np.bool_ else 256  # stored bools must be 0 or 1
+            value.view(np.uint8)[...] = rng.integers(0, high, value.view(np.uint8).shape, dtype=np.uint8)
+    abstract = jax.eval_shape(lambda key: init_state(TD3Config(), key), jax.random.key(0))
+    state = jax.tree.map(lambda leaf: jax.numpy.ones(leaf.shape, leaf.dtype), abstract)
+    nbytes = lambda tree: sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree) if hasattr(x, "nbytes"))  # noqa: E731
+    timings: dict[str, list[float]] = {"save": [], "restore": [], "restore_without_replay": []}
+    with tempfile.TemporaryDirectory(dir=args.dir) as root, Checkpointer(root, max_to_keep=1) as checkpointer:
+        for step in range(args.repeats):
+            start = time.perf_counter()
+            checkpointer.save(step, train_state=state, host_state={}, config={}, replay_state=replay_state)
+            timings["save"].append(time.perf_counter() - start)
+            for name, with_replay in (("restore", True), ("restore_without_replay", False)):
+                start = time.perf_counter()
+                restored = checkpointer.restore(abstract_train_state=abstract, with_replay=with_replay)
+                jax.block_until_ready(restored.train_state)
+                timings[name].append(time.perf_counter() - start)
+    results = {
+        "train_state_mb": nbytes(state) / 1e6,
+        "replay_mb": nbytes(replay_state) / 1e6,
+        "seconds_median": {name: float(np.median(values)) for name, values in timings.items()},
+        "seconds_all": timings,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "orbax": ocp.__version__},
+    }
+    print(f"train state {results['train_state_mb']:.1f} MB, replay {results['replay_mb']:.1f} MB, "
+          f"{args.repeats} repeats, median seconds:")
+    print(f"{'operation':<24}{'seconds':>9}{'MB/s':>9}")
+    for name, seconds in results["seconds_median"].items():
+        megabytes = results["train_state_mb"] + (results["replay_mb"] if name != "restore_without_replay" else 0)
+        print(f"{name:<24}{seconds:>9.2f}{megabytes / seconds:>9.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    _benchmark()

@@ -132,6 +132,7 @@ def test_round_trip_is_bit_identical_for_every_part(tmp_path, abstract, state):
         assert type(got) is type(value), name
         if isinstance(value, np.ndarray):
             assert got.dtype == value.dtype and got.tobytes() == value.tobytes(), name
+            assert got.flags.writeable and got.flags.c_contiguous, name  # adopted without a copy
 
 
 def test_restored_key_and_numpy_generators_continue_the_same_streams(tmp_path, abstract, state):
@@ -232,14 +233,14 @@ def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_pat
         with pytest.raises(CheckpointError, match=r"no committed checkpoint for step 3 .*committed: \[1\]"):
             checkpointer.restore(3, abstract_train_state=abstract)
 
-    # Resuming from step 1 and saving steps 2 and 3 again replaces the leftovers.
+    # Opening for training removes the unfinished save; saving step 3 again replaces the unmarked one.
     later = random_state(abstract, 2)
     with Checkpointer(tmp_path) as checkpointer:
+        assert not any(".orbax-checkpoint-tmp" in p.name for p in tmp_path.iterdir())
         for step in (2, 3):
             checkpointer.save(step, train_state=later, host_state={}, config={}, replay_state=None)
         assert checkpointer.committed_steps() == [1, 2, 3]
         assert_bit_identical(checkpointer.restore(abstract_train_state=abstract).train_state, later)
-    assert not any(".orbax-checkpoint-tmp" in p.name for p in tmp_path.iterdir())
 
 
 def _other_architecture():
