@@ -150,6 +150,14 @@ class LaneSimConfig:
         _check_range(sec, "camera_aspect", self.camera_aspect, 0.5, 4.0)
         _check_range(sec, "render_distance_m", self.render_distance_m, 10.0, 1000.0)
         _check_range(sec, "raster_cell_m", self.raster_cell_m, 0.05, 1.0)
+        per_lane = (self.num_npcs() + 1) // 2
+        free = self.road_length_m - 2 * self.spawn_clearance_m
+        if per_lane * self.npc_min_gap_m > free:
+            raise ValueError(
+                f"{sec}.npc_density_per_km[{self.scenario}] = {self.npc_density_per_km[self.scenario]} puts "
+                f"{per_lane} NPCs per lane, which do not fit npc_min_gap_m = {self.npc_min_gap_m} apart in the "
+                f"{free:.0f} m of lane outside spawn_clearance_m; lower the density or lengthen the road"
+            )
 
     @property
     def road_length_m(self) -> float:

@@ -1,0 +1,268 @@
+"""The embedded simulator: determinism, spaces, episode rules, rendering, vectorisation."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from td3_jax.envs import EnvConfig, make_env, make_vec_env, roads, traffic
+from td3_jax.envs.config import LaneSimConfig
+from td3_jax.envs.lanesim import LaneSimEnv, LaneSimVec, push_frames
+from td3_jax.envs.reward import COMPONENTS
+
+SMALL = LaneSimConfig(route_length_m=60.0, road_margin_front_m=60.0, max_episode_steps=200)
+INFO_KEYS = {
+    "termination_reason", "success", "collision", "lane_invasion", "offroad", "lateral_deviation_m",
+    "heading_error_rad", "speed_mps", "distance_travelled_m", "route_progress", "distance_to_goal_m",
+    "obstacle_distance_m", "obstacle_speed_mps", "time_to_collision_s", "reward_components",
+}
+
+
+def rollout(env, seed, steps, action_seed=0):
+    rng = np.random.default_rng(action_seed)
+    obs, _ = env.reset(seed=seed)
+    trace = [obs]
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(rng.uniform(-0.3, 1.0, 2) * [0.3, 1.0])
+        trace.append((obs, reward, info))
+        if terminated or truncated:
+            obs, _ = env.reset()
+            trace.append(obs)
+    return trace
+
+
+def test_same_seed_same_episodes_and_different_seed_differs():
+    a = rollout(LaneSimEnv(SMALL), seed=7, steps=120)
+    b = rollout(LaneSimEnv(SMALL), seed=7, steps=120)
+    assert repr(a) == repr(b)  # frames, vectors, rewards and infos, bit for bit
+    c = rollout(LaneSimEnv(SMALL), seed=8, steps=5)
+    assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_observations_actions_and_info_conform():
+    env = LaneSimEnv(dataclasses.replace(SMALL, scenario=1))
+    obs, _ = env.reset(seed=1)
+    assert env.observation_space.contains(obs)
+    assert obs["vector"].shape == (53,)
+    for _ in range(20):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs)
+        assert obs["image"].dtype == np.uint8 and obs["vector"].dtype == np.float32
+        assert isinstance(reward, float) and np.isfinite(reward)
+        assert set(info) == INFO_KEYS and set(info["reward_components"]) == set(COMPONENTS)
+        assert reward == pytest.approx(sum(info["reward_components"].values()))
+        if terminated or truncated:
+            break
+
+
+def test_stack_holds_consecutive_frames_and_starts_repeated():
+    env = LaneSimEnv(SMALL)
+    obs, _ = env.reset(seed=2)
+    assert all(np.array_equal(obs["image"][..., 0], obs["image"][..., k]) for k in range(4))
+    prev = obs
+    for _ in range(5):
+        obs, *_ = env.step(np.array([0.0, 0.5]))
+        np.testing.assert_array_equal(obs["image"][..., :-1], prev["image"][..., 1:])
+        prev = obs
+
+
+@pytest.mark.parametrize("stack", [1, 2, 3, 4, 8])
+def test_push_frames_packed_path_matches_plain_shift(stack):
+    rng = np.random.default_rng(stack)
+    images = rng.integers(0, 256, (3, 5, 6, stack), dtype=np.uint8)
+    frames = rng.integers(0, 256, (3, 5, 6), dtype=np.uint8)
+    expected = np.concatenate([images[..., 1:], frames[..., None]], axis=-1)
+    push_frames(images, frames)
+    np.testing.assert_array_equal(images, expected)
+
+
+def test_vector_env_matches_single_envs_and_autoresets():
+    vec = LaneSimVec(2, SMALL, seed=5)
+    singles = [LaneSimEnv(SMALL), LaneSimEnv(SMALL)]
+    obs, _ = vec.reset()
+    # Env i of the vector env draws from episode_rng(5, i); env 0 is LaneSimEnv(seed=5).
+    single_obs, _ = singles[0].reset(seed=5)
+    np.testing.assert_array_equal(obs["image"][0], single_obs["image"])
+    actions = np.array([[0.0, 1.0], [1.0, 1.0]])  # env 1 steers off the road quickly
+    for _ in range(60):
+        obs, reward, terminated, truncated, info = vec.step(actions)
+        single_obs, single_reward, *_ = singles[0].step(actions[0])
+        np.testing.assert_array_equal(obs["image"][0], single_obs["image"])
+        assert reward[0] == single_reward
+        if terminated[1]:
+            break
+    assert terminated[1] and info["termination_reason"][1] == "off_road"
+    assert info["_final_obs"].tolist() == [False, True] and info["final_obs"][0] is None
+    final = info["final_obs"][1]
+    assert vec.single_observation_space.contains(final)
+    assert abs(final["vector"][1] * 3.5) > SMALL.offroad_limit_m
+    # The returned observation is the first of the next episode: a repeated frame, on the lane centre.
+    assert all(np.array_equal(obs["image"][1, ..., 0], obs["image"][1, ..., k]) for k in range(4))
+    assert obs["vector"][1, 1] == 0.0
+    assert vec.observation_space.contains(obs)
+
+
+def test_collision_terminates():
+    env = LaneSimEnv(SMALL)
+    env.reset(seed=3)
+    core = env.core
+    core.npc_s[0, 0] = core.s[0] + 3.0  # an NPC of the ego's lane, stopped just ahead
+    core.npc_speed[0, 0] = core.npc_desired[0, 0] = 1e-3
+    _, reward, terminated, _, info = env.step(np.array([0.0, 1.0]))
+    assert terminated and info["collision"] and info["termination_reason"] == "collision"
+    assert info["reward_components"]["safety"] <= -100.0
+
+
+def test_offroad_terminates_beyond_the_limit():
+    env = LaneSimEnv(SMALL)
+    env.reset(seed=4)
+    for _ in range(200):
+        _, _, terminated, truncated, info = env.step(np.array([-1.0, 0.3]))
+        if terminated or truncated:
+            break
+    assert terminated and info["termination_reason"] == "off_road"
+    assert info["lateral_deviation_m"] < -SMALL.offroad_limit_m  # steering right: negative deviation
+
+
+def test_route_completion_terminates_with_the_goal_bonus():
+    cfg = dataclasses.replace(SMALL, route_length_m=20.0, npc_density_per_km=(0.0, 0.0, 0.0))
+    env = LaneSimEnv(cfg)
+    env.reset(seed=0)  # the first straight covers the route
+    for _ in range(200):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 0.5]))
+        if terminated or truncated:
+            break
+    assert terminated and info["success"] and info["termination_reason"] == "route_completed"
+    assert info["route_progress"] > 0.8
+    assert info["reward_components"]["progress"] >= 3.0 * 100.0
+
+
+def test_time_limit_truncates_without_terminating():
+    env = LaneSimEnv(dataclasses.replace(SMALL, max_episode_steps=5))
+    env.reset(seed=0)
+    for step in range(5):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, -1.0]))
+        assert not terminated
+        assert truncated == (step == 4)
+    assert info["termination_reason"] == "time_limit"
+
+
+def test_frame_shows_sky_road_and_markings():
+    env = LaneSimEnv(SMALL)
+    obs, _ = env.reset(seed=0)
+    frame = obs["image"][..., -1]
+    assert frame[:30].min() > 160  # sky
+    bottom = frame[-10:]
+    assert (bottom == roads.SHADE_ASPHALT).mean() > 0.3  # road surface under the car
+    assert (bottom == roads.SHADE_MARKING).any(axis=0).sum() >= 2  # edge and centre lines
+
+
+def test_road_moves_across_the_frame_when_the_car_steers():
+    env = LaneSimEnv(dataclasses.replace(SMALL, npc_density_per_km=(0.0, 0.0, 0.0)))
+
+    def road_column(obs):
+        """Mean column of the paved road (asphalt and lines) in the middle distance."""
+        band = obs["image"][48:70, :, -1]
+        return np.nonzero((band == roads.SHADE_ASPHALT) | (band == roads.SHADE_MARKING))[1].mean()
+
+    start = road_column(env.reset(seed=0)[0])
+    for _ in range(6):
+        left, *_ = env.step(np.array([0.5, 0.0]))
+    start_again = road_column(env.reset(seed=0)[0])
+    for _ in range(6):
+        right, *_ = env.step(np.array([-0.5, 0.0]))
+    assert start == start_again
+    # Turning left moves the world (and its lines) to the right of the image, and vice versa.
+    assert road_column(left) > start + 5 > start - 5 > road_column(right)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_roads_stay_within_heading_and_curvature_limits(seed):
+    road = roads.generate_road(np.random.default_rng(seed), SMALL)
+    assert road.length == pytest.approx(SMALL.road_length_m)
+    assert np.abs(road.heading).max() <= np.radians(SMALL.max_heading_deg) + 0.05
+    assert np.abs(road.curvature).max() <= 1.0 / SMALL.curve_radius_m[0] + 1e-9
+    assert np.all(np.diff(road.xy[:, 0]) > 0)  # monotone along x: the road cannot cross itself
+    start = int(road.start_s / roads.SAMPLE_M)
+    assert np.all(road.curvature[: start + 1] == 0)  # the ego starts on a straight
+
+
+def _cross(u, v):
+    return u[0] * v[1] - u[1] * v[0]
+
+
+def _reference_overlap(a, b):
+    """Convex polygons intersect iff a corner lies inside the other or two edges cross."""
+
+    def inside(p, poly):
+        cross = [_cross(poly[(i + 1) % 4] - poly[i], p - poly[i]) for i in range(4)]
+        return all(c >= 0 for c in cross) or all(c <= 0 for c in cross)
+
+    def crosses(p1, p2, q1, q2):
+        d1, d2 = _cross(p2 - p1, q1 - p1), _cross(p2 - p1, q2 - p1)
+        d3, d4 = _cross(q2 - q1, p1 - q1), _cross(q2 - q1, p2 - q1)
+        return d1 * d2 < 0 and d3 * d4 < 0
+
+    return (any(inside(p, b) for p in a) or any(inside(q, a) for q in b)
+            or any(crosses(a[i], a[(i + 1) % 4], b[j], b[(j + 1) % 4]) for i in range(4) for j in range(4)))
+
+
+def _corners(x, y, yaw, hl, hw):
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[x + sl * hl * c - sw * hw * s, y + sl * hl * s + sw * hw * c]
+                     for sl, sw in ((1, 1), (1, -1), (-1, -1), (-1, 1))])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-6, 6), st.floats(-6, 6), st.floats(-np.pi, np.pi), st.floats(-np.pi, np.pi))
+def test_box_overlap_matches_polygon_reference(dx, dy, yaw_a, yaw_b):
+    half_a, half_b = (2.35, 0.925), (2.25, 0.95)
+    got = traffic.boxes_overlap(np.array(dx), np.array(dy), yaw_a, yaw_b, half_a, half_b)
+    expected = _reference_overlap(_corners(0, 0, yaw_a, *half_a), _corners(dx, dy, yaw_b, *half_b))
+    assert bool(got) == expected
+
+
+def test_npcs_keep_their_order_and_distance_in_heavy_traffic():
+    cfg = dataclasses.replace(LaneSimConfig(), scenario=2, max_episode_steps=10_000)
+    vec = LaneSimVec(2, cfg, seed=0)
+    vec.reset()
+    core = vec.core
+    for _ in range(300):
+        vec.step(np.array([[0.0, -1.0]] * 2))  # the ego stops and blocks its lane
+        s_leader = core.npc_s[:, core.npc_leader]
+        gap = np.mod(core.npc_direction * (s_leader - core.npc_s), core.ring)
+        assert gap.min() > traffic.NPC_LENGTH_M  # nobody drove into the car ahead
+
+
+def test_random_policy_fails_quickly():
+    env = LaneSimEnv()
+    rng = np.random.default_rng(0)
+    lengths = []
+    for seed in range(5):
+        env.reset(seed=seed)
+        for step in range(1000):
+            _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, 2))
+            if terminated or truncated:
+                break
+        lengths.append(step + 1)
+    assert np.median(lengths) < 300
+
+
+def test_make_env_picks_the_backend():
+    assert isinstance(make_env(EnvConfig()), LaneSimEnv)
+    assert isinstance(make_vec_env(EnvConfig(num_envs=2)), LaneSimVec)
+    with pytest.raises(ValueError, match="backend"):
+        EnvConfig(backend="unity")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("scenario", 3), ("lane_width_m", 1.0), ("curve_radius_m", (50.0, 20.0)), ("dt", 0.0),
+     ("npc_density_per_km", (500.0, 30.0, 60.0))],
+)
+def test_invalid_lanesim_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        LaneSimConfig(**{field: value})
