@@ -275,6 +275,8 @@ def _convert(annotation, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         return build(annotation, value, key)
     if origin is Literal:
+        if isinstance(value, bool) and ("off" if not value else "on") in typing.get_args(annotation):
+            value = "off" if not value else "on"  # YAML 1.1 reads a bare off/on as a boolean
         if value not in typing.get_args(annotation):
             raise ConfigError(f"{key} must be {_type_name(annotation)}, got {value!r}")
         return value
