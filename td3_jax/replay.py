@@ -210,6 +210,7 @@ class ReplayBuffer:
         next_vector: np.ndarray,
         terminated: np.ndarray,
         truncated: np.ndarray,
+        skip: np.ndarray | None = None,
     ) -> None:
         """Stores one env step of every stream.
 
@@ -232,6 +233,10 @@ class ReplayBuffer:
           terminated: (n_envs,) bool, the episode ended in a terminal state.
           truncated: (n_envs,) bool, the episode was cut (time limit); the
             target still bootstraps from `next_image`.
+          skip: optional (n_envs,) bool: streams whose step is not a real
+            transition (a simulator failure). Nothing of theirs is stored or
+            checked beyond shape and dtype, and their episode ends there, as
+            with `end_episodes`.
 
         Raises:
           ValueError: a wrong shape or dtype, a `next_image` that is not
@@ -246,27 +251,30 @@ class ReplayBuffer:
         reward = self._check_array("reward", reward, (), None)
         terminated = self._check_array("terminated", terminated, (), np.bool_)
         truncated = self._check_array("truncated", truncated, (), np.bool_)
+        skip = np.zeros(self.n_envs, np.bool_) if skip is None else self._check_array("skip", skip, (), np.bool_)
+        envs = np.flatnonzero(~skip)
         # Frame-major copies (n_envs, S, H, W): every comparison and write below is then contiguous.
-        image = np.ascontiguousarray(np.moveaxis(image, -1, 1))
-        next_image = np.ascontiguousarray(np.moveaxis(next_image, -1, 1))
+        image = np.ascontiguousarray(np.moveaxis(image[envs], -1, 1))
+        next_image = np.ascontiguousarray(np.moveaxis(next_image[envs], -1, 1))
+        vector, next_vector = vector[envs], next_vector[envs]
         if not np.array_equal(next_image[:, :-1], image[:, 1:]):
             raise ValueError("next_image[..., :-1] must equal image[..., 1:] (the stack shifted by one frame)")
-        self._check_continuity(image, vector)
+        self._check_continuity(envs, image, vector)
 
-        for env in np.flatnonzero(self._needs_start):
-            self._store_episode_start(env, image[env], vector[env])
-        slots = self._flat(np.arange(self.n_envs), self._write_pos)
+        for row in np.flatnonzero(self._needs_start[envs]):
+            self._store_episode_start(envs[row], image[row], vector[row])
+        slots = self._flat(envs, self._write_pos[envs])
         self._n_transition_slots += int(np.count_nonzero(self._depth[slots] == 0))
-        self._run = np.minimum(self._run + 1, self.stack)
+        self._run[envs] = np.minimum(self._run[envs] + 1, self.stack)
         self._frames[slots] = next_image[:, -1]
         self._vectors[slots] = next_vector
-        self._actions[slots] = action
-        self._rewards[slots] = reward
-        self._terminated[slots] = terminated
-        self._truncated[slots] = truncated
-        self._depth[slots] = self._run
-        self._advance(np.arange(self.n_envs), 1)
-        self._needs_start = terminated | truncated
+        self._actions[slots] = action[envs]
+        self._rewards[slots] = reward[envs]
+        self._terminated[slots] = terminated[envs]
+        self._truncated[slots] = truncated[envs]
+        self._depth[slots] = self._run[envs]
+        self._advance(envs, 1)
+        self._needs_start = terminated | truncated | skip
 
     def end_episodes(self, mask: np.ndarray) -> None:
         """Ends the current episode of the streams in `mask` without storing a transition.
@@ -444,19 +452,21 @@ class ReplayBuffer:
         self._advance(np.array([env]), len(frames))
         self._run[env] = len(frames) - 1
 
-    def _check_continuity(self, image: np.ndarray, vector: np.ndarray) -> None:
+    def _check_continuity(self, envs: np.ndarray, image: np.ndarray, vector: np.ndarray) -> None:
         """Raises unless every stream inside an episode continues from its last next observation.
 
         Args:
-          image: (n_envs, S, H, W) uint8, frame-major.
-          vector: (n_envs, V) float32.
+          envs: (N,) int, the streams of the rows of `image` and `vector`.
+          image: (N, S, H, W) uint8, frame-major.
+          vector: (N, V) float32.
         """
-        for env in np.flatnonzero(~self._needs_start):
+        for row in np.flatnonzero(~self._needs_start[envs]):
+            env = envs[row]
             newest = (self._write_pos[env] - 1) % self.slots_per_env
             backs = np.minimum(np.arange(self.stack - 1, -1, -1), self._run[env])
             stack_slots = self._flat(env, (newest - backs) % self.slots_per_env)
-            same_frames = np.array_equal(self._frames[stack_slots], image[env])
-            same_vector = np.array_equal(self._vectors[self._flat(env, newest)], vector[env], equal_nan=True)
+            same_frames = np.array_equal(self._frames[stack_slots], image[row])
+            same_vector = np.array_equal(self._vectors[self._flat(env, newest)], vector[row], equal_nan=True)
             if not (same_frames and same_vector):
                 raise ValueError(
                     f"env {env}: the observation is not the previous step's next observation; "

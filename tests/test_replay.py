@@ -27,7 +27,10 @@ def stamped_frame(frame_id: int) -> np.ndarray:
 
 
 class StampedEnv:
-    """One env stream following a plan of episodes (length, ends_terminated, start_repeats).
+    """One env stream following a plan of episodes (length, end, start_repeats).
+
+    `end` is "terminated", "truncated" or "failed" (the last step is no real
+    transition, as after a simulator failure).
 
     A reset stacks the first frame `start_repeats` times and then new frames, so
     start_repeats == stack is the usual first-frame-repeated stack. Frames and
@@ -42,7 +45,7 @@ class StampedEnv:
 
     def new_episode(self) -> None:
         self.episode += 1
-        self.length, self.ends_terminated, self.start_repeats = self.episodes[self.episode % len(self.episodes)]
+        self.length, self.end, self.start_repeats = self.episodes[self.episode % len(self.episodes)]
         self.t = 0
         self.image = self.frame_stack.reset(stamped_frame(next(self.ids)))
         for _ in range(self.stack - self.start_repeats):
@@ -52,14 +55,15 @@ class StampedEnv:
     def make_vector(self) -> np.ndarray:
         return np.array([next(self.ids), self.env_id, 0.25], np.float32)
 
-    def step(self) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    def step(self) -> tuple[np.ndarray, np.ndarray, bool, bool, bool]:
         self.t += 1
         done = self.t == self.length
         return (
             self.frame_stack.push(stamped_frame(next(self.ids))),
             self.make_vector(),
-            done and self.ends_terminated,
-            done and not self.ends_terminated,
+            done and self.end == "terminated",
+            done and self.end == "truncated",
+            done and self.end == "failed",
         )
 
 
@@ -101,18 +105,21 @@ def run_steps(buffer, reference, envs, n_steps, ids, on_step=None):
     for _ in range(n_steps):
         rows = []
         for env in envs:
-            if reference is not None and env.t == 0:
-                reference.start_episode(env.env_id, env.start_repeats)
-            next_image, next_vector, terminated, truncated = env.step()
+            starting = env.t == 0
+            next_image, next_vector, terminated, truncated, failed = env.step()
             tid = next(ids)
+            if failed:  # what a failed simulator step may hand over: nothing consistent
+                next_image = np.full_like(next_image, 255)
             rows.append(dict(
                 image=env.image, vector=env.vector, action=np.array([tid, env.env_id], np.float32),
                 reward=np.float32(0.5 * tid), next_image=next_image, next_vector=next_vector,
-                terminated=terminated, truncated=truncated,
+                terminated=terminated, truncated=truncated, skip=failed,
             ))
-            if reference is not None:
+            if reference is not None and not failed:
+                if starting:  # a skipped first step stores no frames either
+                    reference.start_episode(env.env_id, env.start_repeats)
                 reference.add(env.env_id, tid, rows[-1])
-            if terminated or truncated:
+            if terminated or truncated or failed:
                 env.new_episode()
             else:
                 env.image, env.vector = next_image, next_vector
@@ -153,7 +160,8 @@ def scenarios(draw):
     n_envs = draw(st.integers(1, 3))
     stack = draw(st.integers(1, 4))
     slots_per_env = draw(st.integers(stack + 1, stack + 12))
-    episode = st.tuples(st.integers(1, 9), st.booleans(), st.integers(1, stack))
+    end = st.sampled_from(["terminated", "truncated", "failed"])
+    episode = st.tuples(st.integers(1, 9), end, st.integers(1, stack))
     plans = [draw(st.lists(episode, min_size=1, max_size=6)) for _ in range(n_envs)]
     n_steps = draw(st.integers(1, 40))
     seed = draw(st.integers(0, 2**16))
@@ -194,7 +202,10 @@ def checkpoint_round_trip(state: dict) -> dict:
 
 
 def test_save_load_round_trip_continues_identically():
-    plans = [[(7, True, 4), (3, False, 4), (5, False, 2)], [(11, False, 4), (2, True, 1)]]
+    plans = [
+        [(7, "terminated", 4), (3, "truncated", 4), (5, "failed", 2)],
+        [(11, "truncated", 4), (2, "terminated", 1)],
+    ]
     first, _, envs, ids = make_case(2, 4, 12, plans, seed=3)
     run_steps(first, None, envs, 20, ids)
     second, *_ = make_case(2, 4, 12, plans, seed=99)
@@ -212,7 +223,7 @@ def test_save_load_round_trip_continues_identically():
 
 
 def test_state_dict_is_flat_arrays_and_json_scalars():
-    buffer, _, envs, ids = make_case(1, 4, 10, [[(4, True, 4)]], seed=0)
+    buffer, _, envs, ids = make_case(1, 4, 10, [[(4, "terminated", 4)]], seed=0)
     run_steps(buffer, None, envs, 6, ids)
     state = buffer.state_dict()
     scalars = {key: value for key, value in state.items() if not isinstance(value, np.ndarray)}
@@ -221,8 +232,8 @@ def test_state_dict_is_flat_arrays_and_json_scalars():
 
 
 def test_load_rejects_state_of_other_settings():
-    small, *_ = make_case(1, 4, 10, [[(4, True, 4)]], seed=0)
-    large, *_ = make_case(1, 4, 12, [[(4, True, 4)]], seed=0)
+    small, *_ = make_case(1, 4, 10, [[(4, "terminated", 4)]], seed=0)
+    large, *_ = make_case(1, 4, 12, [[(4, "terminated", 4)]], seed=0)
     with pytest.raises(ValueError, match="capacity"):
         large.load_state_dict(small.state_dict())
     state = small.state_dict()
@@ -234,7 +245,7 @@ def test_load_rejects_state_of_other_settings():
 def test_sampling_is_uniform_over_transitions_of_uneven_streams():
     # Stream 0 has short episodes (many start slots), stream 1 long ones: a sampler that picked
     # a stream first, or a slot without rejecting start frames, would be biased.
-    buffer, reference, envs, ids = make_case(2, 4, 40, [[(2, True, 4)], [(30, False, 4)]], seed=5)
+    buffer, reference, envs, ids = make_case(2, 4, 40, [[(2, "terminated", 4)], [(30, "truncated", 4)]], seed=5)
     run_steps(buffer, reference, envs, 25, ids)
     live = reference.live()
     draws = 2000 * len(live)
@@ -248,7 +259,7 @@ def test_sampling_is_uniform_over_transitions_of_uneven_streams():
 def test_same_seed_same_samples_other_seed_others():
     batches = []
     for seed in (7, 7, 8):
-        buffer, _, envs, ids = make_case(1, 3, 30, [[(6, False, 3)]], seed=seed)
+        buffer, _, envs, ids = make_case(1, 3, 30, [[(6, "truncated", 3)]], seed=seed)
         run_steps(buffer, None, envs, 25, ids)
         batches.append(buffer.sample(16))
     chex.assert_trees_all_equal(batches[0], batches[1])
@@ -300,6 +311,24 @@ def test_add_rejects_broken_streams_without_writing():
     buffer.add(**dict(step, image=step["next_image"], next_image=step["next_image"] + 1,
                       vector=step["next_vector"]))
     assert len(buffer) == 2
+
+
+def test_end_episodes_starts_a_new_episode_without_bridging():
+    buffer = ReplayBuffer(20, stack=2, frame_shape=FRAME_SHAPE, vector_dim=VECTOR_DIM)
+    step = one_step(buffer)  # frames 0, 1 -> 1, 2; next_vector all ones
+    buffer.add(**step)
+    buffer.end_episodes(np.array([True]))
+    # A new episode that does not continue the last one: no continuity error, and its
+    # window holds only its own frames (7 repeated, then 8).
+    window = np.full((1, *FRAME_SHAPE, 3), 7, np.uint8)
+    window[..., 2] = 8
+    buffer.add(**dict(step, image=window[..., :2], next_image=window[..., 1:],
+                      next_vector=np.full((1, VECTOR_DIM), 2, np.float32)))
+    assert len(buffer) == 2
+    batch = buffer.sample(64)
+    pixel_windows = batch.frames[:, 0, 0, :]
+    np.testing.assert_array_equal(np.unique(pixel_windows[batch.next_vector[:, 0] == 1], axis=0), [[0, 1, 2]])
+    np.testing.assert_array_equal(np.unique(pixel_windows[batch.next_vector[:, 0] == 2], axis=0), [[7, 7, 8]])
 
 
 def test_sample_from_empty_buffer_is_a_clear_error():
