@@ -59,4 +59,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from td3_jax.cli import main as package_main  # the package's UserError, not __main__'s
+
+    sys.exit(package_main())

@@ -137,8 +137,12 @@ class Trainer:
             seed=seed,
         )
         self.explore_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+        if checkpoint_dir is not None and not (run_dir / "checkpoints").exists():
+            # The link lets `--resume RUN_DIR` and `td3-jax eval` find checkpoints kept elsewhere.
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "checkpoints").symlink_to(checkpoint_dir.absolute(), target_is_directory=True)
         self.checkpointer = Checkpointer(
-            checkpoint_dir or run_dir / "checkpoints",
+            run_dir / "checkpoints",
             max_to_keep=run.training.keep_checkpoints,
             save_replay=run.training.save_replay_buffer,
         )
