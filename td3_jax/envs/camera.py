@@ -93,7 +93,8 @@ class Camera:
         )
         cells = (transform @ self.ground_cells).astype(np.intp)
         height, width = road.raster.shape
-        np.clip(cells, 0, np.array([[width - 1], [height - 1]]), out=cells)
+        np.maximum(cells, 0, out=cells)
+        np.minimum(cells, np.array([[width - 1], [height - 1]]), out=cells)
         frame = self.background.copy() if out is None else _fill(out, self.background)
         flat = frame.reshape(-1)
         flat[self.ground_index] = road.raster.reshape(-1).take(cells[1] * width + cells[0])
@@ -103,48 +104,42 @@ class Camera:
         return image
 
     def _draw_boxes(self, image: np.ndarray, x: float, y: float, c: float, s: float, boxes: np.ndarray) -> None:
+        """Draws each vehicle as the screen rectangle of its near face widened to its full lateral extent."""
         dx, dy = boxes[:, 0] - x, boxes[:, 1] - y
         ahead = c * dx + s * dy - self.mount_x
         side = -s * dx + c * dy
-        reach = boxes[:, 3] + boxes[:, 4]
-        near = (ahead > -reach) & (ahead < self.max_box_distance) & (np.abs(side) < ahead * self.half_tan + reach)
-        if not near.any():
+        rel = boxes[:, 2] - np.arctan2(s, c)
+        cos_rel, sin_rel = np.abs(np.cos(rel)), np.abs(np.sin(rel))
+        extent_ahead = boxes[:, 3] * cos_rel + boxes[:, 4] * sin_rel
+        extent_side = boxes[:, 3] * sin_rel + boxes[:, 4] * cos_rel
+        near = ahead - extent_ahead
+        visible = (ahead + extent_ahead > MIN_DEPTH_M) & (near < self.max_box_distance)
+        visible &= np.abs(side) - extent_side < np.maximum(near, MIN_DEPTH_M) * self.half_tan
+        if not visible.any():
             return
-        boxes = boxes[near]
-        order = np.argsort(-ahead[near])
-        # Footprint corners in the vehicle frame (camera-relative forward, left).
-        yaw_rel = boxes[:, 2:3] - np.arctan2(s, c)
-        bc, bs = np.cos(yaw_rel), np.sin(yaw_rel)
-        hl, hw = boxes[:, 3:4] * _CORNER_L, boxes[:, 4:5] * _CORNER_W
-        fwd = ahead[near][:, None] + hl * bc - hw * bs
-        left = side[near][:, None] + hl * bs + hw * bc
-        rows_low, cols_low = self._project(fwd, left, -self.mount_z)
-        rows_high, cols_high = self._project(fwd, left, NPC_HEIGHT_M - self.mount_z)
-        limits = np.stack(
-            [rows_high.min(axis=1), rows_low.max(axis=1),
-             np.minimum(cols_low.min(axis=1), cols_high.min(axis=1)),
-             np.maximum(cols_low.max(axis=1), cols_high.max(axis=1))],
-            axis=1,
-        )
-        limits = np.rint(np.clip(limits, 0, self.size)).astype(np.intp)
-        shades = boxes[:, 5].astype(np.uint8)
-        for i in order:
-            r0, r1, c0, c1 = limits[i]
+        index = np.flatnonzero(visible)
+        near = np.maximum(near[index], MIN_DEPTH_M)
+        side, extent_side = side[index], extent_side[index]
+        low, high = -self.mount_z, NPC_HEIGHT_M - self.mount_z
+        depth_low = np.maximum(self.cos_p * near + self.sin_p * low, MIN_DEPTH_M)
+        depth_high = np.maximum(self.cos_p * near + self.sin_p * high, MIN_DEPTH_M)
+        half = self.size / 2
+        limits = np.stack([
+            half - self.fy * (self.cos_p * high - self.sin_p * near) / depth_high,
+            half - self.fy * (self.cos_p * low - self.sin_p * near) / depth_low,
+            half - self.fx * (side + extent_side) / depth_low,
+            half - self.fx * (side - extent_side) / depth_low,
+        ], axis=1)
+        limits = np.rint(np.minimum(np.maximum(limits, 0), self.size)).astype(np.intp).tolist()
+        shades = boxes[index, 5].astype(np.uint8).tolist()
+        # Far to near, so nearer vehicles cover farther ones.
+        for k in np.argsort(-near).tolist():
+            r0, r1, c0, c1 = limits[k]
             if r1 <= r0 or c1 <= c0:
                 continue
             split = r0 + max(int((r1 - r0) * WINDOW_SHARE), 1)
-            image[r0:split, c0:c1] = shades[i] // 2
-            image[split:r1, c0:c1] = shades[i]
-
-    def _project(self, fwd: np.ndarray, left: np.ndarray, up: float) -> tuple[np.ndarray, np.ndarray]:
-        """Continuous (row, column) of points given relative to the camera in the vehicle frame."""
-        depth = np.maximum(self.cos_p * fwd + self.sin_p * up, MIN_DEPTH_M)
-        rows = self.size / 2 - self.fy * (self.cos_p * up - self.sin_p * fwd) / depth
-        return rows, self.size / 2 - self.fx * left / depth
-
-
-_CORNER_L = np.array([1.0, 1.0, -1.0, -1.0])
-_CORNER_W = np.array([1.0, -1.0, -1.0, 1.0])
+            image[r0:split, c0:c1] = shades[k] // 2
+            image[split:r1, c0:c1] = shades[k]
 
 
 def _fill(out: np.ndarray, background: np.ndarray) -> np.ndarray:

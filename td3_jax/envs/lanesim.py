@@ -32,6 +32,8 @@ from td3_jax.envs.spaces import FRAME_SIZE
 
 NPC_SHADES = (30, 225)
 """Range of NPC body gray levels."""
+COLLISION_CHECK_M = 10.0
+"""Arc-length distance beyond which ego and NPC cannot overlap (the box test is skipped)."""
 
 
 def wrap_angle(angle: np.ndarray) -> np.ndarray:
@@ -86,6 +88,9 @@ class LaneSimCore:
         self._goal_s = cfg.road_margin_back_m + cfg.route_length_m
         self._half_lane = np.full(n, 0.5 * cfg.lane_width_m)
         self._all = np.arange(n)
+        self._max_steer = np.radians(cfg.max_steer_deg)
+        self._max_steer_change = np.radians(cfg.max_steer_rate_deg_s) * cfg.dt
+        self._grip = cfg.max_lateral_accel_mps2 * cfg.wheelbase_m
 
     def reset_env(self, index: int, rng: np.random.Generator) -> None:
         """Starts a new episode in slot `index`, drawing road and traffic from `rng`."""
@@ -139,9 +144,10 @@ class LaneSimCore:
         actions = np.asarray(actions, np.float64).reshape(self.num_envs, 2)
         if not np.isfinite(actions).all():
             raise ValueError(f"actions must be finite, got {actions}")
+        actions = np.minimum(np.maximum(actions, -1.0), 1.0)
         cfg = self.cfg
         prev_accel, prev_lat = np.hypot(self.accel, self.lat_accel), np.abs(self.lat_accel)
-        self._drive(np.clip(actions, -1.0, 1.0))
+        self._drive(actions)
         heading_error = self._project()
         ego_speed_s = self.speed * np.cos(heading_error)
         reach = 0.5 * cfg.vehicle_width_m * np.abs(np.cos(heading_error)) + 0.5 * cfg.vehicle_length_m * np.abs(
@@ -186,7 +192,7 @@ class LaneSimCore:
             "heading_error_rad": heading_error,
             "speed_mps": self.speed,
             "distance_travelled_m": self.odometer.copy(),
-            "route_progress": np.clip((self.s - cfg.road_margin_back_m) / cfg.route_length_m, 0.0, 1.0),
+            "route_progress": np.minimum(np.maximum(self.s - cfg.road_margin_back_m, 0.0) / cfg.route_length_m, 1.0),
             "distance_to_goal_m": to_goal.copy(),
             "obstacle_distance_m": gap,
             "obstacle_speed_mps": leader_v,
@@ -197,26 +203,29 @@ class LaneSimCore:
 
     def _drive(self, actions: np.ndarray) -> None:
         """Kinematic bicycle step (centre reference, slip angle from a centred mass)."""
-        cfg = self.cfg
-        max_change = np.radians(cfg.max_steer_rate_deg_s) * cfg.dt
-        self.steer += np.clip(actions[:, 0] * np.radians(cfg.max_steer_deg) - self.steer, -max_change, max_change)
-        throttle, brake = np.maximum(actions[:, 1], 0.0), np.maximum(-actions[:, 1], 0.0)
-        accel = throttle * cfg.max_accel_mps2 * (1.0 - self.speed / cfg.max_speed_mps) - brake * cfg.max_brake_mps2
-        accel -= np.where(self.speed > 0.0, cfg.coast_decel_mps2, 0.0)
-        new_speed = np.clip(self.speed + accel * cfg.dt, 0.0, cfg.max_speed_mps)
-        self.accel = (new_speed - self.speed) / cfg.dt
+        cfg, dt = self.cfg, self.cfg.dt
+        change = actions[:, 0] * self._max_steer - self.steer
+        self.steer += np.minimum(np.maximum(change, -self._max_steer_change), self._max_steer_change)
+        pedal = actions[:, 1]
+        accel = np.where(
+            pedal > 0.0, pedal * cfg.max_accel_mps2 * (1.0 - self.speed / cfg.max_speed_mps), pedal * cfg.max_brake_mps2
+        )
+        accel -= (self.speed > 0.0) * cfg.coast_decel_mps2
+        new_speed = np.minimum(np.maximum(self.speed + accel * dt, 0.0), cfg.max_speed_mps)
+        self.accel = (new_speed - self.speed) / dt
         # Tyre grip: yaw rate * speed may not exceed the lateral limit.
-        grip = cfg.max_lateral_accel_mps2 * cfg.wheelbase_m / np.maximum(new_speed**2, 1e-6)
-        tan_steer = np.clip(np.tan(self.steer), -grip, grip)
+        grip = self._grip / np.maximum(new_speed * new_speed, 1e-6)
+        tan_steer = np.minimum(np.maximum(np.tan(self.steer), -grip), grip)
         slip = np.arctan(0.5 * tan_steer)
         yaw_rate = new_speed * np.cos(slip) * tan_steer / cfg.wheelbase_m
         self.lat_accel = new_speed * yaw_rate
-        heading = self.yaw + 0.5 * yaw_rate * cfg.dt + slip
-        self.x += new_speed * np.cos(heading) * cfg.dt
-        self.y += new_speed * np.sin(heading) * cfg.dt
-        self.yaw = wrap_angle(self.yaw + yaw_rate * cfg.dt)
+        heading = self.yaw + (0.5 * dt) * yaw_rate + slip
+        travel = new_speed * dt
+        self.x += travel * np.cos(heading)
+        self.y += travel * np.sin(heading)
+        self.yaw = wrap_angle(self.yaw + yaw_rate * dt)
         self.speed = new_speed
-        self.odometer += new_speed * cfg.dt
+        self.odometer += travel
 
     def _project(self) -> np.ndarray:
         """Updates the ego's arc length s and lateral offset d by one Newton step; returns the heading error.
@@ -229,7 +238,7 @@ class LaneSimCore:
         cos, sin = np.cos(pose[:, 2]), np.sin(pose[:, 2])
         self.d = -dx * sin + dy * cos
         along = (dx * cos + dy * sin) / np.maximum(1.0 - pose[:, 3] * self.d, 0.1)
-        self.s = np.clip(self.s + along, 0.0, self.ring)
+        self.s = np.minimum(np.maximum(self.s + along, 0.0), self.ring)
         return wrap_angle(self.yaw - pose[:, 2] - pose[:, 3] * along)
 
     def _traffic(self, ego_speed_s: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -249,15 +258,21 @@ class LaneSimCore:
             ego_gap, self.npc_direction * ego_speed_s[:, None], cfg.dt,
         )
         self._set_boxes(self._all)
-        hit = traffic.boxes_overlap(
-            self.boxes[:, :, 0] - self.x[:, None], self.boxes[:, :, 1] - self.y[:, None],
-            self.yaw[:, None], self.boxes[:, :, 2], self._ego_half, self._npc_half,
-        )
+        # Only pairs within a few car lengths along the road can touch; usually there are none.
+        env, npc = np.nonzero(np.abs(self.npc_s - self.s[:, None]) < COLLISION_CHECK_M)
+        collision = np.zeros(n, bool)
+        if len(env):
+            box = self.boxes[env, npc]
+            hit = traffic.boxes_overlap(
+                box[:, 0] - self.x[env], box[:, 1] - self.y[env], self.yaw[env], box[:, 2],
+                self._ego_half, self._npc_half,
+            )
+            collision[env[hit]] = True
         gap, leader_v, ttc = traffic.nearest_ahead(
             self.npc_s, self.npc_d, self.npc_speed * self.npc_direction, self.s, self.d, ego_speed_s,
             cfg.vehicle_length_m, cfg.vehicle_width_m, cfg.obstacle_range_m,
         )
-        return hit.any(axis=1), gap, leader_v, ttc
+        return collision, gap, leader_v, ttc
 
     def _set_boxes(self, envs: np.ndarray) -> None:
         if not self.num_npcs:

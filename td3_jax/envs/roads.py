@@ -123,37 +123,45 @@ def build_raster(
     """Paints terrain, asphalt and markings into a top-down gray image.
 
     Lateral lines of points are stamped across the road every half cell of arc
-    length, so no cell inside the road is missed even on the outside of curves.
+    length, half a cell apart, so no cell inside the road is missed even on the
+    outside of the tightest allowed curve.
 
     Returns:
       (raster (H, W) uint8, origin (2,) float64 world position of its corner).
     """
     origin = xy.min(axis=0) - RASTER_PAD_M
-    size = np.ceil((xy.max(axis=0) + RASTER_PAD_M - origin) / cell).astype(int)
+    width, height = np.ceil((xy.max(axis=0) + RASTER_PAD_M - origin) / cell).astype(int)
     block = max(int(round(GRASS_BLOCK_M / cell)), 1)
-    coarse = rng.integers(*SHADE_GRASS, size=(size[1] // block + 1, size[0] // block + 1), dtype=np.uint8)
-    raster = np.repeat(np.repeat(coarse, block, axis=0), block, axis=1)[: size[1], : size[0]].copy()
+    coarse = rng.integers(*SHADE_GRASS, size=(height // block + 1, width // block + 1), dtype=np.uint8)
+    raster = np.empty((height, width), np.uint8)
+    raster_blocks = raster[: height // block * block, : width // block * block].reshape(
+        height // block, block, width // block, block
+    )
+    raster_blocks[...] = coarse[: height // block, None, : width // block, None]
+    raster[height // block * block :] = raster[:1]
+    raster[:, width // block * block :] = raster[:, :1]
 
     step = cell / 2
-    s_fine = np.arange(0.0, (len(heading) - 1) * SAMPLE_M, step)
-    centre = np.stack([np.interp(s_fine, _arc(heading), xy[:, k]) for k in range(2)], axis=-1)
-    yaw = np.interp(s_fine, _arc(heading), heading)
-    normal = np.stack([-np.sin(yaw), np.cos(yaw)], axis=-1)
+    arc = np.arange(len(heading)) * SAMPLE_M
+    s_fine = np.arange(0.0, arc[-1], step)
+    # Centre and normal in raster cells, float32: the raster spans at most a few thousand cells.
+    centre_x = ((np.interp(s_fine, arc, xy[:, 0]) - origin[0]) / cell).astype(np.float32)
+    centre_y = ((np.interp(s_fine, arc, xy[:, 1]) - origin[1]) / cell).astype(np.float32)
+    yaw = np.interp(s_fine, arc, heading)
+    normal_x, normal_y = (-np.sin(yaw)).astype(np.float32), np.cos(yaw).astype(np.float32)
     half = lane_width + MARKING_WIDTH_M / 2 + SHOULDER_M
     offsets = np.arange(-half, half + 1e-9, step)
+    scaled = (offsets / cell).astype(np.float32)
+    cols = (centre_x[:, None] + scaled * normal_x[:, None]).astype(np.int32)
+    rows = (centre_y[:, None] + scaled * normal_y[:, None]).astype(np.int32)
     shade = np.full((len(s_fine), len(offsets)), SHADE_ASPHALT, np.uint8)
-    edge = np.abs(np.abs(offsets) - lane_width) <= MARKING_WIDTH_M / 2
-    shade[:, edge] = SHADE_MARKING
+    shade[:, np.abs(np.abs(offsets) - lane_width) <= MARKING_WIDTH_M / 2] = SHADE_MARKING
     dash = np.mod(s_fine, sum(DASH_M)) < DASH_M[0]
     shade[np.ix_(dash, np.abs(offsets) <= MARKING_WIDTH_M / 2)] = SHADE_MARKING
-    points = centre[:, None, :] + offsets[None, :, None] * normal[:, None, :]
-    cells = np.floor((points - origin) / cell).astype(np.int64)
-    raster[cells[..., 1], cells[..., 0]] = shade
+    rows *= width
+    rows += cols
+    raster.reshape(-1)[rows.ravel()] = shade.ravel()
     return raster, origin
-
-
-def _arc(heading: np.ndarray) -> np.ndarray:
-    return np.arange(len(heading)) * SAMPLE_M
 
 
 def generate_road(rng: np.random.Generator, cfg: LaneSimConfig) -> Road:
@@ -193,7 +201,7 @@ def sample(table: np.ndarray, delta: np.ndarray, s: np.ndarray) -> np.ndarray:
       (*s.shape, 4) float64 (x, y, yaw, curvature), linearly interpolated.
     """
     num, k, _ = table.shape
-    pos = np.clip(s * (1.0 / SAMPLE_M), 0.0, k - 1)
+    pos = np.minimum(np.maximum(s * (1.0 / SAMPLE_M), 0.0), k - 1)
     index = pos.astype(np.intp)
     frac = pos - index
     index += (np.arange(num) * k).reshape((num,) + (1,) * (s.ndim - 1))

@@ -69,7 +69,7 @@ def idm_accel(speed: np.ndarray, desired: np.ndarray, gap: np.ndarray, closing: 
         speed * IDM_HEADWAY_S + speed * closing / (2.0 * np.sqrt(IDM_ACCEL * IDM_COMFORT_DECEL)), 0.0
     )
     accel = IDM_ACCEL * (1.0 - (speed / desired) ** 4 - (wanted / np.maximum(gap, 0.1)) ** 2)
-    return np.clip(accel, -IDM_MAX_DECEL, IDM_ACCEL)
+    return np.minimum(np.maximum(accel, -IDM_MAX_DECEL), IDM_ACCEL)
 
 
 def leaders(num_npcs: int, num_forward: int) -> np.ndarray:
