@@ -87,7 +87,7 @@ class AlgorithmConfig:
     batch_size: int = 256
     """Transitions per update."""
     buffer_size: int = 100000
-    """Replay capacity in transitions (one stored frame each)."""
+    """Replay capacity in frame slots: one per transition plus one per episode start (~7.3 KB each)."""
     learning_starts: int = 10000
     """Env steps of uniform random actions before the policy acts and updates begin."""
     train_freq: int = 1

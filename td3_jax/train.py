@@ -35,7 +35,7 @@ from td3_jax.checkpoint import Checkpointer
 from td3_jax.cli import UserError
 from td3_jax.evaluate import evaluate, td3_policy
 from td3_jax.guard import DivergenceGuard, alert_scalars
-from td3_jax.replay import ReplayBuffer
+from td3_jax.replay import ReplayBuffer, ReplayMemoryError
 from td3_jax.run_log import RunLog
 from td3_jax.td3 import act, init_state, update_many
 
@@ -127,15 +127,18 @@ class Trainer:
         init_key, act_key = jax.random.split(jax.random.key(seed))
         self.state = init_state(self.td3_config, init_key, image_shape=image_shape, vector_dim=vector_dim)
         self.act_key = act_key
-        self.buffer = ReplayBuffer(
-            algorithm.buffer_size,
-            n_envs=self.n_envs,
-            stack=image_shape[-1],
-            frame_shape=image_shape[:2],
-            vector_dim=vector_dim,
-            action_dim=self.action_dim,
-            seed=seed,
-        )
+        try:
+            self.buffer = ReplayBuffer(
+                algorithm.buffer_size,
+                n_envs=self.n_envs,
+                stack=image_shape[-1],
+                frame_shape=image_shape[:2],
+                vector_dim=vector_dim,
+                action_dim=self.action_dim,
+                seed=seed,
+            )
+        except ReplayMemoryError as error:
+            raise UserError(f"algorithm.buffer_size={algorithm.buffer_size}: {error}") from None
         self.explore_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
         if checkpoint_dir is not None and not (run_dir / "checkpoints").exists():
             # The link lets `--resume RUN_DIR` and `td3-jax eval` find checkpoints kept elsewhere.
@@ -155,6 +158,7 @@ class Trainer:
         self.results = {"training_rewards": [], "evaluations": []}
         self.obs = None
         self._stop_signal: int | None = None
+        self._policy_actions: list[np.ndarray] = []
         self._last_good_state = None
 
     # ------------------------------------------------------------ state
@@ -224,7 +228,9 @@ class Trainer:
             self.state.actor_params, self.obs["image"], self.obs["vector"], key, std,
             network=self.td3_config.network,
         )
-        return np.asarray(actions)
+        actions = np.asarray(actions)
+        self._policy_actions.append(actions)
+        return actions
 
     def _train(self, log: RunLog) -> None:
         algorithm = self.run.algorithm
@@ -255,6 +261,12 @@ class Trainer:
         if self.env_step >= self.run.algorithm.learning_starts:
             steps_since = self.env_step - self.run.algorithm.learning_starts
             progress["train/exploration_noise"] = exploration_std(self.run.algorithm.exploration_noise, steps_since)
+        if self._policy_actions and self.action_dim == 2:  # (steer, throttle_brake), as the original logged
+            taken = np.concatenate(self._policy_actions)
+            for index, name in enumerate(("steering", "throttle")):
+                progress[f"debug/action_{name}_mean"] = float(np.mean(taken[:, index]))
+                progress[f"debug/action_{name}_std"] = float(np.std(taken[:, index]))
+        self._policy_actions = []
         log.scalars(self.env_step, progress)
         self._update_seconds, self._update_calls = 0.0, 0
         if values:
@@ -293,13 +305,11 @@ class Trainer:
             for i in np.flatnonzero(done & info.get("_final_obs", done)):
                 for key in real_next:
                     real_next[key][i] = info["final_obs"][i][key]
-        if failed.any():  # a simulator failure: this transition is not real; drop it, end the episode
-            self.buffer.end_episodes(failed)
-        if not failed.all():
-            self.buffer.add(
-                self.obs["image"], self.obs["vector"], actions, reward,
-                real_next["image"], real_next["vector"], terminated, truncated,
-            )
+        # A simulator failure's step is not a real transition: skip it, and its episode ends there.
+        self.buffer.add(
+            self.obs["image"], self.obs["vector"], actions, reward,
+            real_next["image"], real_next["vector"], terminated, truncated, skip=failed,
+        )
         self.episode_stats.add(np.where(failed, 0.0, reward), info)
         for i in np.flatnonzero(done):
             values = self.episode_stats.finish(i)

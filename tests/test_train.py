@@ -7,6 +7,7 @@ replay buffer and loop state, bit for bit, as 2N uninterrupted steps.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import chex
@@ -75,19 +76,72 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         chex.assert_trees_all_equal(out_a[:4], out_b[:4])
 
 
-@pytest.mark.slow
-def test_training_writes_results_config_and_diagnosis(tmp_path):
-    run_dir = tmp_path / "run"
-    run = _config("training.max_timesteps=80", "training.num_eval_episodes=1", "training.eval_freq=80")
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, config_lib.RunConfig]:
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    run = _config("training.max_timesteps=100", "training.num_eval_episodes=2", "training.eval_freq=50")
     assert Trainer(run, run_dir).train(resume=False) == 0
+    return run_dir, run
+
+
+@pytest.mark.slow
+def test_training_writes_results_config_and_diagnosis(trained_run):
+    run_dir, run = trained_run
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["total_timesteps"] == 80
-    # train_freq 2, gradient_steps 2, learning from step 40: steps 40, 42, ..., 80
-    assert results["total_updates"] == 2 * len(range(40, 81, 2))
-    assert len(results["eval_rewards"]) == 1
+    assert results["total_timesteps"] == 100
+    # train_freq 2, gradient_steps 2, learning from step 40: updates at steps 40, 42, ..., 100
+    assert results["total_updates"] == 2 * len(range(40, 101, 2))
+    assert len(results["eval_rewards"]) == 2
     assert (run_dir / "diagnosis.json").is_file()
     reloaded, _ = config_lib.load(run_dir / "config.yaml")
     assert reloaded == run
+
+
+def _documented_tags() -> dict[str, str]:
+    """tag -> varies, from the tables of docs/metrics.md ({a,b} expanded; {reason} kept as a wildcard)."""
+    tags = {}
+    for line in (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text().splitlines():
+        match = re.match(r"\| `([^`]+)` \|.*\| (yes|no|may) \|$", line)
+        if not match:
+            continue
+        pattern, varies = match.groups()
+        expansions = [pattern]
+        while any("{" in p and "," in p.split("{", 1)[1].split("}", 1)[0] for p in expansions):
+            expanded = []
+            for p in expansions:
+                head, rest = p.split("{", 1)
+                options, tail = rest.split("}", 1)
+                expanded += [head + option + tail for option in options.split(",")] if "," in options else [p]
+            expansions = expanded
+        tags.update(dict.fromkeys(expansions, varies))
+    return tags
+
+
+@pytest.mark.slow
+def test_every_written_tag_is_documented_and_none_is_frozen(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = trained_run
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    written = set(events.Tags()["scalars"])
+    documented = _documented_tags()
+    wildcards = [tag.split("{")[0] for tag in documented if "{" in tag]
+    undocumented = [t for t in written if t not in documented and not any(t.startswith(w) for w in wildcards)]
+    assert not undocumented, f"tags written but not in docs/metrics.md: {sorted(undocumented)}"
+    expected = {t for t in documented if "{" not in t and not t.startswith("alerts/")}
+    missing = expected - written
+    assert not missing, f"documented tags never written: {sorted(missing)}"
+    frozen = []
+    for tag, varies in documented.items():
+        if varies != "yes" or tag not in written or tag.startswith("eval/"):  # 2 evals only
+            continue
+        values = {round(e.value, 12) for e in events.Scalars(tag)}
+        if len(values) < 2:
+            frozen.append(tag)
+    assert not frozen, f"tags that never changed: {frozen}"
+    for tag in ("train/actor_loss", "debug/actor_q_mean"):
+        assert all(np.isfinite(e.value) for e in events.Scalars(tag)), tag
 
 
 def test_exploration_schedules():
