@@ -266,3 +266,12 @@ def test_make_env_picks_the_backend():
 def test_invalid_lanesim_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         LaneSimConfig(**{field: value})
+
+
+def test_env_preview_writes_both_pngs(tmp_path):
+    from td3_jax.cli import main
+
+    out = tmp_path / "preview"
+    assert main(["env-preview", "--out", str(out), "--frames", "3", "--every", "5", "--route-length", "60"]) == 0
+    assert (out / "camera.png").stat().st_size > 0 and (out / "map.png").stat().st_size > 0
+    assert main(["env-preview", "--scenario", "7", "--out", str(out)]) == 2

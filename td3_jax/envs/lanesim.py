@@ -22,12 +22,11 @@ import gymnasium
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from td3_jax.envs import roads, traffic
+from td3_jax.envs import roads, spaces, traffic
 from td3_jax.envs.camera import Camera
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.observation import build_vector
 from td3_jax.envs.reward import REASONS, Measurements, RewardConfig, compute_reward, termination
-from td3_jax.envs import spaces
 from td3_jax.envs.spaces import FRAME_SIZE
 
 NPC_SHADES = (30, 225)
@@ -80,6 +79,7 @@ class LaneSimCore:
         self.frames = np.zeros((n, FRAME_SIZE, FRAME_SIZE), np.uint8)
         self.vector = np.zeros((n, cfg.vector_dim), np.float32)
         self._waypoint_offsets = cfg.waypoint_spacing_m * np.arange(1, cfg.num_waypoints + 1)
+        self._points = np.zeros((n, cfg.num_waypoints, 2))
         self._ego_half = (cfg.vehicle_length_m / 2, cfg.vehicle_width_m / 2)
         self._npc_half = (traffic.NPC_LENGTH_M / 2, traffic.NPC_WIDTH_M / 2)
         self._markings = np.array([-1.0, 0.0, 1.0]) * cfg.lane_width_m
@@ -87,7 +87,7 @@ class LaneSimCore:
         self._lane_centre = -0.5 * cfg.lane_width_m
         self._goal_s = cfg.road_margin_back_m + cfg.route_length_m
         self._half_lane = np.full(n, 0.5 * cfg.lane_width_m)
-        self._all = np.arange(n)
+        self._all = slice(None)  # basic indexing: views, where an index array would copy the road tables
         self._max_steer = np.radians(cfg.max_steer_deg)
         self._max_steer_change = np.radians(cfg.max_steer_rate_deg_s) * cfg.dt
         self._grip = cfg.max_lateral_accel_mps2 * cfg.wheelbase_m
@@ -111,7 +111,7 @@ class LaneSimCore:
         self.best_waypoint[index] = 0
         self.on_marking[index] = False
         self._spawn_npcs(index, rng, road)
-        envs = np.array([index])
+        envs = slice(index, index + 1)
         self._set_boxes(envs)
         self._observe(envs, np.zeros(1))
 
@@ -274,7 +274,7 @@ class LaneSimCore:
         )
         return collision, gap, leader_v, ttc
 
-    def _set_boxes(self, envs: np.ndarray) -> None:
+    def _set_boxes(self, envs: slice) -> None:
         if not self.num_npcs:
             return
         pose = roads.sample(self.road_table[envs], self.road_delta[envs], self.npc_s[envs])
@@ -283,22 +283,25 @@ class LaneSimCore:
         self.boxes[envs, :, 1] = pose[..., 1] + np.cos(yaw) * self.npc_d
         self.boxes[envs, :, 2] = yaw + self.npc_yaw_offset
 
-    def _lookahead(self, envs: np.ndarray) -> np.ndarray:
-        """Look-ahead points on the ego lane's centre, vehicle frame, (len(envs), W, 2) float64."""
+    def _lookahead(self, envs: slice) -> np.ndarray:
+        """Look-ahead points on the ego lane's centre, vehicle frame, (n, W, 2) float64 (a view of a buffer)."""
         s = np.minimum(self.s[envs, None] + self._waypoint_offsets, self._goal_s)
         pose = roads.sample(self.road_table[envs], self.road_delta[envs], s)
         yaw = pose[..., 2]
         dx = pose[..., 0] - np.sin(yaw) * self._lane_centre - self.x[envs, None]
         dy = pose[..., 1] + np.cos(yaw) * self._lane_centre - self.y[envs, None]
         cos, sin = np.cos(self.yaw[envs])[:, None], np.sin(self.yaw[envs])[:, None]
-        return np.stack([cos * dx + sin * dy, -sin * dx + cos * dy], axis=-1)
+        points = self._points[envs]
+        points[..., 0] = cos * dx + sin * dy
+        points[..., 1] = cos * dy - sin * dx
+        return points
 
-    def _observe(self, envs: np.ndarray, heading_error: np.ndarray) -> None:
+    def _observe(self, envs: slice, heading_error: np.ndarray) -> None:
         """Renders the frames and fills the observation vectors of `envs`."""
         self.vector[envs] = build_vector(
             self.speed[envs], self.d[envs] - self._lane_centre, heading_error, self._lookahead(envs)
         )
-        for i in envs:
+        for i in range(self.num_envs)[envs]:
             self.camera.render(
                 self.roads[i], (self.x[i], self.y[i], self.yaw[i]), self.boxes[i], out=self.frames[i]
             )
