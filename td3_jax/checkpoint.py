@@ -19,7 +19,7 @@ NumPy scalars or non-string dict keys instead of silently returning lists,
 floats or string keys.
 
 Atomicity. orbax (0.12.x, local filesystems) writes a step into
-``<step>.orbax-checkpoint-tmp-<n>``, writes ``commit_success.txt`` into it and
+``<step>.orbax-checkpoint-tmp``, writes ``commit_success.txt`` into it and
 renames it to ``<step>``. Here every file is also fsynced before that rename
 and the parent directory after it, so a committed step is durable. A step
 counts as committed only if its directory has ``commit_success.txt``; temporary
@@ -219,12 +219,19 @@ class Checkpointer:
             values; ignored when `save_replay` is False.
 
         Raises:
-          TypeError: a JSON part would not come back identical from JSON.
+          TypeError: a JSON part would not come back identical from JSON, or
+            the train state holds a typed PRNG key (orbax cannot store those).
           CheckpointError: read-only, or `step` is not after the latest committed step.
         """
         if self.read_only:
             raise CheckpointError(f"checkpoint directory {self.directory} was opened read-only; cannot save")
         step = int(step)
+        typed_keys = [
+            _path_name(path) for path, leaf in jax.tree_util.tree_flatten_with_path(train_state)[0]
+            if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+        ]
+        if typed_keys:
+            raise TypeError(f"train_state.{typed_keys[0]} is a typed PRNG key; store jax.random.key_data(key) instead")
         _check_json_exact(_HOST, host_state)
         _check_json_exact(_CONFIG, config)
         meta: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "step": step, "replay": None}
@@ -287,7 +294,7 @@ class Checkpointer:
         if mismatch:
             raise CheckpointError(
                 f"checkpoint {where} does not match the config: {mismatch}; "
-                "resume with the config the run was trained with (stored in the checkpoint, see load_config)"
+                f"use the config the run was trained with (stored in {where / _CONFIG / 'metadata'})"
             )
         items = {
             _TRAIN_STATE: ocp.args.StandardRestore(abstract),

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_VECTOR_DIM, tiny_config
+from conftest import TINY_VECTOR_DIM, random_batch, tiny_config
 
 import td3_jax
 from td3_jax import checkpoint
@@ -199,9 +199,16 @@ def test_save_refuses_a_step_not_after_the_latest(tmp_path, state):
     ],
 )
 def test_save_refuses_host_state_that_json_would_change(tmp_path, state, host, problem):
-    with Checkpointer(tmp_path) as checkpointer, pytest.raises(TypeError, match=problem):
-        checkpointer.save(1, train_state=state, host_state=host, config=CONFIG, replay_state=None)
-    assert Checkpointer(tmp_path).latest_step() is None
+    with Checkpointer(tmp_path) as checkpointer:
+        with pytest.raises(TypeError, match=problem):
+            checkpointer.save(1, train_state=state, host_state=host, config=CONFIG, replay_state=None)
+        assert checkpointer.latest_step() is None
+
+
+def test_save_refuses_a_typed_prng_key(tmp_path, state):
+    typed = state.replace(key=jax.random.wrap_key_data(state.key))
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(TypeError, match="train_state.key is a typed PRNG key"):
+        checkpointer.save(1, train_state=typed, host_state={}, config={}, replay_state=None)
 
 
 def test_nan_in_host_state_round_trips(tmp_path, abstract, state):
@@ -302,8 +309,11 @@ def test_not_a_checkpoint_directory(tmp_path, abstract, state):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_config(tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
-    with pytest.raises(CheckpointError, match=f"no committed checkpoint in {tmp_path}; pass the checkpoints"):
-        Checkpointer(tmp_path, read_only=True).restore(abstract_train_state=abstract)
+    with (
+        Checkpointer(tmp_path, read_only=True) as checkpointer,
+        pytest.raises(CheckpointError, match=f"no committed checkpoint in {tmp_path}; pass the checkpoints"),
+    ):
+        checkpointer.restore(abstract_train_state=abstract)
     save(tmp_path / "checkpoints", 5, state)
     with pytest.raises(CheckpointError, match="did you mean .*checkpoints"):
         load_config(tmp_path)
@@ -318,3 +328,17 @@ def test_load_config_reads_no_arrays(tmp_path, state):
     shutil.rmtree(tmp_path / "2" / "train_state")
     assert load_config(tmp_path) == CONFIG
     assert load_config(tmp_path, step=1) == CONFIG
+
+
+def test_training_continues_identically_from_a_restored_state(tmp_path, rng):
+    config = tiny_config()
+    state = td3_jax.init_state(config, jax.random.key(3), vector_dim=TINY_VECTOR_DIM)
+    batches = [random_batch(rng) for _ in range(2)]
+    state, _ = td3_jax.update(state, batches[0])
+    save(tmp_path, 1, state)
+    with Checkpointer(tmp_path) as checkpointer:
+        restored = checkpointer.restore(abstract_train_state=abstract_state(config)).train_state
+    continued, metrics = td3_jax.update(restored, batches[1])
+    expected, expected_metrics = td3_jax.update(state, batches[1])
+    assert_bit_identical(continued, expected)
+    chex.assert_trees_all_equal(metrics, expected_metrics)
