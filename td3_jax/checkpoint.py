@@ -231,7 +231,9 @@ class Checkpointer:
             if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
         ]
         if typed_keys:
-            raise TypeError(f"train_state.{typed_keys[0]} is a typed PRNG key; store jax.random.key_data(key) instead")
+            raise TypeError(
+                f"train_state.{typed_keys[0]} is a typed PRNG key; store jax.random.key_data(key) instead"
+            )
         _check_json_exact(_HOST, host_state)
         _check_json_exact(_CONFIG, config)
         meta: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "step": step, "replay": None}
@@ -339,7 +341,8 @@ class Checkpointer:
             return committed[-1]
         if int(step) not in committed:
             raise CheckpointError(
-                f"no committed checkpoint for step {step} in {self.directory} (committed: {committed or 'none'}); "
+                f"no committed checkpoint for step {step} in {self.directory} "
+                f"(committed: {committed or 'none'}); "
                 "pick one of those steps or omit the step for the latest"
             )
         return int(step)
@@ -497,7 +500,9 @@ def _first_mismatch(stored_tree, abstract_tree) -> str | None:
         return None
     first = differing[0]
     more = f" (and {len(differing) - 1} more arrays)" if len(differing) > 1 else ""
-    return f"{first} is {describe(stored[first])} in the checkpoint vs {describe(wanted[first])} in the config{more}"
+    return (
+        f"{first} is {describe(stored[first])} in the checkpoint vs {describe(wanted[first])} in the config{more}"
+    )
 
 
 def _file_error(error: BaseException) -> BaseException | None:
@@ -555,7 +560,10 @@ def _benchmark(argv: list[str] | None = None) -> dict:
             value.view(np.uint8)[...] = rng.integers(0, high, value.view(np.uint8).shape, dtype=np.uint8)
     abstract = jax.eval_shape(lambda key: init_state(TD3Config(), key), jax.random.key(0))
     state = jax.tree.map(lambda leaf: jax.numpy.ones(leaf.shape, leaf.dtype), abstract)
-    nbytes = lambda tree: sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree) if hasattr(x, "nbytes"))  # noqa: E731
+
+    def nbytes(tree) -> int:
+        return sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree) if hasattr(leaf, "nbytes"))
+
     timings: dict[str, list[float]] = {"save": [], "restore": [], "restore_without_replay": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as root, Checkpointer(root, max_to_keep=1) as checkpointer:
         for step in range(args.repeats):
@@ -578,7 +586,8 @@ def _benchmark(argv: list[str] | None = None) -> dict:
           f"{args.repeats} repeats, median seconds:")
     print(f"{'operation':<24}{'seconds':>9}{'MB/s':>9}")
     for name, seconds in results["seconds_median"].items():
-        megabytes = results["train_state_mb"] + (results["replay_mb"] if name != "restore_without_replay" else 0)
+        with_replay = name != "restore_without_replay"
+        megabytes = results["train_state_mb"] + (results["replay_mb"] if with_replay else 0)
         print(f"{name:<24}{seconds:>9.2f}{megabytes / seconds:>9.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

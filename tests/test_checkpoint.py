@@ -251,10 +251,15 @@ def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_pat
 
 
 def _other_architecture():
-    wider = tiny_config(network=NetworkConfig(encoder=EncoderConfig(features=32), actor_hidden=(8,), critic_hidden=(8,)))
-    deeper = tiny_config(network=NetworkConfig(encoder=EncoderConfig(features=16), actor_hidden=(8, 8), critic_hidden=(8,)))
+    network = lambda features, actor_hidden: NetworkConfig(  # noqa: E731
+        encoder=EncoderConfig(features=features), actor_hidden=actor_hidden, critic_hidden=(8,)
+    )
+    wider, deeper = tiny_config(network=network(32, (8,))), tiny_config(network=network(16, (8, 8)))
     return {
-        "wider encoder": (lambda: abstract_state(wider), r"encoder.Dense_0.bias is \(16,\) float32 in the checkpoint vs \(32,\) float32 in the config \(and \d+ more"),
+        "wider encoder": (
+            lambda: abstract_state(wider),
+            r"encoder.Dense_0.bias is \(16,\) float32 in the checkpoint vs \(32,\) float32 in the config \(and \d+ more",
+        ),
         "deeper actor": (lambda: abstract_state(deeper), r"not in the checkpoint \(first: actor_"),
         "float16 step counter": (
             lambda: abstract_state().replace(step=jax.ShapeDtypeStruct((), jnp.float16)),
