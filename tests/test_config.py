@@ -97,3 +97,12 @@ def test_missing_config_file_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().count("\n") == 0
     assert "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_config_reference_is_generated_and_complete():
+    from td3_jax import config_doc
+
+    text = config_doc.markdown()
+    assert (REPO / "docs" / "config.md").read_text() == text, "regenerate: python -m td3_jax.config_doc > docs/config.md"
+    undocumented = [line for line in text.splitlines() if line.startswith("| `") and line.endswith("|  |")]
+    assert not undocumented, f"config fields without a docstring: {undocumented}"
