@@ -3,7 +3,10 @@
 Measures the single gymnasium env (`LaneSimEnv`) and the vectorised one
 (`LaneSimVec`) at several sizes, with a fixed pseudo-random action sequence
 that keeps the car moving (episodes end and autoreset as they would in
-training; resets are part of the timing). Prints a table and writes JSON.
+training; resets are part of the timing). Reports wall-clock steps/s and
+steps per CPU-second of this process (the latter is less sensitive to other
+processes sharing the cores), plus the load average. Prints a table and writes
+JSON.
 
 Usage:
   python scripts/bench_env.py [--steps 3000] [--num-envs 1 4 16 64] [--scenario 0] [--out bench_env.json]
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -34,15 +38,13 @@ def bench_single(cfg: LaneSimConfig, steps: int, seed: int) -> dict:
     env.reset()
     plan = actions(np.random.default_rng(seed), steps, 1)[:, 0]
     episodes = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for action in plan:
         _, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             env.reset()
             episodes += 1
-    elapsed = time.perf_counter() - start
-    return {"env": "LaneSimEnv", "num_envs": 1, "steps": steps, "episodes": episodes,
-            "seconds": elapsed, "steps_per_s": steps / elapsed}
+    return _row("LaneSimEnv", 1, steps, episodes, start, cpu_start)
 
 
 def bench_vec(cfg: LaneSimConfig, num_envs: int, steps: int, seed: int) -> dict:
@@ -51,14 +53,17 @@ def bench_vec(cfg: LaneSimConfig, num_envs: int, steps: int, seed: int) -> dict:
     calls = max(steps // num_envs, 1)
     plan = actions(np.random.default_rng(seed), calls, num_envs)
     episodes = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for action in plan:
         _, _, terminated, truncated, _ = env.step(action)
         episodes += int(np.sum(terminated | truncated))
-    elapsed = time.perf_counter() - start
-    total = calls * num_envs
-    return {"env": "LaneSimVec", "num_envs": num_envs, "steps": total, "episodes": episodes,
-            "seconds": elapsed, "steps_per_s": total / elapsed}
+    return _row("LaneSimVec", num_envs, calls * num_envs, episodes, start, cpu_start)
+
+
+def _row(name: str, num_envs: int, steps: int, episodes: int, start: float, cpu_start: float) -> dict:
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"env": name, "num_envs": num_envs, "steps": steps, "episodes": episodes, "wall_s": wall,
+            "cpu_s": cpu, "steps_per_s": steps / wall, "steps_per_cpu_s": steps / cpu}
 
 
 def main() -> None:
@@ -72,12 +77,16 @@ def main() -> None:
     cfg = LaneSimConfig(scenario=args.scenario)
     rows = [bench_single(cfg, args.steps, args.seed)]
     rows += [bench_vec(cfg, n, args.steps, args.seed) for n in args.num_envs]
-    print(f"scenario {args.scenario} ({cfg.num_npcs()} NPCs), {platform.processor() or platform.machine()}")
-    print(f"{'env':<12}{'num_envs':>9}{'steps':>8}{'episodes':>9}{'steps/s':>10}")
+    load = os.getloadavg()[0]
+    print(f"scenario {args.scenario} ({cfg.num_npcs()} NPCs), {os.cpu_count()} CPUs "
+          f"{platform.processor() or platform.machine()}, load average {load:.1f}")
+    print(f"{'env':<12}{'num_envs':>9}{'steps':>8}{'episodes':>9}{'steps/s':>10}{'steps/cpu-s':>13}")
     for row in rows:
-        print(f"{row['env']:<12}{row['num_envs']:>9}{row['steps']:>8}{row['episodes']:>9}{row['steps_per_s']:>10.0f}")
+        print(f"{row['env']:<12}{row['num_envs']:>9}{row['steps']:>8}{row['episodes']:>9}"
+              f"{row['steps_per_s']:>10.0f}{row['steps_per_cpu_s']:>13.0f}")
     with open(args.out, "w") as f:
-        json.dump({"scenario": args.scenario, "num_npcs": cfg.num_npcs(), "results": rows}, f, indent=2)
+        json.dump({"scenario": args.scenario, "num_npcs": cfg.num_npcs(), "cpus": os.cpu_count(),
+                   "load_average": load, "results": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
