@@ -23,8 +23,8 @@ class EncoderConfig:
     """LayerNorm after every conv/dense layer (over C, H, W jointly, per-element affine)."""
     activation: Literal["relu", "leaky_relu"] = "leaky_relu"
     """Nonlinearity after each layer; leaky_relu uses slope 0.01."""
-    conv_impl: Literal["auto", "xla"] = "auto"
-    """Convolution path: xla = lax.conv; auto picks the fastest for the backend."""
+    conv_impl: Literal["auto", "xla", "matmul"] = "auto"
+    """Convolution path (td3_jax.conv): xla = lax.conv; matmul = space-to-depth + matmul; auto = matmul on CPU."""
 
 
 @dataclasses.dataclass(frozen=True)
