@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from td3_jax.envs.baseline import BaselineController, run_episode
+from td3_jax.envs.baseline import BaselineController, for_lanesim, run_episode
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.lanesim import LaneSimEnv
 
@@ -25,8 +25,9 @@ METRICS = ("success", "collision", "lane_invasions", "lateral_rmse_m", "mean_spe
 
 
 def evaluate(scenario: int, episodes: int) -> dict:
-    env = LaneSimEnv(LaneSimConfig(scenario=scenario))
-    controller = BaselineController()
+    cfg = LaneSimConfig(scenario=scenario)
+    env = LaneSimEnv(cfg)
+    controller = BaselineController(for_lanesim(cfg))
     results = [run_episode(env, controller, seed=seed) for seed in range(episodes)]
     summary = {name: float(np.mean([r[name] for r in results])) for name in METRICS}
     summary["return_std"] = float(np.std([r["return"] for r in results]))

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from td3_jax.envs.baseline import BaselineConfig, BaselineController, run_episode
+from td3_jax.envs.baseline import BaselineConfig, BaselineController, for_lanesim, run_episode
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.lanesim import LaneSimEnv
 
@@ -58,7 +58,7 @@ def test_invalid_config_names_the_field():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_baseline_completes_short_routes_in_light_traffic(seed):
-    env = LaneSimEnv(LaneSimConfig(scenario=0, route_length_m=120.0, road_margin_front_m=60.0))
-    result = run_episode(env, BaselineController(), seed=seed)
+    cfg = LaneSimConfig(scenario=0, route_length_m=120.0, road_margin_front_m=60.0)
+    result = run_episode(LaneSimEnv(cfg), BaselineController(for_lanesim(cfg)), seed=seed)
     assert result["success"] == 1.0 and result["collision"] == 0.0
     assert result["lateral_rmse_m"] < 0.3

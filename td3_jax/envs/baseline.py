@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.observation import parse_vector
 
 
@@ -67,6 +68,13 @@ class BaselineConfig:
         low, high = self.integral_limits
         if not low <= high:
             raise ValueError(f"baseline.integral_limits must be (low, high) with low <= high, got {self.integral_limits}")
+
+
+def for_lanesim(cfg: LaneSimConfig, **changes: Any) -> BaselineConfig:
+    """A `BaselineConfig` whose vehicle geometry and control period match the simulator's `cfg`."""
+    return BaselineConfig(
+        wheelbase_m=cfg.wheelbase_m, max_steer_deg=cfg.max_steer_deg, dt=cfg.dt, **changes
+    )
 
 
 class BaselineController:

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from td3_jax.cli import UserError
-from td3_jax.envs.baseline import BaselineController
+from td3_jax.envs.baseline import BaselineController, for_lanesim
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.lanesim import LaneSimEnv
 from td3_jax.envs.roads import SAMPLE_M
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     env = LaneSimEnv(cfg)
     obs, info = env.reset(seed=args.seed)
     road = env.core.roads[0]
-    controller = BaselineController()
+    controller = BaselineController(for_lanesim(cfg))
     rng = np.random.default_rng(args.seed)
     frames, path = [obs["image"][..., -1]], [(env.core.x[0], env.core.y[0])]
     step, reason = 0, ""
