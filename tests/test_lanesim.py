@@ -275,3 +275,16 @@ def test_env_preview_writes_both_pngs(tmp_path):
     assert main(["env-preview", "--out", str(out), "--frames", "3", "--every", "5", "--route-length", "60"]) == 0
     assert (out / "camera.png").stat().st_size > 0 and (out / "map.png").stat().st_size > 0
     assert main(["env-preview", "--scenario", "7", "--out", str(out)]) == 2
+
+
+def test_make_env_dispatches_lazily_to_the_other_backends(monkeypatch):
+    import td3_jax.envs.carla_env as carla_env
+    import td3_jax.envs.gym_adapter as gym_adapter
+
+    calls = []
+    monkeypatch.setattr(gym_adapter, "make_gym_env", lambda env_id, **kw: calls.append((env_id, kw)) or "gym")
+    monkeypatch.setattr(carla_env, "make_carla_env", lambda config: calls.append(config) or "carla")
+    assert make_env(EnvConfig(backend="gym:CarRacing-v3", stack=3, seed=9)) == "gym"
+    assert calls[-1] == ("CarRacing-v3", {"stack": 3, "seed": 9})
+    assert make_env(EnvConfig(backend="carla"), seed=4) == "carla"
+    assert calls[-1].backend == "carla" and calls[-1].seed == 4
