@@ -67,7 +67,9 @@ class BaselineConfig:
                 raise ValueError(f"baseline.{name} must be >= 0, got {getattr(self, name)}")
         low, high = self.integral_limits
         if not low <= high:
-            raise ValueError(f"baseline.integral_limits must be (low, high) with low <= high, got {self.integral_limits}")
+            raise ValueError(
+                f"baseline.integral_limits must be (low, high) with low <= high, got {self.integral_limits}"
+            )
 
 
 def for_lanesim(cfg: LaneSimConfig, **changes: Any) -> BaselineConfig:
