@@ -154,3 +154,52 @@ def test_exploration_schedules():
     assert exploration_std(schedule, 20000) == pytest.approx(0.1 + 0.2 * np.exp(-5))
     schedule = config_lib.ExplorationNoiseConfig(schedule="constant", initial=0.25)
     assert exploration_std(schedule, 12345) == 0.25
+
+
+@pytest.mark.slow
+def test_eval_cli_runs_the_checkpointed_policy(trained_run, tmp_path, capsys):
+    from td3_jax.cli import main
+
+    run_dir, _ = trained_run
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--episodes", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["checkpoint_step"] == 100
+    assert len(report["episodes"]) == 2
+    assert "eval/lateral_rmse_m" in report["metrics"]
+    assert "eval/mean_reward" in capsys.readouterr().out
+
+
+def test_bad_resume_and_existing_run_dir_are_one_line_errors(trained_run, tmp_path, capsys):
+    from td3_jax.cli import main
+
+    run_dir, _ = trained_run
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert main(["train", "--run-dir", str(run_dir)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "not a td3_jax run directory" in errors[0] and "--resume" in errors[1]
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_that_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "td3_jax.cli", "train", "--run-dir", str(run_dir)]
+    for assignment in TINY + ["training.max_timesteps=100000", "training.log_freq=10"]:
+        command += ["--set", assignment]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(run_dir.glob("events.out.tfevents*")):
+        time.sleep(0.5)
+    time.sleep(3.0)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert f"--resume {run_dir}" in out
+    with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
+        step = ckpt.latest_step()
+    assert step is not None and 0 < step < 100000
