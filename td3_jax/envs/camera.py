@@ -21,6 +21,8 @@ SKY_TOP, SKY_HORIZON = 205, 175
 """Gray levels of the sky at the top of the frame and at the horizon."""
 HAZE = 150
 """Gray level of ground beyond the render distance."""
+FAR_M = 1e4
+"""Ground points beyond this are clamped (they are drawn as haze; this keeps float32 cells finite)."""
 MIN_DEPTH_M = 0.3
 """Box corners closer than this to the camera plane are pushed out to it."""
 WINDOW_SHARE = 0.35
@@ -53,14 +55,18 @@ class Camera:
             t = np.where(up < -1e-6, -self.mount_z / up, np.inf)
         ground_x, ground_y = self.mount_x + t * forward, -t * u
         distance = t * np.sqrt(forward**2 + u**2)
-        ground = distance <= cfg.render_distance_m
-        self.ground_index = np.flatnonzero(ground)
+        # Rays that hit the ground are whole rows at the bottom: one contiguous span of the flat frame.
+        below = np.flatnonzero((up < -1e-6).ravel())
+        self.ground_start = int(below[0]) if len(below) else size * size
+        span = slice(self.ground_start, None)
+        self.far_index = np.flatnonzero(distance.ravel()[span] > cfg.render_distance_m)
         # Homogeneous ground points in raster cells, so one 2x3 matmul maps them to raster columns and rows.
-        self.ground_cells = np.stack(
-            [ground_x.ravel()[self.ground_index] / cfg.raster_cell_m,
-             ground_y.ravel()[self.ground_index] / cfg.raster_cell_m,
-             np.ones(len(self.ground_index))]
-        ).astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            self.ground_cells = np.stack(
+                [np.minimum(ground_x.ravel()[span], FAR_M) / cfg.raster_cell_m,
+                 np.clip(ground_y.ravel()[span], -FAR_M, FAR_M) / cfg.raster_cell_m,
+                 np.ones(size * size - self.ground_start)]
+            ).astype(np.float32)
         self.cell = cfg.raster_cell_m
         self.max_box_distance = cfg.render_distance_m
         rows = np.broadcast_to(np.linspace(SKY_TOP, SKY_HORIZON, size)[:, None], (size, size))
@@ -97,7 +103,9 @@ class Camera:
         np.minimum(cells, np.array([[width - 1], [height - 1]]), out=cells)
         frame = self.background.copy() if out is None else _fill(out, self.background)
         flat = frame.reshape(-1)
-        flat[self.ground_index] = road.raster.reshape(-1).take(cells[1] * width + cells[0])
+        ground = road.raster.reshape(-1).take(cells[1] * width + cells[0])
+        ground[self.far_index] = HAZE
+        flat[self.ground_start :] = ground
         image = flat.reshape(self.size, self.size)
         if boxes is not None and len(boxes):
             self._draw_boxes(image, x, y, c, s, boxes)

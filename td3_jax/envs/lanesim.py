@@ -396,13 +396,10 @@ class LaneSimEnv(gymnasium.Env):
 
 
 def _single_info(info: dict[str, Any]) -> dict[str, Any]:
-    out = {key: _scalar(value[0]) for key, value in info.items() if key != "reward_components"}
-    out["reward_components"] = {key: float(value[0]) for key, value in info["reward_components"].items()}
+    """Python scalars of env 0 from the (1,) arrays of a core step."""
+    out = {key: value.item() for key, value in info.items() if key != "reward_components"}
+    out["reward_components"] = {key: value.item() for key, value in info["reward_components"].items()}
     return out
-
-
-def _scalar(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 class LaneSimVec(VectorEnv):
