@@ -190,7 +190,7 @@ class LaneSimCore:
             "offroad": offroad,
             "lateral_deviation_m": deviation,
             "heading_error_rad": heading_error,
-            "speed_mps": self.speed,
+            "speed_mps": self.speed.copy(),  # copies: a reset of an ended episode writes into the state
             "distance_travelled_m": self.odometer.copy(),
             "route_progress": np.minimum(np.maximum(self.s - cfg.road_margin_back_m, 0.0) / cfg.route_length_m, 1.0),
             "distance_to_goal_m": to_goal.copy(),
