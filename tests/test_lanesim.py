@@ -291,3 +291,19 @@ def test_make_env_dispatches_lazily_to_the_other_backends(monkeypatch):
     assert calls[-1] == ("CarRacing-v3", {"stack": 3, "seed": 9})
     assert make_env(EnvConfig(backend="carla"), seed=4) == "carla"
     assert calls[-1].backend == "carla" and calls[-1].seed == 4
+
+
+def test_camera_rays_hit_the_ground_where_a_pinhole_predicts():
+    from td3_jax.envs.camera import Camera
+
+    cfg = LaneSimConfig()
+    camera = Camera(cfg)
+    assert camera.ground_start == 42 * 84  # pitch 0: the lower half of the frame sees the ground
+    rows = np.arange(42, 84)
+    fy = 42 / (np.tan(np.radians(cfg.camera_fov_deg) / 2) / cfg.camera_aspect)
+    ahead = cfg.camera_x_m + cfg.camera_z_m * fy / (rows + 0.5 - 42)
+    centre_column = camera.ground_cells[0].reshape(42, 84)[:, 41:43].mean(axis=1) * cfg.raster_cell_m
+    near = ahead < cfg.render_distance_m
+    np.testing.assert_allclose(centre_column[near], ahead[near], rtol=1e-5)
+    looking_down = Camera(dataclasses.replace(cfg, camera_pitch_deg=-10.0))
+    assert looking_down.ground_start < camera.ground_start

@@ -24,7 +24,7 @@ HAZE = 150
 FAR_M = 1e4
 """Ground points beyond this are clamped (they are drawn as haze; this keeps float32 cells finite)."""
 MIN_DEPTH_M = 0.3
-"""Box corners closer than this to the camera plane are pushed out to it."""
+"""A vehicle's near face closer than this to the camera is drawn as if at this depth."""
 WINDOW_SHARE = 0.35
 """Upper share of a vehicle box drawn in the darker window shade."""
 
