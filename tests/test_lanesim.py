@@ -307,3 +307,20 @@ def test_camera_rays_hit_the_ground_where_a_pinhole_predicts():
     np.testing.assert_allclose(centre_column[near], ahead[near], rtol=1e-5)
     looking_down = Camera(dataclasses.replace(cfg, camera_pitch_deg=-10.0))
     assert looking_down.ground_start < camera.ground_start
+
+
+def test_bad_calls_raise_clear_errors():
+    env = LaneSimEnv(SMALL)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(2))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.array([np.nan, 0.0]))
+    _, _, _, _, info = env.step(np.array([5.0, -7.0]))  # out-of-range actions are clipped
+    assert np.isfinite(info["speed_mps"])
+
+
+def test_gymnasium_env_checker_passes():
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(LaneSimEnv(SMALL), skip_render_check=True)

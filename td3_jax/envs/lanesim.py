@@ -376,6 +376,8 @@ class LaneSimEnv(gymnasium.Env):
         return {"image": self._images[0].copy(), "vector": self.core.vector[0].copy()}, self.reset_info()
 
     def step(self, action):
+        if self._rng is None:
+            raise RuntimeError("LaneSimEnv.step called before reset()")
         reward, terminated, truncated, info = self.core.step(np.asarray(action)[None])
         push_frames(self._images, self.core.frames)
         obs = {"image": self._images[0].copy(), "vector": self.core.vector[0].copy()}
@@ -449,6 +451,8 @@ class LaneSimVec(VectorEnv):
         return self._obs(), {"npc_count": np.full(self.num_envs, self.core.num_npcs)}
 
     def step(self, actions):
+        if self._rngs is None:
+            raise RuntimeError("LaneSimVec.step called before reset()")
         reward, terminated, truncated, info = self.core.step(actions)
         push_frames(self._images, self.core.frames)
         done = terminated | truncated
