@@ -320,6 +320,7 @@ def test_bad_calls_raise_clear_errors():
     assert np.isfinite(info["speed_mps"])
 
 
+@pytest.mark.filterwarnings("ignore:.*infinity")  # the shared vector space is unbounded by design
 def test_gymnasium_env_checker_passes():
     from gymnasium.utils.env_checker import check_env
 

@@ -63,24 +63,38 @@ class RewardConfig:
     """Share of the lane-keeping score lost at a heading error of `heading_tolerance_rad`."""
     heading_tolerance_rad: float = 0.1
     """Heading error (rad) at which the heading share is fully lost."""
+    standstill_speed_mps: float = 0.1
+    """Below this speed lane keeping and comfort are 0; lane keeping ramps up from here."""
     lane_keeping_full_speed_mps: float = 3.0
-    """Speed at which lane keeping reaches its full scale (it ramps up from 0.1 m/s)."""
+    """Speed at which lane keeping reaches its full scale."""
     jerk_scale_mps3: float = 5.0
     """Jerk (m/s^3) at which comfort crosses zero."""
     comfort_scale: float = 0.3
     """Comfort value at zero jerk, and the scale of the quadratic penalty above `jerk_scale_mps3`."""
     proximity_distance_m: float = 10.0
-    """Obstacles closer than this (bumper gap, m) cost -1/max(d, 0.5) per step."""
+    """Obstacles closer than this (bumper gap) cost proximity_penalty / max(gap, proximity_floor_m) per step."""
+    proximity_penalty: float = -1.0
+    """Numerator of the proximity penalty (m)."""
+    proximity_floor_m: float = 0.5
+    """Smallest gap used in the proximity penalty."""
     ttc_threshold_s: float = 3.0
-    """Times to collision below this cost -0.5/max(ttc, 0.1) per step."""
+    """Times to collision below this cost ttc_penalty / max(ttc, ttc_floor_s) per step."""
+    ttc_penalty: float = -0.5
+    """Numerator of the time-to-collision penalty (s)."""
+    ttc_floor_s: float = 0.1
+    """Smallest time to collision used in its penalty."""
     collision_penalties: tuple[float, float, float] = (-5.0, -25.0, -100.0)
     """Collision penalty below `collision_speeds_mps[0]`, below `[1]`, and above."""
     collision_speeds_mps: tuple[float, float] = (2.0, 5.0)
     """Speed bands (m/s) of the collision penalties."""
     offroad_penalty: float = -20.0
     """Safety penalty per step with the car's centre off the paved road."""
+    wrong_way_onset_penalty: float = -1.0
+    """Wrong-way penalty at a heading error just over 90 degrees (at speed); linear to `wrong_way_penalty`."""
     wrong_way_penalty: float = -5.0
-    """Largest wrong-way penalty (heading error of 180 degrees at speed)."""
+    """Wrong-way penalty at a heading error of 180 degrees (at speed)."""
+    wrong_way_fade_speed_mps: float = 2.0
+    """The wrong-way penalty is scaled by min(speed / this, 1)."""
     lane_invasion_penalty: float = -10.0
     """Safety penalty on a step in which the car starts to cross a lane marking."""
     stopping_penalties: tuple[float, float, float] = (-0.01, -0.03, -0.05)
@@ -110,7 +124,8 @@ class RewardConfig:
         for name in ("lateral_share", "heading_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"reward.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("offroad_penalty", "wrong_way_penalty", "lane_invasion_penalty"):
+        for name in ("offroad_penalty", "wrong_way_onset_penalty", "wrong_way_penalty", "lane_invasion_penalty",
+                     "proximity_penalty", "ttc_penalty"):
             if getattr(self, name) > 0:
                 raise ValueError(f"reward.{name} must be <= 0, got {getattr(self, name)}")
         if len(self.collision_penalties) != 3 or any(p > 0 for p in self.collision_penalties):
@@ -124,6 +139,11 @@ class RewardConfig:
         low, high = self.progress_clip
         if not low < high:
             raise ValueError(f"reward.progress_clip must be (low, high) with low < high, got {self.progress_clip}")
+        if self.lane_keeping_full_speed_mps <= self.standstill_speed_mps:
+            raise ValueError(
+                f"reward.lane_keeping_full_speed_mps must be > standstill_speed_mps ({self.standstill_speed_mps}), "
+                f"got {self.lane_keeping_full_speed_mps}"
+            )
         if self.moving_speed_mps < 0 or self.waypoint_bonus < 0 or self.goal_bonus < 0:
             raise ValueError("reward.moving_speed_mps, waypoint_bonus and goal_bonus must be >= 0")
 
@@ -190,8 +210,9 @@ def lane_keeping(m: Measurements, cfg: RewardConfig) -> np.ndarray:
     lateral = 1.0 - cfg.lateral_share * np.minimum(np.abs(m.lateral_deviation) / half_width, 1.0)
     heading = 1.0 - cfg.heading_share * np.minimum(np.abs(m.heading_error) / cfg.heading_tolerance_rad, 1.0)
     base = 0.5 * (lateral + heading) - 0.5
-    speed_scale = _clip((m.speed - 0.1) / (cfg.lane_keeping_full_speed_mps - 0.1), 0.0, 1.0)
-    return np.where(m.lane_invasion, -1.0, np.where(m.speed < 0.1, 0.0, base * speed_scale))
+    still = cfg.standstill_speed_mps
+    speed_scale = _clip((m.speed - still) / (cfg.lane_keeping_full_speed_mps - still), 0.0, 1.0)
+    return np.where(m.lane_invasion, -1.0, np.where(m.speed < still, 0.0, base * speed_scale))
 
 
 def comfort(m: Measurements, cfg: RewardConfig) -> np.ndarray:
@@ -203,26 +224,32 @@ def comfort(m: Measurements, cfg: RewardConfig) -> np.ndarray:
         cfg.comfort_scale * (1.0 - normalised),
         -cfg.comfort_scale * (normalised - 1.0) ** 2,
     )
-    return np.where(m.speed < 0.1, 0.0, value)
+    return np.where(m.speed < cfg.standstill_speed_mps, 0.0, value)
 
 
 def safety(m: Measurements, cfg: RewardConfig) -> np.ndarray:
     """Sum of proximity, TTC, collision, off-road, wrong-way, lane-invasion and stopping penalties (<= 0)."""
     proximity = np.where(
-        m.obstacle_distance < cfg.proximity_distance_m, -1.0 / np.maximum(m.obstacle_distance, 0.5), 0.0
+        m.obstacle_distance < cfg.proximity_distance_m,
+        cfg.proximity_penalty / np.maximum(m.obstacle_distance, cfg.proximity_floor_m),
+        0.0,
     )
-    ttc = np.where(m.time_to_collision < cfg.ttc_threshold_s, -0.5 / np.maximum(m.time_to_collision, 0.1), 0.0)
+    ttc = np.where(
+        m.time_to_collision < cfg.ttc_threshold_s,
+        cfg.ttc_penalty / np.maximum(m.time_to_collision, cfg.ttc_floor_s),
+        0.0,
+    )
     slow, mid, fast = cfg.collision_penalties
     collision_value = np.where(
         m.speed < cfg.collision_speeds_mps[0], slow, np.where(m.speed < cfg.collision_speeds_mps[1], mid, fast)
     )
     collision = np.where(m.collision, collision_value, 0.0)
     offroad = np.where(m.offroad, cfg.offroad_penalty, 0.0)
-    # Linear from 1/5 of the maximum at 90 degrees to the maximum at 180, faded in over the first 2 m/s.
     excess = _clip((np.abs(m.heading_error) - np.pi / 2) / (np.pi / 2), 0.0, 1.0)
     wrong_way = np.where(
         np.abs(m.heading_error) > np.pi / 2,
-        cfg.wrong_way_penalty * (0.2 + 0.8 * excess) * np.minimum(m.speed / 2.0, 1.0),
+        (cfg.wrong_way_onset_penalty + (cfg.wrong_way_penalty - cfg.wrong_way_onset_penalty) * excess)
+        * np.minimum(m.speed / cfg.wrong_way_fade_speed_mps, 1.0),
         0.0,
     )
     invasion = np.where(m.lane_invasion, cfg.lane_invasion_penalty, 0.0)
