@@ -1,0 +1,485 @@
+"""Envs stepped in worker processes, one gymnasium `AsyncVectorEnv` per worker, surviving crashes. Host-side.
+
+`make_worker_vec_env` splits `num_envs` envs over `workers` processes. Each
+worker runs a block of k envs as one vector env of the backend
+(`make_vec_env`: a `LaneSimVec` of k cars for the embedded simulator, a
+`SyncVectorEnv` otherwise), and is driven through its own single-process
+gymnasium `AsyncVectorEnv` (shared-memory observations, pipes, error
+forwarding and timeouts are gymnasium's). A CARLA run with a list of servers
+gets one worker per server, so every env ticks its own server concurrently.
+
+`WorkerVecEnv` keeps gymnasium's SAME_STEP autoreset contract of
+`make_vec_env`: an ended episode's true last observation is in
+``info["final_obs"][i]`` and ``obs[i]`` already starts the next one.
+
+A worker that raises, dies or exceeds `step_timeout_s` does not stop the
+others. Its envs report ``truncated=True``, reward 0,
+``info["worker_failure"][i] = True``, the last valid observation as
+``final_obs``, and one log line names the worker, its envs and the error.
+That step is no real transition: the training loop must skip it in the
+replay buffer (``buffer.add(..., skip=info["worker_failure"])``), the same
+contract as ``info["carla_failure"]`` (docs/carla.md). The worker is then
+restarted in a new process with a fresh seed (its envs start new episodes),
+or, after `max_restarts` or with ``on_failure="drop"``, dropped: its envs
+keep reporting ``worker_failure`` (and ``worker_dropped``) and never produce
+data again. When every worker is dropped, `WorkerFailureError` is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import multiprocessing
+import warnings
+from typing import Any, Literal, NamedTuple, Sequence
+
+import gymnasium
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from td3_jax.envs.config import EnvConfig
+from td3_jax.envs.factory import make_vec_env
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkersConfig:
+    """How envs are spread over processes and CARLA servers, and what a crash does."""
+
+    workers: int = 0
+    """Env worker processes; 0 steps every env in the training process."""
+    carla_servers: tuple[str, ...] = ()
+    """CARLA servers as "host:port", one env and one worker each (env i: servers[i], Traffic Manager carla.tm_port + i)."""
+    on_failure: Literal["restart", "drop"] = "restart"
+    """A failed worker is restarted in a new process, or dropped (its envs stop producing data)."""
+    max_restarts: int = 3
+    """Restarts of one worker before it is dropped."""
+    step_timeout_s: float | None = None
+    """A worker whose step or reset takes longer counts as failed; None waits forever."""
+    start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
+    """multiprocessing start method (fork is unsafe once JAX has started threads)."""
+
+    def __post_init__(self):
+        if self.workers < 0:
+            raise ValueError(f"env.workers.workers must be >= 0, got {self.workers}")
+        if self.max_restarts < 0:
+            raise ValueError(f"env.workers.max_restarts must be >= 0, got {self.max_restarts}")
+        if self.step_timeout_s is not None and self.step_timeout_s <= 0:
+            raise ValueError(f"env.workers.step_timeout_s must be > 0 or null, got {self.step_timeout_s}")
+        for server in self.carla_servers:
+            parse_server(server)
+
+
+class WorkerFailureError(RuntimeError):
+    """Every env worker failed and was dropped; training cannot continue."""
+
+
+class WorkerSpec(NamedTuple):
+    """One worker's block of envs: envs ``first .. first + num_envs - 1`` of the whole vector."""
+
+    config: EnvConfig
+    num_envs: int
+    seed: int
+    first: int
+
+
+def parse_server(server: str) -> tuple[str, int]:
+    """("host", port) of a "host:port" string; ValueError with the expected form otherwise."""
+    host, sep, port = server.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'a CARLA server must look like "host:port" (e.g. "10.0.0.5:2000"), got {server!r}')
+    return host, int(port)
+
+
+def worker_specs(
+    config: EnvConfig, workers: WorkersConfig, num_envs: int | None = None, seed: int | None = None
+) -> list[WorkerSpec]:
+    """The block of envs of each worker.
+
+    Envs are split as evenly as possible, first blocks larger. Block w is
+    `make_vec_env(config, k_w, seed=seed + first_w)`: for gym and CARLA
+    envs, env i has seed ``seed + i`` whatever the number of workers; the
+    embedded simulator's block draws its episodes from
+    ``episode_rng(seed + first_w, j)``.
+
+    Raises:
+      ValueError: more workers than envs, or a server list whose length is not `num_envs`.
+    """
+    num_envs = config.num_envs if num_envs is None else num_envs
+    seed = config.seed if seed is None else seed
+    if workers.carla_servers:
+        if config.backend != "carla":
+            raise ValueError(f"env.workers.carla_servers is set but env.backend is {config.backend!r}, not carla")
+        if len(workers.carla_servers) != num_envs:
+            raise ValueError(
+                f"env.workers.carla_servers lists {len(workers.carla_servers)} servers but env.num_envs is "
+                f"{num_envs}; CARLA runs one env per server, so set env.num_envs={len(workers.carla_servers)}"
+            )
+        specs = []
+        for i, server in enumerate(workers.carla_servers):
+            host, port = parse_server(server)
+            carla = dataclasses.replace(config.carla, host=host, port=port, tm_port=config.carla.tm_port + i)
+            specs.append(WorkerSpec(dataclasses.replace(config, carla=carla, num_envs=1), 1, seed + i, i))
+        return specs
+    count = workers.workers
+    if not 1 <= count <= num_envs:
+        raise ValueError(f"env.workers.workers={count} must be between 1 and env.num_envs={num_envs}")
+    sizes = [len(block) for block in np.array_split(np.arange(num_envs), count)]
+    firsts = np.cumsum([0] + sizes[:-1])
+    return [
+        WorkerSpec(dataclasses.replace(config, num_envs=k), k, seed + int(first), int(first))
+        for k, first in zip(sizes, firsts)
+    ]
+
+
+def make_worker_vec_env(
+    config: EnvConfig, workers: WorkersConfig = WorkersConfig(), num_envs: int | None = None, *, seed: int | None = None
+) -> VectorEnv:
+    """The training env vector: in-process `make_vec_env`, or `WorkerVecEnv` over worker processes.
+
+    Args:
+      config: the `env:` section.
+      workers: processes, CARLA servers, failure handling. Without workers
+        and servers this is exactly `make_vec_env(config, num_envs, seed=seed)`.
+      num_envs: default `config.num_envs`.
+      seed: default `config.seed`.
+    """
+    if workers.workers == 0 and not workers.carla_servers:
+        return make_vec_env(config, num_envs, seed=seed)
+    return WorkerVecEnv(
+        worker_specs(config, workers, num_envs, seed),
+        on_failure=workers.on_failure,
+        max_restarts=workers.max_restarts,
+        step_timeout_s=workers.step_timeout_s,
+        start_method=workers.start_method,
+    )
+
+
+# ---------------------------------------------------------------- inside a worker
+
+
+class _Opaque:
+    """Carries a whole info dict through AsyncVectorEnv without it being re-batched."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+class VecBlockEnv(gymnasium.Env):
+    """A vector env of k envs seen as one env with batched spaces (runs inside a worker).
+
+    Its autoreset is the inner vector env's own (SAME_STEP); the outer
+    `AsyncVectorEnv` must use `AutoresetMode.DISABLED`. The inner info
+    travels whole in ``info["block"]``.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.DISABLED}
+
+    def __init__(self, vec: VectorEnv):
+        self.vec = vec
+        self.observation_space = vec.observation_space
+        self.action_space = vec.action_space
+        self.single_observation_space = vec.single_observation_space
+        self.single_action_space = vec.single_action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = self.vec.reset(seed=seed, options=options)
+        return obs, {"block": _Opaque(info)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.vec.step(action)
+        return obs, reward, terminated, truncated, {"block": _Opaque(info)}
+
+    def close(self):
+        self.vec.close()
+
+
+def make_block_env(spec: WorkerSpec) -> VecBlockEnv:
+    """The env a worker process runs: `make_vec_env` of its block, as one `VecBlockEnv`."""
+    return VecBlockEnv(make_vec_env(spec.config, spec.num_envs, seed=spec.seed))
+
+
+# ---------------------------------------------------------------- the vector
+
+
+class WorkerVecEnv(VectorEnv):
+    """Envs in worker processes with same-step autoreset and per-worker crash recovery. Host-side.
+
+    Observations ``{"image": (N, 84, 84, S) uint8, "vector": (N, V) float32}``;
+    `step` takes (N, A) actions and returns rewards (N,) float64, terminated and
+    truncated (N,) bool, and an info dict of (N, ...) arrays with gymnasium's
+    ``_key`` masks, plus ``worker_failure`` and ``worker_dropped`` (N,) bool on
+    every step. See the module docstring for the failure contract.
+
+    Args:
+      specs: the workers' blocks, contiguous and in order (`worker_specs`).
+      on_failure, max_restarts, step_timeout_s, start_method: as `WorkersConfig`.
+      env_factory: builds a worker's env from its spec in the worker process
+        (must be picklable: a module-level function or a functools.partial).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        specs: Sequence[WorkerSpec],
+        *,
+        on_failure: Literal["restart", "drop"] = "restart",
+        max_restarts: int = 3,
+        step_timeout_s: float | None = None,
+        start_method: str = "spawn",
+        env_factory=make_block_env,
+    ):
+        firsts = np.cumsum([0] + [spec.num_envs for spec in specs[:-1]])
+        if not specs or any(spec.first != first for spec, first in zip(specs, firsts)):
+            raise ValueError("specs must be non-empty contiguous blocks in order (see worker_specs)")
+        self._specs = list(specs)
+        self._slices = [slice(spec.first, spec.first + spec.num_envs) for spec in specs]
+        self._on_failure, self._max_restarts = on_failure, max_restarts
+        self._timeout, self._start_method, self._env_factory = step_timeout_s, start_method, env_factory
+        self._restarts = [0] * len(specs)
+        self._workers: list[AsyncVectorEnv | None] = [None] * len(specs)
+        try:
+            for index in range(len(specs)):
+                self._workers[index] = self._launch(index)
+        except BaseException:
+            self._close_all(terminate=True)
+            raise
+        self.num_envs = sum(spec.num_envs for spec in specs)
+        self.single_observation_space = self._workers[0].get_attr("single_observation_space")[0]
+        self.single_action_space = self._workers[0].get_attr("single_action_space")[0]
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._last_obs: dict[str, np.ndarray] | None = None
+
+    @property
+    def num_workers(self) -> int:
+        """Worker processes, dropped ones included."""
+        return len(self._specs)
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """(N,) bool: envs whose worker was dropped."""
+        mask = np.zeros(self.num_envs, bool)
+        for index, worker in enumerate(self._workers):
+            mask[self._slices[index]] = worker is None
+        return mask
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Resets every live worker; env i's seed is ``seed + i`` (block seed ``seed + first``)."""
+        obs = self._empty_obs()
+        parts = []
+        started = []
+        for index, worker in enumerate(self._workers):
+            if worker is None:
+                continue
+            block_seed = None if seed is None else seed + self._specs[index].first
+            try:
+                worker.reset_async(seed=block_seed, options=options)
+                started.append(index)
+            except Exception as error:  # noqa: BLE001 - any worker error is handled the same way
+                self._recover(index, error, obs, parts)
+        for index in started:
+            try:
+                with _worker_traceback_to_debug_log():
+                    block_obs, info = self._workers[index].reset_wait(timeout=self._timeout)
+            except Exception as error:  # noqa: BLE001
+                self._recover(index, error, obs, parts)
+                continue
+            self._put(obs, index, block_obs)
+            parts.append((self._slices[index], info["block"][0].value))
+        info = merge_infos(parts, self.num_envs)
+        self._last_obs = obs
+        return _copy_obs(obs), info
+
+    def step(self, actions):
+        if self._last_obs is None:
+            raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions).reshape(self.num_envs, *self.single_action_space.shape)
+        pending, failed = [], {}
+        for index, worker in enumerate(self._workers):
+            if worker is None:
+                continue
+            try:
+                worker.step_async(actions[self._slices[index]][None])
+                pending.append(index)
+            except Exception as error:  # noqa: BLE001
+                failed[index] = error
+        results = {}
+        for index in pending:
+            try:
+                with _worker_traceback_to_debug_log():
+                    results[index] = self._workers[index].step_wait(timeout=self._timeout)
+            except Exception as error:  # noqa: BLE001
+                failed[index] = error
+
+        n = self.num_envs
+        obs = _copy_obs(self._last_obs)
+        reward = np.zeros(n, np.float64)
+        terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
+        parts = []
+        for index, (block_obs, block_reward, block_terminated, block_truncated, info) in results.items():
+            where = self._slices[index]
+            self._put(obs, index, block_obs)
+            reward[where], terminated[where], truncated[where] = block_reward[0], block_terminated[0], block_truncated[0]
+            parts.append((where, info["block"][0].value))
+        failure = np.zeros(n, bool)
+        for index, worker in enumerate(self._workers):
+            if worker is None and index not in failed:
+                failure[self._slices[index]] = True  # dropped earlier
+        restart_parts = []
+        for index, error in failed.items():
+            failure[self._slices[index]] = True
+            self._recover(index, error, obs, restart_parts)
+        truncated |= failure
+        info = merge_infos(parts, n)
+        self._mark_failures(info, failure)
+        self._last_obs = obs
+        return _copy_obs(obs), reward, terminated, truncated, info
+
+    def close_extras(self, **kwargs):
+        self._close_all(terminate=False)
+
+    # ------------------------------------------------------------ internals
+
+    def _launch(self, index: int) -> AsyncVectorEnv:
+        return AsyncVectorEnv(
+            [functools.partial(self._env_factory, self._specs[index])],
+            context=self._start_method,
+            autoreset_mode=AutoresetMode.DISABLED,
+            copy=False,
+        )
+
+    def _recover(self, index: int, error: BaseException, obs: dict, parts: list) -> None:
+        """Closes a failed worker, then restarts it (its new first observations go into `obs`) or drops it."""
+        spec = self._specs[index]
+        where = f"env worker {index} (envs {spec.first}-{spec.first + spec.num_envs - 1})"
+        self._terminate(index)
+        reason = _describe(error)
+        while self._on_failure == "restart" and self._restarts[index] < self._max_restarts:
+            self._restarts[index] += 1
+            attempt = self._restarts[index]
+            try:
+                worker = self._launch(index)
+                seed = int(np.random.SeedSequence([spec.seed, attempt]).generate_state(1)[0])
+                with _worker_traceback_to_debug_log():
+                    block_obs, info = worker.reset(seed=seed)
+            except Exception as restart_error:  # noqa: BLE001
+                reason = f"{reason}; restart {attempt} failed: {_describe(restart_error)}"
+                continue
+            self._workers[index] = worker
+            self._put(obs, index, block_obs)
+            parts.append((self._slices[index], info["block"][0].value))
+            logger.warning("%s failed (%s); restarted, restart %d of %d", where, reason, attempt, self._max_restarts)
+            return
+        alive = sum(w is not None for w in self._workers)
+        logger.warning("%s failed (%s); dropped, %d of %d workers remain", where, reason, alive, len(self._workers))
+        if alive == 0:
+            raise WorkerFailureError(f"every env worker failed; the last was {where}: {reason}") from error
+
+    def _mark_failures(self, info: dict, failure: np.ndarray) -> None:
+        """worker_failure / worker_dropped masks; a failed env's last valid observation becomes its final_obs."""
+        info["worker_failure"], info["_worker_failure"] = failure, np.ones(self.num_envs, bool)
+        info["worker_dropped"], info["_worker_dropped"] = self.dropped, np.ones(self.num_envs, bool)
+        if failure.any():
+            final = info.get("final_obs")
+            if final is None:
+                final = np.full(self.num_envs, None, dtype=object)
+            mask = np.asarray(info.get("_final_obs", np.zeros(self.num_envs, bool)), bool) | failure
+            for i in np.flatnonzero(failure):
+                final[i] = {key: value[i].copy() for key, value in self._last_obs.items()}
+            info["final_obs"], info["_final_obs"] = final, mask
+
+    def _put(self, obs: dict, index: int, block_obs: dict) -> None:
+        for key, value in block_obs.items():
+            obs[key][self._slices[index]] = value[0]
+
+    def _empty_obs(self) -> dict[str, np.ndarray]:
+        if self._last_obs is not None:
+            return _copy_obs(self._last_obs)
+        return {
+            key: np.zeros((self.num_envs, *space.shape), space.dtype)
+            for key, space in self.single_observation_space.spaces.items()
+        }
+
+    def _terminate(self, index: int) -> None:
+        worker, self._workers[index] = self._workers[index], None
+        if worker is None:
+            return
+        try:
+            with _worker_traceback_to_debug_log():
+                worker.close(terminate=True)
+        except Exception:  # noqa: BLE001
+            # close() first collects the pending call, which a dead worker answers with EOFError.
+            for process in worker.processes:
+                if process.is_alive():
+                    process.terminate()
+                process.join(timeout=5.0)
+            worker.closed = True  # nothing left for AsyncVectorEnv.__del__ to close
+
+    def _close_all(self, *, terminate: bool) -> None:
+        for index, worker in enumerate(self._workers):
+            if worker is None:
+                continue
+            try:
+                worker.close(terminate=terminate, timeout=self._timeout)
+            except Exception:  # noqa: BLE001
+                self._terminate(index)
+            self._workers[index] = None
+
+
+@contextlib.contextmanager
+def _worker_traceback_to_debug_log():
+    """Moves gymnasium's multi-line worker error report (emitted as warnings) to this module's DEBUG log.
+
+    The failure itself is reported in one WARNING line by `WorkerVecEnv`.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                logger.debug("worker report: %s", warning.message)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, multiprocessing.TimeoutError):
+        return "no answer within step_timeout_s"
+    if isinstance(error, (EOFError, BrokenPipeError, ConnectionResetError)):
+        return f"process died ({type(error).__name__})"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _copy_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: value.copy() for key, value in obs.items()}
+
+
+def merge_infos(parts: list[tuple[slice, dict]], num_envs: int) -> dict:
+    """One vector info of `num_envs` envs from the infos of blocks (each a slice of the envs).
+
+    A key missing from a block is zero (None for objects) there, and its
+    ``_key`` mask False; nested dicts (reward components, final_info) merge
+    the same way; ``final_obs`` stays an object array of observation dicts.
+    """
+    merged: dict = {}
+    keys = list(dict.fromkeys(key for _, info in parts for key in info))
+    for key in keys:
+        present = [(where, info[key]) for where, info in parts if key in info]
+        if all(isinstance(value, dict) for _, value in present):
+            merged[key] = merge_infos(present, num_envs)
+            continue
+        first = np.asarray(present[0][1])
+        if first.dtype.kind in "OUS":  # objects, and strings whose width may differ between blocks
+            array = np.full((num_envs, *first.shape[1:]), None, dtype=object)
+        else:
+            array = np.zeros((num_envs, *first.shape[1:]), first.dtype)
+        for where, value in present:
+            array[where] = value
+        merged[key] = array
+    return merged
