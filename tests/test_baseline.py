@@ -23,9 +23,9 @@ def test_pure_pursuit_steers_towards_the_curve(curvature):
     controller = BaselineController()
     rear_axle = np.array([-0.5 * controller.cfg.wheelbase_m, 0.0])
     steer = controller.steer(arc(curvature) + rear_axle, speed=8.0)
-    assert np.sign(steer) == np.sign(curvature)
+    assert np.sign(steer) == -np.sign(curvature)  # a left curve (positive curvature) needs steer < 0
     # On a circle through the rear axle pure pursuit commands the circle's own steering angle.
-    expected = math.atan(controller.cfg.wheelbase_m * curvature) / math.radians(controller.cfg.max_steer_deg)
+    expected = -math.atan(controller.cfg.wheelbase_m * curvature) / math.radians(controller.cfg.max_steer_deg)
     assert steer == pytest.approx(expected, abs=0.05)
 
 

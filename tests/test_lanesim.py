@@ -122,11 +122,11 @@ def test_offroad_terminates_beyond_the_limit():
     env = LaneSimEnv(SMALL)
     env.reset(seed=4)
     for _ in range(200):
-        _, _, terminated, truncated, info = env.step(np.array([-1.0, 0.3]))
+        _, _, terminated, truncated, info = env.step(np.array([1.0, 0.3]))
         if terminated or truncated:
             break
     assert terminated and info["termination_reason"] == "off_road"
-    assert info["lateral_deviation_m"] < -SMALL.offroad_limit_m  # steering right: negative deviation
+    assert info["lateral_deviation_m"] < -SMALL.offroad_limit_m  # steer +1 is right: negative deviation
 
 
 def test_route_completion_terminates_with_the_goal_bonus():
@@ -172,10 +172,10 @@ def test_road_moves_across_the_frame_when_the_car_steers():
 
     start = road_column(env.reset(seed=0)[0])
     for _ in range(6):
-        left, *_ = env.step(np.array([0.5, 0.0]))
+        left, *_ = env.step(np.array([-0.5, 0.0]))
     start_again = road_column(env.reset(seed=0)[0])
     for _ in range(6):
-        right, *_ = env.step(np.array([-0.5, 0.0]))
+        right, *_ = env.step(np.array([0.5, 0.0]))
     assert start == start_again
     # Turning left moves the world (and its lines) to the right of the image, and vice versa.
     assert road_column(left) > start + 5 > start - 5 > road_column(right)

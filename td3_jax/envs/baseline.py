@@ -113,7 +113,10 @@ class BaselineController:
         return np.array([steer, self.throttle(target, speed)], np.float32)
 
     def steer(self, points: np.ndarray, speed: float) -> float:
-        """Pure pursuit towards the look-ahead point on the polyline of `points` (vehicle frame, m)."""
+        """Pure pursuit towards the look-ahead point on the polyline of `points` (vehicle frame, m).
+
+        Returns the steer action in [-1, 1] (+1 full right).
+        """
         cfg = self.cfg
         rear = np.array([-0.5 * cfg.wheelbase_m, 0.0])
         path = np.concatenate([np.zeros((1, 2)), points]) - rear
@@ -131,7 +134,8 @@ class BaselineController:
             target = path[i - 1] + frac * (path[i] - path[i - 1])
         alpha = math.atan2(target[1], target[0])
         delta = math.atan2(2.0 * cfg.wheelbase_m * math.sin(alpha), lookahead)
-        return float(np.clip(delta / math.radians(cfg.max_steer_deg), -1.0, 1.0))
+        # delta is positive to the left (vehicle frame y left); the action's steer +1 turns right.
+        return float(np.clip(-delta / math.radians(cfg.max_steer_deg), -1.0, 1.0))
 
     def curve_speed(self, points: np.ndarray) -> float:
         """Highest speed from which the car can brake to every upcoming curve's comfortable speed."""

@@ -204,7 +204,8 @@ class LaneSimCore:
     def _drive(self, actions: np.ndarray) -> None:
         """Kinematic bicycle step (centre reference, slip angle from a centred mass)."""
         cfg, dt = self.cfg, self.cfg.dt
-        change = actions[:, 0] * self._max_steer - self.steer
+        # steer +1 turns right, as CARLA's control does; the model's wheel angle is positive to the left.
+        change = -actions[:, 0] * self._max_steer - self.steer
         self.steer += np.minimum(np.maximum(change, -self._max_steer_change), self._max_steer_change)
         pedal = actions[:, 1]
         accel = np.where(
@@ -340,7 +341,7 @@ class LaneSimEnv(gymnasium.Env):
     """One lane-keeping episode at a time, as a gymnasium Env.
 
     Observation ``{"image": (84, 84, stack) uint8, "vector": (3 + 2W,) float32}``,
-    action ``(steer, throttle_brake)`` in [-1, 1]. `reset(seed=s)` gives the same
+    action ``(steer, throttle_brake)`` in [-1, 1] (steer +1 turns right, as in CARLA). `reset(seed=s)` gives the same
     episodes as env 0 of ``LaneSimVec(..., seed=s)``; later resets without a seed
     continue the stream. Info holds scalars (see docs/environment.md).
 
