@@ -1,0 +1,44 @@
+"""`td3-jax bench --quick` runs and reports every figure with a unit; the FLOP count and torch reference agree."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from td3_jax import bench, cli
+from td3_jax.hparams import TD3Config
+
+
+def test_quick_bench_writes_every_figure_with_a_unit(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--no-torch", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["machine"]["backend"] == "cpu"
+    update = results[f"update_b{bench.QUICK.batch_sizes[0]}"]
+    for name in ("jax_updates_per_s", "jax_fused_updates_per_s", "compile_update", "jax_gflops"):
+        assert update[name]["value"] > 0 and update[name]["unit"]
+    assert results["act"]["latency_median"]["unit"] == "ms"
+    assert any("--no-torch" in note for note in results["notes"])
+    for section in ("matmul_peak", "act", "replay", "env"):
+        assert results[section] is not None
+    assert "| update_b" in capsys.readouterr().out
+
+
+def test_update_flops_scale_with_batch_and_count_the_delayed_actor():
+    config = TD3Config()
+    assert bench.update_flops(config, 64) == pytest.approx(2 * bench.update_flops(config, 32))
+    every_step = bench.update_flops(TD3Config(policy_freq=1), 1)
+    every_other = bench.update_flops(config, 1)
+    assert every_step > every_other
+    # About seven encoder forward passes per step (2 target, 3 critic, 4 actor / 2), plus the heads.
+    assert 6 * 18e6 < every_other < 9 * 18e6
+
+
+def test_torch_reference_has_the_td3_jax_architecture():
+    bench_torch = pytest.importorskip("td3_jax.bench_torch")
+    reference = bench_torch.TorchTD3(TD3Config(), stack=bench.STACK, vector_dim=bench.VECTOR_DIM)
+    assert reference.parameter_counts() == bench._jax_parameter_counts()
+    reference.update(*bench_torch.torch_batch(bench.random_batch(2)))
+    assert all(math.isfinite(p.abs().sum().item()) for p in reference.actor.parameters())
