@@ -27,6 +27,7 @@ processes), keeps its own envs and replay buffer, and passes its own
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -45,12 +46,17 @@ def initialize_distributed(**kwargs: Any) -> tuple[int, int]:
     """Joins a multi-host run: `jax.distributed.initialize(**kwargs)`. Host-side.
 
     Must run before any JAX computation in the process. On Slurm, Open MPI and
-    Cloud TPU no arguments are needed; elsewhere pass ``coordinator_address``
-    ("host:port" of process 0), ``num_processes`` and ``process_id``.
+    Cloud TPU no arguments are needed. Elsewhere pass ``coordinator_address``
+    ("host:port" of process 0), ``num_processes`` and ``process_id``, or set
+    ``JAX_COORDINATOR_ADDRESS`` (read by JAX) and ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID`` (read here when the arguments are not given).
 
     Returns:
       (process_index, process_count) after joining.
     """
+    for name, variable in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        if kwargs.get(name) is None and os.environ.get(variable):
+            kwargs[name] = int(os.environ[variable])
     jax.distributed.initialize(**kwargs)
     return jax.process_index(), jax.process_count()
 

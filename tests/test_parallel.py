@@ -112,12 +112,14 @@ def test_four_device_tests_in_a_subprocess():
 # One process of a two-process run (2 CPU devices each): process p feeds rows p*4:(p+1)*4
 # of a global batch of 8; its replica must equal one device's update on all 8 rows.
 TWO_PROCESS_SCRIPT = """
+import os
 import sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from td3_jax.parallel import DataParallel, initialize_distributed
 process, port = int(sys.argv[1]), sys.argv[2]
-assert initialize_distributed(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process) == (process, 2)
+os.environ.update(JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process))
+assert initialize_distributed(coordinator_address="127.0.0.1:" + port) == (process, 2)
 import chex, td3_jax
 from test_parallel import ATOL, RTOL, TINY_VECTOR_DIM, config, stacked_batches
 state = td3_jax.init_state(config(), jax.random.key(7), vector_dim=TINY_VECTOR_DIM)
