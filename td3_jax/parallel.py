@@ -127,10 +127,11 @@ class DataParallel:
 
     def check_batch_size(self, batch_size: int) -> None:
         """Raises ValueError unless this process's `batch_size` splits evenly over its devices."""
-        if batch_size % self.local_devices:
+        devices = self.local_devices
+        if batch_size % devices:
             raise ValueError(
-                f"algorithm.batch_size={batch_size} does not split over {self.local_devices} devices; "
-                f"use a multiple of {self.local_devices} (e.g. {batch_size - batch_size % self.local_devices + self.local_devices})"
+                f"algorithm.batch_size={batch_size} does not split over {devices} devices; "
+                f"use a multiple of {devices} (e.g. {batch_size + devices - batch_size % devices})"
             )
 
     def place_state(self, state: TD3State) -> TD3State:

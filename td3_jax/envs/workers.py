@@ -53,7 +53,7 @@ class WorkersConfig:
     workers: int = 0
     """Env worker processes; 0 steps every env in the training process."""
     carla_servers: tuple[str, ...] = ()
-    """CARLA servers as "host:port", one env and one worker each (env i: servers[i], Traffic Manager carla.tm_port + i)."""
+    """CARLA servers as "host:port", one env and worker each: env i uses servers[i] and TM port carla.tm_port + i."""
     on_failure: Literal["restart", "drop"] = "restart"
     """A failed worker is restarted in a new process, or dropped (its envs stop producing data)."""
     max_restarts: int = 3
@@ -325,7 +325,8 @@ class WorkerVecEnv(VectorEnv):
         for index, (block_obs, block_reward, block_terminated, block_truncated, info) in results.items():
             where = self._slices[index]
             self._put(obs, index, block_obs)
-            reward[where], terminated[where], truncated[where] = block_reward[0], block_terminated[0], block_truncated[0]
+            reward[where], terminated[where] = block_reward[0], block_terminated[0]
+            truncated[where] = block_truncated[0]
             parts.append((where, info["block"][0].value))
         failure = np.zeros(n, bool)
         for index, worker in enumerate(self._workers):
