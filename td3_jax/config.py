@@ -193,6 +193,10 @@ class TrainingConfig:
     """Write aggregated update metrics to TensorBoard every this many env steps."""
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     """Console progress: auto = a bar on a terminal, plain lines otherwise (and when CI=true)."""
+    devices: str = "auto"
+    """Devices the update runs on, data-parallel: "auto" (every device of every process) or a count such as "2"."""
+    distributed: bool = False
+    """Join a multi-host run with jax.distributed.initialize() first (docs/scaling.md)."""
 
     def __post_init__(self):
         _check(self.max_timesteps >= 1, "training.max_timesteps", ">= 1", self.max_timesteps)

@@ -31,13 +31,16 @@ import jax
 import numpy as np
 
 from td3_jax import config as config_lib
+from td3_jax import parallel
 from td3_jax.checkpoint import Checkpointer
 from td3_jax.cli import UserError
 from td3_jax.evaluate import evaluate, td3_policy
 from td3_jax.guard import DivergenceGuard, alert_scalars
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
 from td3_jax.run_log import RunLog
-from td3_jax.td3 import act, init_state, update_many
+from td3_jax.envs.workers import WorkerFailureError
+from td3_jax.parallel import DataParallel
+from td3_jax.td3 import act, init_state
 
 EPISODE_HISTORY = 100  # episodes in the console's running mean
 
@@ -109,12 +112,13 @@ class Trainer:
     """One training run in `run_dir`. Host-side; see the module docstring."""
 
     def __init__(self, run: config_lib.RunConfig, run_dir: Path, *, checkpoint_dir: Path | None = None):
-        from td3_jax.envs import make_env, make_vec_env
+        from td3_jax.envs import make_env
+        from td3_jax.envs.workers import make_worker_vec_env
 
         self.run = run
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.env = make_vec_env(run.env)
+        self.env = make_worker_vec_env(run.env, run.env.workers)
         self.eval_env = make_env(run.env) if run.training.num_eval_episodes > 0 else None
         self.n_envs = self.env.num_envs
         obs_space = self.env.single_observation_space
@@ -125,7 +129,13 @@ class Trainer:
         algorithm = run.algorithm
         seed = run.training.seed
         init_key, act_key = jax.random.split(jax.random.key(seed))
-        self.state = init_state(self.td3_config, init_key, image_shape=image_shape, vector_dim=vector_dim)
+        try:
+            self.parallel = DataParallel(run.training.devices)
+            self.parallel.check_batch_size(algorithm.batch_size)
+        except ValueError as error:
+            raise UserError(f"training.devices={run.training.devices!r}: {error}") from None
+        state = init_state(self.td3_config, init_key, image_shape=image_shape, vector_dim=vector_dim)
+        self.state = self.parallel.place_state(state)
         self.act_key = act_key
         try:
             self.buffer = ReplayBuffer(
@@ -166,7 +176,8 @@ class Trainer:
     def host_state(self) -> dict:
         """JSON-able loop state for an exact resume."""
         backend_snapshot = None
-        if self.run.env.backend == "lanesim":  # the embedded simulator can be restored mid-episode
+        if self.run.env.backend == "lanesim" and self.run.env.workers.workers == 0:
+            # The in-process embedded simulator can be restored mid-episode; worker processes cannot.
             backend_snapshot = _pack((self.env, self.obs, self.episode_stats))
         return {
             "env_step": self.env_step,
@@ -182,7 +193,9 @@ class Trainer:
 
     def restore(self) -> None:
         """Continues from the latest checkpoint of this run."""
-        restored = self.checkpointer.restore(abstract_train_state=self.state, with_replay=True)
+        restored = self.checkpointer.restore(
+            abstract_train_state=self.parallel.abstract_state(self.state), with_replay=True
+        )
         self.state = restored.train_state
         host = restored.host_state
         if restored.replay_state is not None:
@@ -225,7 +238,7 @@ class Trainer:
         std = exploration_std(algorithm.exploration_noise, self.env_step - algorithm.learning_starts)
         self.act_key, key = jax.random.split(self.act_key)
         actions = act(
-            self.state.actor_params, self.obs["image"], self.obs["vector"], key, std,
+            self.parallel.local_params(self.state.actor_params), self.obs["image"], self.obs["vector"], key, std,
             network=self.td3_config.network,
         )
         actions = np.asarray(actions)
@@ -238,7 +251,7 @@ class Trainer:
         start = time.perf_counter()
         batch = self.buffer.sample(k * batch_size)
         batches = jax.tree.map(lambda x: x.reshape(k, batch_size, *x.shape[1:]), batch)
-        self.state, metrics = update_many(self.state, batches)
+        self.state, metrics = self.parallel.update_many(self.state, batches)
         jax.block_until_ready(self.state.step)
         self._update_seconds += time.perf_counter() - start
         self._update_calls += 1
@@ -288,7 +301,7 @@ class Trainer:
         if self.eval_env is None:
             return
         training = self.run.training
-        policy = td3_policy(self.state.actor_params, self.td3_config.network)
+        policy = td3_policy(self.parallel.local_params(self.state.actor_params), self.td3_config.network)
         summary, _ = evaluate(self.eval_env, policy, training.num_eval_episodes, training.eval_seed)
         log.scalars(self.env_step, summary)
         self.results["evaluations"].append({"env_step": self.env_step, **summary})
@@ -299,7 +312,10 @@ class Trainer:
 
     def _record_step(self, log: RunLog, actions, next_obs, reward, terminated, truncated, info) -> None:
         done = np.asarray(terminated) | np.asarray(truncated)
-        failed = np.asarray(info.get("carla_failure", np.zeros(self.n_envs, bool)), bool)
+        no_failure = np.zeros(self.n_envs, bool)
+        failed = np.asarray(info.get("carla_failure", no_failure), bool) | np.asarray(
+            info.get("worker_failure", no_failure), bool
+        )
         real_next = {key: np.array(value, copy=True) for key, value in next_obs.items()}
         if done.any():
             for i in np.flatnonzero(done & info.get("_final_obs", done)):
@@ -468,5 +484,10 @@ def run(args: argparse.Namespace, *, checkpoint_dir: Path | None = None) -> int:
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
     if run_config.env.backend == "carla":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if run_config.training.distributed:
+        parallel.initialize_distributed()
     trainer = Trainer(run_config, run_dir, checkpoint_dir=checkpoint_dir)
-    return trainer.train(resume=bool(args.resume))
+    try:
+        return trainer.train(resume=bool(args.resume))
+    except WorkerFailureError as error:
+        raise UserError(f"{error}; the last checkpoint is in {run_dir}: resume with --resume {run_dir}") from None

@@ -40,38 +40,10 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from td3_jax.envs.config import EnvConfig
+from td3_jax.envs.config import EnvConfig, WorkersConfig, parse_server
 from td3_jax.envs.factory import make_vec_env
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkersConfig:
-    """How envs are spread over processes and CARLA servers, and what a crash does."""
-
-    workers: int = 0
-    """Env worker processes; 0 steps every env in the training process."""
-    carla_servers: tuple[str, ...] = ()
-    """CARLA servers as "host:port", one env and worker each: env i uses servers[i] and TM port carla.tm_port + i."""
-    on_failure: Literal["restart", "drop"] = "restart"
-    """A failed worker is restarted in a new process, or dropped (its envs stop producing data)."""
-    max_restarts: int = 3
-    """Restarts of one worker before it is dropped."""
-    step_timeout_s: float | None = None
-    """A worker whose step or reset takes longer counts as failed; None waits forever."""
-    start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
-    """multiprocessing start method (fork is unsafe once JAX has started threads)."""
-
-    def __post_init__(self):
-        if self.workers < 0:
-            raise ValueError(f"env.workers.workers must be >= 0, got {self.workers}")
-        if self.max_restarts < 0:
-            raise ValueError(f"env.workers.max_restarts must be >= 0, got {self.max_restarts}")
-        if self.step_timeout_s is not None and self.step_timeout_s <= 0:
-            raise ValueError(f"env.workers.step_timeout_s must be > 0 or null, got {self.step_timeout_s}")
-        for server in self.carla_servers:
-            parse_server(server)
 
 
 class WorkerFailureError(RuntimeError):
@@ -85,14 +57,6 @@ class WorkerSpec(NamedTuple):
     num_envs: int
     seed: int
     first: int
-
-
-def parse_server(server: str) -> tuple[str, int]:
-    """("host", port) of a "host:port" string; ValueError with the expected form otherwise."""
-    host, sep, port = server.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f'a CARLA server must look like "host:port" (e.g. "10.0.0.5:2000"), got {server!r}')
-    return host, int(port)
 
 
 def worker_specs(
