@@ -38,8 +38,8 @@ class _Encoder(nn.Module):
             layers += [nn.Conv2d(channels, out, kernel, stride), nn.LayerNorm([out, size, size], LAYER_NORM_EPSILON)]
             layers.append(nn.LeakyReLU(LEAKY_RELU_SLOPE))
             channels = out
-        layers += [nn.Flatten(), nn.Linear(channels * size * size, features), nn.LayerNorm(features, LAYER_NORM_EPSILON)]
-        layers.append(nn.LeakyReLU(LEAKY_RELU_SLOPE))
+        layers += [nn.Flatten(), nn.Linear(channels * size * size, features)]
+        layers += [nn.LayerNorm(features, LAYER_NORM_EPSILON), nn.LeakyReLU(LEAKY_RELU_SLOPE)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, image_nchw_uint8: torch.Tensor) -> torch.Tensor:
