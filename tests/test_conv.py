@@ -86,6 +86,7 @@ def test_matmul_conv_matches_lax_conv_on_nature_cnn_geometry(x_shape, kernel_sha
 
 def test_matmul_conv_matches_inside_jit_and_cond():
     x, kernel = _random([(2, 12, 12, 3), (4, 4, 3, 2)], 1)
+
     @jax.jit
     def run(x, kernel):
         return lax.cond(True, lambda: conv.conv2d(x, kernel, 2, "matmul"), lambda: jnp.zeros((2, 5, 5, 2)))
