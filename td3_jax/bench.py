@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import platform
@@ -99,12 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _torch_importable() -> bool:
-    try:
-        import stable_baselines3  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "stable_baselines3"))
 
 
 def _optional(bench: Callable[[Plan], dict], plan: Plan, notes: list[str], what: str) -> dict | None:
