@@ -7,7 +7,7 @@ compute the same function (equal to float32 rounding).
 - "matmul": the convolution as space-to-depth + one matrix product + cheap
   slicing, for the CPU. XLA's CPU convolutions are slow in the forward pass,
   slower in the backward pass, and one to two orders of magnitude slower again
-  inside `lax.cond`/`lax.scan` bodies (measured: the kernel gradient of the
+  inside `lax.cond` bodies (measured at batch 256: the gradient of the
   Nature-CNN's first layer took 0.3 s plainly and 4.6 s inside a `cond`);
   dense matrix products do not have this problem, and their gradients are
   matrix products again.
@@ -22,9 +22,10 @@ s*s*C channels. That small convolution is then either
     (N, D) @ (D, kb*kb*F), followed by a sum of kb*kb shifted slices; or
   - "im2col": the kb*kb shifted slices concatenated on the channel axis,
     then one (N, kb*kb*D) @ (kb*kb*D, F) product,
-whichever has the smaller intermediate array (memory traffic, not FLOPs,
-dominates at these sizes). For the Nature CNN at 84x84: layer 1 (8x8/4) and
-layer 2 (4x4/2) use "shift", layer 3 (3x3/1) uses "im2col".
+whichever has the smaller intermediate array (on the full TD3 update the two
+were within 3% of each other for layers 1 and 2; see docs/benchmarks.md). For
+the Nature CNN at 84x84: layers 1 (8x8/4) and 2 (4x4/2) use "shift", layer 3
+(3x3/1) uses "im2col".
 """
 
 from __future__ import annotations
