@@ -18,8 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-Policy = Callable[[dict], np.ndarray]
-"""Maps a batched observation {"image": (1, H, W, S), "vector": (1, V)} to actions (1, A)."""
+Policy = Callable[[dict, dict], np.ndarray]
+"""Maps a batched observation {"image": (1, H, W, S), "vector": (1, V)} and the last step's info
+to actions (1, A). A policy with a `reset()` method has it called at every episode start."""
 
 
 @dataclasses.dataclass
@@ -39,11 +40,13 @@ class EpisodeResult:
 
 def run_episode(env, policy: Policy, seed: int) -> EpisodeResult:
     """Runs one episode of `policy` on `env` from `reset(seed=seed)`."""
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    if hasattr(policy, "reset"):
+        policy.reset()
     result = EpisodeResult(0.0, 0, False, 0, 0, 0.0, 0.0, 0.0, "")
     while True:
         batched = {key: np.asarray(value)[None] for key, value in obs.items()}
-        action = np.asarray(policy(batched))[0]
+        action = np.asarray(policy(batched, info))[0]
         obs, reward, terminated, truncated, info = env.step(action)
         result.reward += float(reward)
         result.length += 1
@@ -97,17 +100,39 @@ def td3_policy(actor_params, network) -> Policy:
 
     key = jax.random.key(0)  # unused: noise_scale is 0
 
-    def policy(obs: dict) -> np.ndarray:
+    def policy(obs: dict, info: dict) -> np.ndarray:
+        del info
         return np.asarray(act(actor_params, obs["image"], obs["vector"], key, 0.0, network=network))
 
     return policy
+
+
+class BaselinePolicy:
+    """The pure-pursuit + PID baseline (td3_jax.envs.baseline) as a `Policy`, for the same evaluation."""
+
+    def __init__(self, env_config):
+        from td3_jax.envs.baseline import BaselineController, for_lanesim
+
+        if env_config.backend != "lanesim":
+            raise ValueError("the baseline evaluation here is set up for the embedded simulator (env.backend: lanesim)")
+        self.controller = BaselineController(for_lanesim(env_config.lanesim))
+
+    def reset(self) -> None:
+        self.controller.reset()
+
+    def __call__(self, obs: dict, info: dict) -> np.ndarray:
+        single = {key: value[0] for key, value in obs.items()}
+        return np.asarray(self.controller.act(single, info))[None]
 
 
 # ---------------------------------------------------------------- CLI
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a run directory or its checkpoints/ directory")
+    parser.add_argument("--checkpoint", default=None, help="a run directory or its checkpoints/ directory")
+    parser.add_argument("--baseline", action="store_true",
+                        help="evaluate the pure-pursuit + PID baseline instead, on the same env and seeds")
+    parser.add_argument("--config", default=None, help="with --baseline and no --checkpoint: the run config")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's num_eval_episodes)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: the run's eval_seed)")
@@ -122,38 +147,51 @@ def run(args: argparse.Namespace) -> int:
     from td3_jax.envs import make_env
     from td3_jax.td3 import init_state
 
-    directory = Path(args.checkpoint)
-    if (directory / "checkpoints").is_dir():
-        directory = directory / "checkpoints"
-    if not directory.is_dir():
-        raise UserError(f"{args.checkpoint} is not a run directory or checkpoint directory")
-    raw = checkpoint.load_config(directory, args.step)
-    run_config = config_lib.build(config_lib.RunConfig, raw)
+    if args.checkpoint is None and not (args.baseline and args.config):
+        raise UserError("pass --checkpoint RUN_DIR (or --baseline --config FILE)")
+    directory = restored = None
+    if args.checkpoint is not None:
+        directory = Path(args.checkpoint)
+        if (directory / "checkpoints").is_dir():
+            directory = directory / "checkpoints"
+        if not directory.is_dir():
+            raise UserError(f"{args.checkpoint} is not a run directory or checkpoint directory")
+        run_config = config_lib.build(config_lib.RunConfig, checkpoint.load_config(directory, args.step))
+    else:
+        run_config, _ = config_lib.load(args.config)
     env = make_env(run_config.env)
-    action_dim = env.action_space.shape[0]
-    td3_cfg = config_lib.td3_config(run_config, action_dim)
-    abstract = jax.eval_shape(
-        lambda: init_state(
-            td3_cfg,
-            jax.random.key(0),
-            image_shape=env.observation_space["image"].shape,
-            vector_dim=env.observation_space["vector"].shape[0],
-        )
-    )
-    with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
-        restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
     episodes = args.episodes if args.episodes is not None else run_config.training.num_eval_episodes
     seed = args.seed if args.seed is not None else run_config.training.eval_seed
     if episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {episodes}")
-    summary, results = evaluate(env, td3_policy(restored.train_state.actor_params, td3_cfg.network), episodes, seed)
+    if args.baseline:
+        try:
+            policy = BaselinePolicy(run_config.env)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        source = "baseline controller"
+    else:
+        td3_cfg = config_lib.td3_config(run_config, env.action_space.shape[0])
+        abstract = jax.eval_shape(
+            lambda: init_state(
+                td3_cfg,
+                jax.random.key(0),
+                image_shape=env.observation_space["image"].shape,
+                vector_dim=env.observation_space["vector"].shape[0],
+            )
+        )
+        with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
+            restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
+        policy = td3_policy(restored.train_state.actor_params, td3_cfg.network)
+        source = f"checkpoint {directory}/{restored.step}"
+    summary, results = evaluate(env, policy, episodes, seed)
     env.close()
-    print(f"checkpoint {directory}/{restored.step}: {episodes} episodes from seed {seed}")
+    print(f"{source}: {episodes} episodes from seed {seed}")
     for key, value in summary.items():
         print(f"  {key:32s} {value:12.4f}")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"checkpoint_step": restored.step, "metrics": summary,
-                        "episodes": [dataclasses.asdict(e) for e in results]}, indent=2)
+            json.dumps({"source": source, "checkpoint_step": restored.step if restored else None,
+                        "metrics": summary, "episodes": [dataclasses.asdict(e) for e in results]}, indent=2)
         )
     return 0

@@ -21,7 +21,7 @@ def _load(text: str, *sets: str) -> RunConfig:
     return config_lib.build(RunConfig, yaml.safe_load(text) or {}) if not sets else config_lib.load(None, list(sets))[0]
 
 
-@pytest.mark.parametrize("name", ["td3_lanesim.yaml", "td3_lanesim_5k.yaml", "td3_carla.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
     run, raw = config_lib.load(REPO / "configs" / name)
     assert isinstance(run, RunConfig)

@@ -203,3 +203,15 @@ def test_sigint_saves_a_checkpoint_that_resumes(tmp_path):
     with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
         step = ckpt.latest_step()
     assert step is not None and 0 < step < 100000
+
+
+def test_eval_cli_scores_the_baseline_on_the_same_episodes(tmp_path, capsys):
+    from td3_jax.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("env: {lanesim: {route_length_m: 60}}\n")
+    out = tmp_path / "baseline.json"
+    assert main(["eval", "--baseline", "--config", str(config), "--episodes", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["metrics"]["eval/success_rate"] == 1.0  # the baseline drives a short route reliably
+    assert [e["termination_reason"] for e in report["episodes"]] == ["route_completed"] * 2
