@@ -94,6 +94,8 @@ class AlgorithmConfig:
     """Run updates every `train_freq` env steps (per env)."""
     gradient_steps: int = 1
     """Updates per training call, fused into one jitted `update_many`."""
+    actor_preactivation_l2: float = 0.0
+    """Weight of mean(u^2) on the actor's pre-tanh outputs in its loss (keeps tanh out of saturation); 0 is plain TD3."""
     exploration_noise: ExplorationNoiseConfig = ExplorationNoiseConfig()
     """Gaussian exploration noise schedule."""
     gradient_clipping: GradientClippingConfig = GradientClippingConfig()
@@ -115,6 +117,7 @@ class AlgorithmConfig:
         _check(self.learning_starts >= 1, "algorithm.learning_starts", ">= 1", self.learning_starts)
         _check(self.train_freq >= 1, "algorithm.train_freq", ">= 1", self.train_freq)
         _check(self.gradient_steps >= 1, "algorithm.gradient_steps", ">= 1", self.gradient_steps)
+        _check(self.actor_preactivation_l2 >= 0, "algorithm.actor_preactivation_l2", ">= 0", self.actor_preactivation_l2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +259,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
         policy_noise=algorithm.policy_noise,
         noise_clip=algorithm.noise_clip,
         policy_freq=algorithm.policy_freq,
+        actor_preactivation_l2=algorithm.actor_preactivation_l2,
     )
 
 

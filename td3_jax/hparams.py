@@ -71,3 +71,5 @@ class TD3Config:
     """Target-policy smoothing noise is clipped to [-noise_clip, noise_clip]."""
     policy_freq: int = 2
     """Actor and targets update when step % policy_freq == 0."""
+    actor_preactivation_l2: float = 0.0
+    """Weight of mean(u^2) on the actor's pre-tanh outputs u in its loss; 0 is plain TD3."""

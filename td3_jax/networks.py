@@ -114,8 +114,12 @@ class Actor(nn.Module):
         self.head = MLP(self.config.actor_hidden, self.config.action_dim)
 
     def __call__(self, image: jax.Array, vector: jax.Array) -> jax.Array:
+        return jnp.tanh(self.preactivation(image, vector))
+
+    def preactivation(self, image: jax.Array, vector: jax.Array) -> jax.Array:
+        """The head's output before tanh (what a saturation penalty acts on)."""
         features = self.encoder(image)
-        return jnp.tanh(self.head(jnp.concatenate([features, vector], axis=-1)))
+        return self.head(jnp.concatenate([features, vector], axis=-1))
 
 
 class Critic(nn.Module):

@@ -136,18 +136,23 @@ def actor_loss(
     actor: networks.Actor,
     critic: networks.Critic,
     batch: Batch,
+    preactivation_l2: float = 0.0,
 ):
-    """-mean Q1(stop_gradient(critic features), v, mu(s)); returns (loss, (q1, action)).
+    """-mean Q1(stop_gradient(critic features), v, mu(s)) + l2 mean(u^2); returns (loss, (q1, action, u)).
 
     Differentiate with respect to `actor_params` only: the critic's features
     and parameters are constants here, so the actor reaches Q only through
-    the action it outputs.
+    the action it outputs. u is the actor's pre-tanh output: once tanh
+    saturates, dQ/du vanishes and only the penalty can pull the policy back
+    (a saturated corner policy is how the original system's runs ended).
     """
-    action = actor.apply({"params": actor_params}, batch.image, batch.vector)
+    preactivation = actor.apply({"params": actor_params}, batch.image, batch.vector, method=actor.preactivation)
+    action = jnp.tanh(preactivation)
     critic_vars = {"params": critic_params}
     features = jax.lax.stop_gradient(critic.apply(critic_vars, batch.image, method=critic.features))
     q1 = critic.apply(critic_vars, features, batch.vector, action, method=critic.q1_value)
-    return -jnp.mean(q1), (q1, action)
+    loss = -jnp.mean(q1) + preactivation_l2 * jnp.mean(jnp.square(preactivation))
+    return loss, (q1, action, preactivation)
 
 
 def _gradient_metrics(prefix: str, opt_state, params, new_params, max_norm: float) -> dict[str, jax.Array]:
@@ -213,8 +218,8 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
 
     # Delayed actor step and Polyak targets.
     def actor_step(_):
-        (loss, (policy_q1, action)), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-            state.actor_params, critic_params, actor, critic, batch
+        (loss, (policy_q1, action, preactivation)), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+            state.actor_params, critic_params, actor, critic, batch, config.actor_preactivation_l2
         )
         updates, actor_opt_state = actor_tx.update(actor_grads, state.actor_opt_state, state.actor_params)
         actor_params = optax.apply_updates(state.actor_params, updates)
@@ -223,6 +228,7 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
             "debug/actor_q_mean": jnp.mean(policy_q1),
             "debug/actor_q_max": jnp.max(policy_q1),
             "debug/action_saturation": jnp.mean(jnp.abs(action) > SATURATION_THRESHOLD).astype(jnp.float32),
+            "debug/actor_preactivation_rms": jnp.sqrt(jnp.mean(jnp.square(preactivation))),
         }
         actor_metrics |= _gradient_metrics(
             "actor", actor_opt_state, state.actor_params, actor_params, config.actor_optimizer.max_grad_norm
