@@ -224,6 +224,9 @@ def _diagnose(scalars, criteria: Criteria, config_norms, path: str) -> Diagnosis
     failed = [row.criterion.split(" (")[0] for row in rows if row.status == "FAIL"]
     summary = _summary(verdict, divergence_step, first_learning, learning_points, crossed, failed)
     causes = find_causes(series, tags, scalars, rows, max_norms, learning_rates, criteria, verdict)
+    warnings = [cause.title for cause in causes if cause.likelihood == "likely"]
+    if verdict == "healthy" and warnings:  # the bounds hold, but the policy may still be degenerate
+        summary += "; but see the likely causes: " + "; ".join(warnings)
     missing = tuple(name for name, tag in tags.items() if tag is None)
     return Diagnosis(
         path, verdict, summary, divergence_step, rows, tuple(causes), tags, missing, max_norms,
