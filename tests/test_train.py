@@ -215,3 +215,12 @@ def test_eval_cli_scores_the_baseline_on_the_same_episodes(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["metrics"]["eval/success_rate"] == 1.0  # the baseline drives a short route reliably
     assert [e["termination_reason"] for e in report["episodes"]] == ["route_completed"] * 2
+
+
+@pytest.mark.slow
+def test_a_healthy_td3_jax_run_is_diagnosed_healthy(trained_run):
+    run_dir, _ = trained_run
+    diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
+    assert diagnosis["verdict"] == "healthy", diagnosis["summary"]
+    assert diagnosis["exit_code"] == 0
+    assert not diagnosis["missing_signals"], diagnosis["missing_signals"]
