@@ -4,7 +4,7 @@
     python scripts/plot_run.py RUN_DIR --out docs/figures/run.png [--baseline baseline.json]
 
 Reads RUN_DIR/results.json, which `td3-jax train` writes when a run finishes,
-so it needs no TensorBoard. `--baseline` adds the baseline controller's success rate and
+or the eval/* tags of the run's event files when it has not finished. `--baseline` adds the baseline controller's success rate and
 lateral RMSE as horizontal lines (the JSON of scripts/eval_baseline.py).
 """
 
@@ -22,14 +22,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def read_evaluations(run_dir: Path) -> list[dict]:
+    """Evaluations from results.json, or from the event files of a run that did not finish."""
+    if (run_dir / "results.json").is_file():
+        return json.loads((run_dir / "results.json").read_text())["evaluations"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    by_step: dict[int, dict] = {}
+    for tag in events.Tags()["scalars"]:
+        if tag.startswith("eval/"):
+            for event in events.Scalars(tag):
+                by_step.setdefault(event.step, {"env_step": event.step})[tag] = event.value
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--out", required=True)
     parser.add_argument("--baseline", default=None, help="JSON of scripts/eval_baseline.py")
     args = parser.parse_args(argv)
-    results = json.loads((Path(args.run_dir) / "results.json").read_text())
-    evaluations = results["evaluations"]
+    evaluations = read_evaluations(Path(args.run_dir))
     if not evaluations:
         print(f"{args.run_dir}: no evaluations in results.json", file=sys.stderr)
         return 2
