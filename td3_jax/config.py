@@ -153,11 +153,14 @@ class HeadConfig:
     """Hidden layer widths (depth = number of entries)."""
     weight_decay: float = 0.0
     """Coupled L2 on every parameter of this network (torch Adam style)."""
+    adam_eps: float = 1e-8
+    """Adam's epsilon for this network; gradients much smaller than it take proportionally smaller steps."""
 
     def __post_init__(self):
         _check(self.learning_rate >= 0, "learning_rate", ">= 0", self.learning_rate)
         _check(all(w >= 1 for w in self.hidden_sizes), "hidden_sizes", "positive widths", self.hidden_sizes)
         _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        _check(self.adam_eps > 0, "adam_eps", "> 0", self.adam_eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,12 +250,14 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
             cnn_lr=nets.cnn.actor_cnn_lr,
             mlp_lr=nets.actor.learning_rate,
             weight_decay=nets.actor.weight_decay,
+            adam_eps=nets.actor.adam_eps,
         ),
         critic_optimizer=OptimizerConfig(
             max_grad_norm=algorithm.gradient_clipping.critic_max_norm,
             cnn_lr=nets.cnn.critic_cnn_lr,
             mlp_lr=nets.critic.learning_rate,
             weight_decay=nets.critic.weight_decay,
+            adam_eps=nets.critic.adam_eps,
         ),
         discount=algorithm.discount,
         tau=algorithm.tau,

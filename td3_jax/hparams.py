@@ -52,6 +52,8 @@ class OptimizerConfig:
     """Adam learning rate of everything else ('mlp' group)."""
     weight_decay: float = 0.0
     """Coupled L2 (torch Adam style), added to the clipped gradient of both groups."""
+    adam_eps: float = 1e-8
+    """Adam's epsilon: gradients much smaller than it take proportionally smaller steps."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,10 +50,10 @@ def group_norms(tree, labels) -> dict[str, jax.Array]:
     return norms
 
 
-def _adam_with_l2(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+def _adam_with_l2(learning_rate: float, weight_decay: float, eps: float) -> optax.GradientTransformation:
     return optax.chain(
         optax.add_decayed_weights(weight_decay),
-        optax.scale_by_adam(),
+        optax.scale_by_adam(eps=eps),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -78,8 +78,8 @@ def make_optimizer(config: OptimizerConfig, labels: Callable | dict) -> optax.Gr
         optax.snapshot(AFTER_CLIP, measure),
         optax.partition(
             {
-                "cnn": group(learning_rate=config.cnn_lr, weight_decay=config.weight_decay),
-                "mlp": group(learning_rate=config.mlp_lr, weight_decay=config.weight_decay),
+                "cnn": group(learning_rate=config.cnn_lr, weight_decay=config.weight_decay, eps=config.adam_eps),
+                "mlp": group(learning_rate=config.mlp_lr, weight_decay=config.weight_decay, eps=config.adam_eps),
             },
             labels,
         ),
