@@ -88,3 +88,16 @@ def test_unlabelled_parameter_group_is_an_error():
     tx = optim.make_optimizer(OptimizerConfig(), lambda params: jax.tree.map(lambda _: "other", params))
     with pytest.raises(ValueError):
         tx.init(PARAMS)
+
+
+def test_adam_eps_scales_down_steps_of_gradients_below_it():
+    """With the default eps Adam's first step is lr * sign(g) even for a 1e-7 gradient."""
+    grads = jax.tree.map(lambda x: jnp.full(x.shape, 1e-7), PARAMS)
+    steps = {}
+    for eps in (1e-8, 1e-3):
+        tx = optim.make_optimizer(OptimizerConfig(max_grad_norm=1e9, cnn_lr=0.1, mlp_lr=0.1, adam_eps=eps),
+                                  networks.param_labels)
+        updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+        steps[eps] = max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(updates))
+    np.testing.assert_allclose(steps[1e-8], 0.1 * 1e-7 / (1e-7 + 1e-8), rtol=1e-4)
+    np.testing.assert_allclose(steps[1e-3], 0.1 * 1e-7 / (1e-7 + 1e-3), rtol=1e-3)
