@@ -134,7 +134,7 @@ class CnnConfig:
     """LayerNorm after each encoder layer."""
     activation: Literal["relu", "leaky_relu"] = "leaky_relu"
     """Encoder nonlinearity (leaky slope 0.01)."""
-    conv_impl: str = "auto"
+    conv_impl: Literal["auto", "xla", "matmul"] = "auto"
     """Convolution implementation (see td3_jax.conv); auto picks the fastest for the backend."""
 
     def __post_init__(self):

@@ -293,9 +293,10 @@ Returns:
 
 @jax.jit
 def update_many(state: TD3State, batches: Batch | PackedBatch) -> tuple[TD3State, Metrics]:
-    """K updates in one call: `batches` has a leading axis K; equals K `update` calls.
+    """K updates in one call: `batches` has a leading axis K.
 
-    Returns the final state and metrics stacked along a leading K axis.
+    Equals K `update` calls to float32 rounding (XLA fuses the scanned body
+    differently). Returns the final state and metrics stacked along a leading K axis.
     """
     return jax.lax.scan(_update, state, batches)
 

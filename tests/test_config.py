@@ -106,3 +106,8 @@ def test_config_reference_is_generated_and_complete():
     assert (REPO / "docs" / "config.md").read_text() == text, "regenerate: python -m td3_jax.config_doc > docs/config.md"
     undocumented = [line for line in text.splitlines() if line.startswith("| `") and line.endswith("|  |")]
     assert not undocumented, f"config fields without a docstring: {undocumented}"
+
+
+def test_unknown_conv_impl_is_a_config_error():
+    with pytest.raises(ConfigError, match="networks.cnn.conv_impl must be one of"):
+        _load("networks: {cnn: {conv_impl: fastest}}")
