@@ -96,6 +96,8 @@ class AlgorithmConfig:
     """Updates per training call, fused into one jitted `update_many`."""
     actor_preactivation_l2: float = 0.0
     """Weight of mean(u^2) on the actor's pre-tanh outputs in its loss (keeps tanh out of saturation); 0 is plain TD3."""
+    actor_warmup_updates: int = 0
+    """Critic-only updates before the first actor update (the critic target still tracks it); 0 is plain TD3."""
     exploration_noise: ExplorationNoiseConfig = ExplorationNoiseConfig()
     """Gaussian exploration noise schedule."""
     gradient_clipping: GradientClippingConfig = GradientClippingConfig()
@@ -118,6 +120,7 @@ class AlgorithmConfig:
         _check(self.train_freq >= 1, "algorithm.train_freq", ">= 1", self.train_freq)
         _check(self.gradient_steps >= 1, "algorithm.gradient_steps", ">= 1", self.gradient_steps)
         _check(self.actor_preactivation_l2 >= 0, "algorithm.actor_preactivation_l2", ">= 0", self.actor_preactivation_l2)
+        _check(self.actor_warmup_updates >= 0, "algorithm.actor_warmup_updates", ">= 0", self.actor_warmup_updates)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +268,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
         noise_clip=algorithm.noise_clip,
         policy_freq=algorithm.policy_freq,
         actor_preactivation_l2=algorithm.actor_preactivation_l2,
+        actor_warmup_updates=algorithm.actor_warmup_updates,
     )
 
 

@@ -75,3 +75,5 @@ class TD3Config:
     """Actor and targets update when step % policy_freq == 0."""
     actor_preactivation_l2: float = 0.0
     """Weight of mean(u^2) on the actor's pre-tanh outputs u in its loss; 0 is plain TD3."""
+    actor_warmup_updates: int = 0
+    """Critic-only updates before the first actor update (the critic target still tracks); 0 is plain TD3."""

@@ -17,7 +17,10 @@ min-target, target-policy smoothing, a delayed actor, Polyak targets.
    features; the actor moves Q only through its action. (The original fed the
    actor CNN's features into the critic's state input and its actor loss
    exploded.) Then Polyak-average every target parameter with tau, as in
-   Fujimoto's code: targets move on actor steps.
+   Fujimoto's code: targets move on actor steps. Optionally the first
+   `actor_warmup_updates` updates train only the critic (its target still
+   moves every `policy_freq` steps), so the actor does not chase a critic
+   that has not yet seen what staying on the road is worth.
 
 Metric keys are the TensorBoard tags (docs/metrics.md). Every key is present
 on every step; actor metrics are NaN on steps without an actor update and
@@ -241,18 +244,22 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
             actor_metrics,
         )
 
+    is_policy_step = state.step % config.policy_freq == 0
+    is_actor_step = is_policy_step & (state.step >= config.actor_warmup_updates)
+
     def no_actor_step(_):
         shapes = jax.eval_shape(actor_step, None)[4]
         nan_metrics = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
-        return (
-            state.actor_params,
-            state.actor_opt_state,
-            state.actor_target_params,
-            state.critic_target_params,
-            nan_metrics,
-        )
+        critic_target_params = state.critic_target_params
+        if config.actor_warmup_updates:
+            # During the critic warm-up the critic target keeps its usual schedule, so the critic
+            # is not regressing onto its initial weights.
+            tracked = optax.incremental_update(critic_params, critic_target_params, config.tau)
+            critic_target_params = jax.tree.map(
+                lambda new, old: jnp.where(is_policy_step, new, old), tracked, critic_target_params
+            )
+        return state.actor_params, state.actor_opt_state, state.actor_target_params, critic_target_params, nan_metrics
 
-    is_actor_step = state.step % config.policy_freq == 0
     actor_params, actor_opt_state, actor_target_params, critic_target_params, actor_metrics = jax.lax.cond(
         is_actor_step, actor_step, no_actor_step, None
     )

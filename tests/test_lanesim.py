@@ -152,6 +152,42 @@ def test_time_limit_truncates_without_terminating():
     assert info["termination_reason"] == "time_limit"
 
 
+def _core_state(core):
+    return np.concatenate([core.x, core.y, core.yaw, core.speed, core.steer, core.s, core.npc_s.ravel()])
+
+
+@settings(max_examples=8, deadline=None)
+@given(repeat=st.integers(2, 4), seed=st.integers(0, 50), steer=st.floats(-1.0, 1.0), pedal=st.floats(-1.0, 1.0))
+def test_action_repeat_equals_repeated_simulator_steps_until_the_episode_ends(repeat, seed, steer, pedal):
+    cfg = dataclasses.replace(SMALL, max_episode_steps=120)
+    held, single = LaneSimVec(3, dataclasses.replace(cfg, action_repeat=repeat), seed=seed), LaneSimVec(3, cfg, seed=seed)
+    held.reset(), single.reset()
+    actions = np.array([[steer, pedal], [0.0, 0.3], [-steer, 1.0]])
+    for _ in range(120 // repeat):
+        reward, terminated, truncated, info = held.core.step(actions)
+        total, ended, last = np.zeros(3), np.zeros(3, bool), {}
+        for _ in range(repeat):
+            step_reward, step_terminated, step_truncated, step_info = single.core.step(actions)
+            total += np.where(ended, 0.0, step_reward)
+            for i in np.flatnonzero(~ended):
+                last[i] = (step_info["termination_reason"][i], step_info["lateral_deviation_m"][i], step_terminated[i])
+            ended |= step_terminated | step_truncated
+        np.testing.assert_allclose(reward, total, rtol=1e-12)
+        np.testing.assert_array_equal(terminated | truncated, ended)
+        for i, (reason, deviation, was_terminated) in last.items():
+            assert info["termination_reason"][i] == reason and terminated[i] == was_terminated
+            assert info["lateral_deviation_m"][i] == deviation
+        if ended.any():
+            break
+        np.testing.assert_array_equal(_core_state(held.core), _core_state(single.core))
+        np.testing.assert_array_equal(held.core.frames, single.core.frames)
+
+
+def test_action_repeat_must_divide_the_time_limit():
+    with pytest.raises(ValueError, match="multiple of lanesim.action_repeat"):
+        LaneSimConfig(max_episode_steps=1000, action_repeat=3)
+
+
 def test_frame_shows_sky_road_and_markings():
     env = LaneSimEnv(SMALL)
     obs, _ = env.reset(seed=0)

@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import TINY_VECTOR_DIM, random_batch, tiny_config
 
@@ -124,6 +125,21 @@ def test_actor_and_targets_change_only_on_policy_freq_steps(rng):
         assert np.isnan(float(metrics["train/actor_loss"])) != actor_step
         state = new_state
     assert int(state.step) == 7
+
+
+def test_actor_warmup_trains_only_the_critic_while_its_target_keeps_tracking(rng):
+    state = _state(tiny_config(policy_freq=2, actor_warmup_updates=4))
+    for step in range(7):
+        new_state, metrics = td3.update(state, random_batch(rng))
+        policy_step, actor_step = step % 2 == 0, step % 2 == 0 and step >= 4
+        assert float(metrics["debug/actor_updated"]) == float(actor_step)
+        assert _tree_changed(new_state.actor_params, state.actor_params) == actor_step
+        assert _tree_changed(new_state.actor_target_params, state.actor_target_params) == actor_step
+        assert _tree_changed(new_state.critic_target_params, state.critic_target_params) == policy_step
+        if policy_step and not actor_step:  # the same Polyak step as after an actor update
+            expected = optax.incremental_update(new_state.critic_params, state.critic_target_params, 0.005)
+            chex.assert_trees_all_close(new_state.critic_target_params, expected, rtol=1e-6, atol=1e-7)
+        state = new_state
 
 
 def test_zero_learning_rate_freezes_exactly_that_group(rng):

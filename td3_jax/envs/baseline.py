@@ -75,7 +75,7 @@ class BaselineConfig:
 def for_lanesim(cfg: LaneSimConfig, **changes: Any) -> BaselineConfig:
     """A `BaselineConfig` whose vehicle geometry and control period match the simulator's `cfg`."""
     return BaselineConfig(
-        wheelbase_m=cfg.wheelbase_m, max_steer_deg=cfg.max_steer_deg, dt=cfg.dt, **changes
+        wheelbase_m=cfg.wheelbase_m, max_steer_deg=cfg.max_steer_deg, dt=cfg.dt * cfg.action_repeat, **changes
     )
 
 

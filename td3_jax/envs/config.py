@@ -66,9 +66,11 @@ class LaneSimConfig:
     offroad_limit_m: float = 2.5
     """The episode terminates when |lateral deviation from the lane centre| exceeds this."""
     max_episode_steps: int = 1000
-    """Steps after which the episode is truncated (time limit, bootstrapping continues)."""
+    """Simulator steps after which the episode is truncated (time limit, bootstrapping continues)."""
     dt: float = 0.05
-    """Simulated seconds per step."""
+    """Simulated seconds per simulator step."""
+    action_repeat: int = 1
+    """Simulator steps per env step: the action is held, rewards are summed, the camera renders once at the end."""
     initial_speed_mps: float = 8.33
     """Ego speed at reset (30 km/h); the ego starts on the lane centre, aligned with the lane."""
     wheelbase_m: float = 2.875
@@ -132,6 +134,12 @@ class LaneSimConfig:
         _check_range(sec, "offroad_limit_m", self.offroad_limit_m, 0.5, 10.0)
         _check_range(sec, "max_episode_steps", self.max_episode_steps, 1, 10**7)
         _check_range(sec, "dt", self.dt, 0.005, 0.2)
+        _check_range(sec, "action_repeat", self.action_repeat, 1, 50)
+        if self.max_episode_steps % self.action_repeat:
+            raise ValueError(
+                f"{sec}.max_episode_steps ({self.max_episode_steps}) counts simulator steps and must be a multiple "
+                f"of {sec}.action_repeat ({self.action_repeat}), so that time limits fall on env steps"
+            )
         _check_range(sec, "initial_speed_mps", self.initial_speed_mps, 0.0, self.max_speed_mps)
         _check_range(sec, "wheelbase_m", self.wheelbase_m, 1.0, 6.0)
         _check_range(sec, "vehicle_length_m", self.vehicle_length_m, self.wheelbase_m, 10.0)

@@ -130,7 +130,17 @@ class LaneSimCore:
         self.boxes[index, :, 5] = rng.integers(*NPC_SHADES, self.num_npcs)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Advances every episode by one step (episodes that ended must be reset by the caller).
+        """Advances every episode by one env step (episodes that ended must be reset by the caller).
+
+        One env step is `cfg.action_repeat` simulator steps with the action held.
+        The reward and its components are summed over the simulator steps up to
+        and including the one that ended the episode; collision and lane
+        invasion report whether one happened in any of them; every other info
+        entry and the termination reason are those of that last counted
+        simulator step. An episode that ended keeps moving for the rest of the
+        env step (the caller resets it), so a terminated episode's final frame
+        may show up to action_repeat - 1 simulator steps more; time limits fall
+        on env steps (max_episode_steps is a multiple of action_repeat).
 
         Args:
           actions: (N, 2) float (steer, throttle_brake) in [-1, 1]; clipped.
@@ -145,6 +155,27 @@ class LaneSimCore:
         if not np.isfinite(actions).all():
             raise ValueError(f"actions must be finite, got {actions}")
         actions = np.minimum(np.maximum(actions, -1.0), 1.0)
+        reward, terminated, truncated, info, heading_error = self._simulate(actions)
+        for _ in range(self.cfg.action_repeat - 1):
+            live = ~(terminated | truncated)
+            step_reward, step_terminated, step_truncated, step_info, step_heading = self._simulate(actions)
+            reward = reward + np.where(live, step_reward, 0.0)
+            terminated = terminated | (live & step_terminated)
+            truncated = truncated | (live & step_truncated)
+            for key, value in step_info.items():
+                if key == "reward_components":
+                    for name, part in value.items():
+                        info[key][name] = info[key][name] + np.where(live, part, 0.0)
+                elif key in ("collision", "lane_invasion"):
+                    info[key] = info[key] | (live & value)
+                else:
+                    info[key] = np.where(live, value, info[key])
+            heading_error = np.where(live, step_heading, heading_error)
+        self._observe(self._all, heading_error)
+        return reward, terminated, truncated, info
+
+    def _simulate(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+        """One simulator step without rendering: `step`'s outputs plus the heading error."""
         cfg = self.cfg
         prev_accel, prev_lat = np.hypot(self.accel, self.lat_accel), np.abs(self.lat_accel)
         self._drive(actions)
@@ -181,7 +212,6 @@ class LaneSimCore:
             collision, deviation, to_goal, self.steps, offroad_limit_m=cfg.offroad_limit_m,
             goal_tolerance_m=cfg.goal_tolerance_m, max_episode_steps=cfg.max_episode_steps,
         )
-        self._observe(self._all, heading_error)
         info = {
             "termination_reason": _REASONS[reason],
             "success": completed & ~collision,
@@ -199,7 +229,7 @@ class LaneSimCore:
             "time_to_collision_s": ttc,
             "reward_components": components,
         }
-        return reward, terminated, truncated, info
+        return reward, terminated, truncated, info, heading_error
 
     def _drive(self, actions: np.ndarray) -> None:
         """Kinematic bicycle step (centre reference, slip angle from a centred mass)."""
