@@ -129,6 +129,26 @@ def test_offroad_terminates_beyond_the_limit():
     assert info["lateral_deviation_m"] < -SMALL.offroad_limit_m  # steer +1 is right: negative deviation
 
 
+@pytest.mark.parametrize("steer", [1.0, -1.0])
+def test_lane_departure_penalty_is_paid_once_on_either_side(steer):
+    from td3_jax.envs.reward import RewardConfig
+
+    rewards = {}
+    for penalty in (0.0, -100.0):
+        env = LaneSimEnv(SMALL, RewardConfig(lane_departure_penalty=penalty))
+        env.reset(seed=4)
+        trace = []
+        for _ in range(200):
+            _, reward, terminated, truncated, info = env.step(np.array([steer, 0.3]))
+            trace.append((reward, info["reward_components"]["safety"]))
+            if terminated or truncated:
+                break
+        assert terminated and info["termination_reason"] == "off_road"
+        rewards[penalty] = np.array(trace)
+    np.testing.assert_allclose(rewards[-100.0][:-1], rewards[0.0][:-1])
+    np.testing.assert_allclose(rewards[-100.0][-1], rewards[0.0][-1] - 100.0)
+
+
 def test_route_completion_terminates_with_the_goal_bonus():
     cfg = dataclasses.replace(SMALL, route_length_m=20.0, npc_density_per_km=(0.0, 0.0, 0.0))
     env = LaneSimEnv(cfg)

@@ -42,7 +42,7 @@ from td3_jax.envs import carla_logic as logic
 from td3_jax.envs.carla_config import CarlaConfig
 from td3_jax.envs.carla_session import CarlaSession, Reading, Route, vehicle_control
 from td3_jax.envs.observation import build_vector
-from td3_jax.envs.reward import Measurements, RewardConfig, compute_reward
+from td3_jax.envs.reward import Measurements, RewardConfig, add_departure_penalty, compute_reward
 from td3_jax.envs.spaces import DEFAULT_STACK, FrameStack, action_space, observation_space
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ class CarlaEnv(gym.Env):
         terminated, truncated, reason = termination(
             reading.collided, tracking["lateral"], tracking["arc"], self._route.dense_arcs[-1], self._steps, self.config
         )
+        total, weighted = add_departure_penalty(total, weighted, reason == "off_road", self.reward_config)
         obs = self._observe(reading, tracking, push=True)
         info = self._info(reading, measurements, tracking, weighted, reason)
         if terminated or truncated:

@@ -26,7 +26,7 @@ from td3_jax.envs import roads, spaces, traffic
 from td3_jax.envs.camera import Camera
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.observation import build_vector
-from td3_jax.envs.reward import REASONS, Measurements, RewardConfig, compute_reward, termination
+from td3_jax.envs.reward import REASONS, Measurements, RewardConfig, add_departure_penalty, compute_reward, termination
 from td3_jax.envs.spaces import FRAME_SIZE
 
 NPC_SHADES = (30, 225)
@@ -212,6 +212,7 @@ class LaneSimCore:
             collision, deviation, to_goal, self.steps, offroad_limit_m=cfg.offroad_limit_m,
             goal_tolerance_m=cfg.goal_tolerance_m, max_episode_steps=cfg.max_episode_steps,
         )
+        reward, components = add_departure_penalty(reward, components, reason == _OFF_ROAD, self.reward_cfg)
         info = {
             "termination_reason": _REASONS[reason],
             "success": completed & ~collision,
@@ -339,6 +340,7 @@ class LaneSimCore:
 
 
 _REASONS = np.asarray(REASONS, dtype=object)
+_OFF_ROAD = REASONS.index("off_road")
 
 
 def push_frames(images: np.ndarray, frames: np.ndarray) -> None:

@@ -95,6 +95,10 @@ class RewardConfig:
     """Wrong-way penalty at a heading error of 180 degrees (at speed)."""
     wrong_way_fade_speed_mps: float = 2.0
     """The wrong-way penalty is scaled by min(speed / this, 1)."""
+    lane_departure_penalty: float = 0.0
+    """Safety penalty on the step the episode ends by leaving the lane (|lateral deviation| > the env's
+    offroad_limit_m, either side). 0 is the original's reward, where leaving to the left (into the
+    paved oncoming lane) costs only the lane invasion while leaving to the right also costs off-road steps."""
     lane_invasion_penalty: float = -10.0
     """Safety penalty on a step in which the car starts to cross a lane marking."""
     stopping_penalties: tuple[float, float, float] = (-0.01, -0.03, -0.05)
@@ -124,7 +128,7 @@ class RewardConfig:
         for name in ("lateral_share", "heading_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"reward.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("offroad_penalty", "wrong_way_onset_penalty", "wrong_way_penalty", "lane_invasion_penalty",
+        for name in ("offroad_penalty", "lane_departure_penalty", "wrong_way_onset_penalty", "wrong_way_penalty", "lane_invasion_penalty",
                      "proximity_penalty", "ttc_penalty"):
             if getattr(self, name) > 0:
                 raise ValueError(f"reward.{name} must be <= 0, got {getattr(self, name)}")
@@ -303,6 +307,20 @@ def compute_reward(m: Measurements, cfg: RewardConfig) -> tuple[np.ndarray, dict
     weighted = {name: getattr(cfg, f"{name}_weight") * _FUNCTIONS[name](m, cfg) for name in COMPONENTS}
     total = sum(weighted.values())
     return total, weighted
+
+
+def add_departure_penalty(
+    total: np.ndarray, weighted: dict[str, np.ndarray], departed: np.ndarray, cfg: RewardConfig
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`compute_reward`'s outputs with the lane-departure penalty added to safety where `departed`.
+
+    Args:
+      total, weighted: as returned by `compute_reward`.
+      departed: the episode ends on this step because the car left its lane ("off_road").
+      cfg: weights and thresholds.
+    """
+    penalty = np.where(departed, cfg.safety_weight * cfg.lane_departure_penalty, 0.0)
+    return total + penalty, weighted | {"safety": weighted["safety"] + penalty}
 
 
 def termination(
