@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from td3_jax.envs import EnvConfig, make_env, make_vec_env, roads, traffic
+from td3_jax.envs import EnvConfig, make_env, make_vec_env, observation, roads, traffic
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.lanesim import LaneSimEnv, LaneSimVec, push_frames
 from td3_jax.envs.reward import COMPONENTS
@@ -98,9 +98,9 @@ def test_vector_env_matches_single_envs_and_autoresets():
     final = info["final_obs"][1]
     assert vec.single_observation_space.contains(final)
     # Info describes the final step of the ended episode, not the reset that followed it.
-    assert info["speed_mps"][1] == pytest.approx(final["vector"][0] * 30.0, rel=1e-5)
+    assert info["speed_mps"][1] == pytest.approx(final["vector"][0] * observation.SPEED_SCALE, rel=1e-5)
     assert info["distance_travelled_m"][1] > 0
-    assert abs(final["vector"][1] * 3.5) > SMALL.offroad_limit_m
+    assert abs(final["vector"][1] * observation.DEVIATION_SCALE) > SMALL.offroad_limit_m
     # The returned observation is the first of the next episode: a repeated frame, on the lane centre.
     assert all(np.array_equal(obs["image"][1, ..., 0], obs["image"][1, ..., k]) for k in range(4))
     assert obs["vector"][1, 1] == 0.0
