@@ -84,6 +84,12 @@ def test_matmul_conv_matches_lax_conv_on_nature_cnn_geometry(x_shape, kernel_sha
     _assert_matches_reference(x_shape, kernel_shape, stride, seed=0)
 
 
+@pytest.mark.parametrize("stride, kernel_size", [(4, 8), (2, 4), (1, 3)])
+def test_matmul_conv_matches_lax_conv_on_batches_processed_in_chunks(stride, kernel_size):
+    batch = 2 * conv.BATCH_CHUNK  # two lax.map steps
+    _assert_matches_reference((batch, 3 * kernel_size, 2 * kernel_size, 2), (kernel_size, kernel_size, 2, 3), stride, seed=4)
+
+
 def test_matmul_conv_matches_inside_jit_and_cond():
     x, kernel = _random([(2, 12, 12, 3), (4, 4, 3, 2)], 1)
 
