@@ -33,7 +33,7 @@ float32 summation order (the kernel gradient is summed per chunk). XLA then
 holds the large intermediates (the "shift" product, its pad-and-add backward)
 for one chunk at a time, and it allocates its temporary arena afresh, with
 fresh pages to fault in, on every call. Measured on the TD3 update at batch
-256: the arena fell from 301 to 233 MB, and the update took 0.97x the time
+256: the arena fell from 301 to 233 MB, and the update ran 1.04x as fast
 (median of 10 interleaved rounds on a loaded 2-core machine; see
 docs/benchmarks.md).
 """
