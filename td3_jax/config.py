@@ -154,6 +154,8 @@ class HeadConfig:
     """Adam learning rate of the MLP group."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths (depth = number of entries)."""
+    trunk_features: int = 0
+    """0: the head reads [encoder features, vector] directly (the original). n > 0: first Dense(n) + LayerNorm + tanh (DrQ-v2's trunk); the critic's action joins after it."""
     weight_decay: float = 0.0
     """Coupled L2 on every parameter of this network (torch Adam style)."""
     adam_eps: float = 1e-8
@@ -162,6 +164,7 @@ class HeadConfig:
     def __post_init__(self):
         _check(self.learning_rate >= 0, "learning_rate", ">= 0", self.learning_rate)
         _check(all(w >= 1 for w in self.hidden_sizes), "hidden_sizes", "positive widths", self.hidden_sizes)
+        _check(self.trunk_features >= 0, "trunk_features", ">= 0", self.trunk_features)
         _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
         _check(self.adam_eps > 0, "adam_eps", "> 0", self.adam_eps)
 
@@ -246,6 +249,8 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
             ),
             actor_hidden=tuple(nets.actor.hidden_sizes),
             critic_hidden=tuple(nets.critic.hidden_sizes),
+            actor_trunk=nets.actor.trunk_features,
+            critic_trunk=nets.critic.trunk_features,
             action_dim=action_dim,
         ),
         actor_optimizer=OptimizerConfig(

@@ -36,6 +36,10 @@ class NetworkConfig:
     """Hidden widths of the actor MLP head."""
     critic_hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of each of the two Q heads."""
+    actor_trunk: int = 0
+    """Width of the actor's trunk (Dense + LayerNorm + tanh over [features, vector]); 0: none (the original)."""
+    critic_trunk: int = 0
+    """Width of the critic's trunk, shared by both Q heads, before the action joins; 0: none (the original)."""
     action_dim: int = 2
     """Action size: (steer, throttle_brake)."""
 

@@ -104,6 +104,24 @@ class MLP(nn.Module):
         return nn.Dense(self.out, kernel_init=_dense_kernel_init)(x)
 
 
+class Trunk(nn.Module):
+    """Dense + LayerNorm + tanh: squeezes [encoder features, vector] to a few bounded features (DrQ-v2).
+
+    Without it the action is 2 of the Q head's 567 inputs, and the head stays close to linear in
+    the action for thousands of updates; the actor then runs to a corner of the action box.
+    With `width` 0 it is the identity (the original architecture).
+    """
+
+    width: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.width:
+            return x
+        x = nn.Dense(self.width, kernel_init=_dense_kernel_init)(x)
+        return jnp.tanh(nn.LayerNorm(epsilon=LAYER_NORM_EPSILON)(x))
+
+
 class Actor(nn.Module):
     """Deterministic policy mu(image, vector) -> action in [-1, 1]^action_dim."""
 
@@ -111,6 +129,7 @@ class Actor(nn.Module):
 
     def setup(self):
         self.encoder = Encoder(self.config.encoder)
+        self.trunk = Trunk(self.config.actor_trunk)
         self.head = MLP(self.config.actor_hidden, self.config.action_dim)
 
     def __call__(self, image: jax.Array, vector: jax.Array) -> jax.Array:
@@ -119,7 +138,7 @@ class Actor(nn.Module):
     def preactivation(self, image: jax.Array, vector: jax.Array) -> jax.Array:
         """The head's output before tanh (what a saturation penalty acts on)."""
         features = self.encoder(image)
-        return self.head(jnp.concatenate([features, vector], axis=-1))
+        return self.head(self.trunk(jnp.concatenate([features, vector], axis=-1)))
 
 
 class Critic(nn.Module):
@@ -133,6 +152,7 @@ class Critic(nn.Module):
 
     def setup(self):
         self.encoder = Encoder(self.config.encoder)
+        self.trunk = Trunk(self.config.critic_trunk)
         self.q1 = MLP(self.config.critic_hidden, 1)
         self.q2 = MLP(self.config.critic_hidden, 1)
 
@@ -143,11 +163,14 @@ class Critic(nn.Module):
         return self.encoder(image)
 
     def q_values(self, features: jax.Array, vector: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = jnp.concatenate([features, vector, action], axis=-1)
+        x = self._head_input(features, vector, action)
         return self.q1(x)[..., 0], self.q2(x)[..., 0]
 
     def q1_value(self, features: jax.Array, vector: jax.Array, action: jax.Array) -> jax.Array:
-        return self.q1(jnp.concatenate([features, vector, action], axis=-1))[..., 0]
+        return self.q1(self._head_input(features, vector, action))[..., 0]
+
+    def _head_input(self, features: jax.Array, vector: jax.Array, action: jax.Array) -> jax.Array:
+        return jnp.concatenate([self.trunk(jnp.concatenate([features, vector], axis=-1)), action], axis=-1)
 
 
 def make_networks(config: NetworkConfig) -> tuple[Actor, Critic]:

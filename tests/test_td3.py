@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import pathlib
 
 import chex
@@ -125,6 +126,18 @@ def test_actor_and_targets_change_only_on_policy_freq_steps(rng):
         assert np.isnan(float(metrics["train/actor_loss"])) != actor_step
         state = new_state
     assert int(state.step) == 7
+
+
+def test_trunks_are_mlp_group_parameters_that_train(rng):
+    network = tiny_config().network
+    state = _state(tiny_config(network=dataclasses.replace(network, actor_trunk=5, critic_trunk=6)))
+    chex.assert_shape(state.actor_params["trunk"]["Dense_0"]["kernel"], (16 + TINY_VECTOR_DIM, 5))
+    chex.assert_shape(state.critic_params["q1"]["Dense_0"]["kernel"], (6 + 2, 8))  # the action joins after
+    assert set(jax.tree.leaves(networks.param_labels(state.critic_params)["trunk"])) == {"mlp"}
+    new_state, metrics = td3.update(state, random_batch(rng))
+    assert _tree_changed(new_state.actor_params["trunk"], state.actor_params["trunk"])
+    assert _tree_changed(new_state.critic_params["trunk"], state.critic_params["trunk"])
+    assert float(metrics["debug/all_finite"]) == 1.0
 
 
 def test_actor_warmup_trains_only_the_critic_while_its_target_keeps_tracking(rng):
