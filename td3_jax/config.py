@@ -94,6 +94,8 @@ class AlgorithmConfig:
     """Run updates every `train_freq` env steps (per env)."""
     gradient_steps: int = 1
     """Updates per training call, fused into one jitted `update_many`."""
+    n_step: int = 1
+    """Steps per TD target: sum of up to n discounted rewards, then gamma^k min Q' (k <= n, shorter at episode ends); 1 is plain TD3."""
     actor_preactivation_l2: float = 0.0
     """Weight of mean(u^2) on the actor's pre-tanh outputs in its loss (keeps tanh out of saturation); 0 is plain TD3."""
     actor_warmup_updates: int = 0
@@ -119,6 +121,7 @@ class AlgorithmConfig:
         _check(self.learning_starts >= 1, "algorithm.learning_starts", ">= 1", self.learning_starts)
         _check(self.train_freq >= 1, "algorithm.train_freq", ">= 1", self.train_freq)
         _check(self.gradient_steps >= 1, "algorithm.gradient_steps", ">= 1", self.gradient_steps)
+        _check(1 <= self.n_step <= 100, "algorithm.n_step", "in [1, 100]", self.n_step)
         _check(self.actor_preactivation_l2 >= 0, "algorithm.actor_preactivation_l2", ">= 0", self.actor_preactivation_l2)
         _check(self.actor_warmup_updates >= 0, "algorithm.actor_warmup_updates", ">= 0", self.actor_warmup_updates)
 

@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-from td3_jax.types import PackedBatch
+from td3_jax.types import Batch, PackedBatch
 
 STATE_FORMAT = 1
 """Version of the `state_dict` layout; bumped when it changes."""
@@ -291,19 +291,28 @@ class ReplayBuffer:
             raise ValueError(f"mask must have shape ({self.n_envs},), got {mask.shape}")
         self._needs_start = self._needs_start | mask
 
-    def sample(self, batch_size: int) -> PackedBatch:
+    def sample(self, batch_size: int, *, n_step: int = 1, discount: float = 1.0) -> PackedBatch | Batch:
         """Draws `batch_size` transitions uniformly, with replacement.
 
+        Args:
+          batch_size: transitions to draw.
+          n_step: 1 gives one-step transitions; n > 1 gives n-step returns
+            (`gather_n_step`) from the same uniformly drawn start transitions.
+          discount: gamma of the n-step reward sum (unused when n_step == 1).
+
         Returns:
-          A `PackedBatch` of NumPy arrays: frames (B, H, W, S+1) uint8,
-          vector and next_vector (B, V) float32, action (B, A) float32,
+          For n_step == 1 a `PackedBatch` of NumPy arrays: frames (B, H, W, S+1)
+          uint8, vector and next_vector (B, V) float32, action (B, A) float32,
           reward (B,) float32, terminated (B,) float32 (1 only on termination;
-          a truncation bootstraps).
+          a truncation bootstraps). For n_step > 1 a `Batch` with `discount` set.
 
         Raises:
-          ValueError: the buffer holds no sampleable transition.
+          ValueError: the buffer holds no sampleable transition, or n_step < 1.
         """
-        return self.gather(self.sample_indices(batch_size))
+        if n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
+        slots = self.sample_indices(batch_size)
+        return self.gather(slots) if n_step == 1 else self.gather_n_step(slots, n_step, discount)
 
     def sample_indices(self, batch_size: int) -> np.ndarray:
         """Slot indices of `batch_size` transitions drawn uniformly by the buffer's RNG.
@@ -349,6 +358,43 @@ class ReplayBuffer:
             reward=self._rewards[slots],
             next_vector=self._vectors[slots],
             terminated=self._terminated[slots].astype(np.float32),
+        )
+
+    def gather_n_step(self, slots: np.ndarray, n_step: int, discount: float) -> Batch:
+        """n-step transitions starting with the transitions at `slots` (from `sample_indices`).
+
+        A transition starting at step t runs k = min(n_step, steps to its
+        episode's end, steps stored so far) steps: reward is sum_{i<k}
+        gamma^i r_{t+i}, the next observation is the one at t+k, terminated is
+        that of step t+k-1, and discount is gamma^k. Every such k-step target
+        is a valid Bellman target; as in DQN's Rainbow, DrQ-v2 and SB3, the
+        off-policy bias of the intermediate actions is not corrected.
+        """
+        env, slot = np.divmod(slots, self.slots_per_env)
+        base = env * self.slots_per_env
+        newer = (self._write_pos[env] - 1 - slot) % self.slots_per_env  # slots written after this one
+        last = slots.copy()
+        steps = np.ones(slots.shape, np.int64)
+        reward = self._rewards[slots].astype(np.float64)
+        running = np.ones(slots.shape, np.bool_)
+        for offset in range(1, n_step):
+            following = base + (slot + offset) % self.slots_per_env
+            # The episode goes on in the next slot unless that is unwritten or an episode start
+            # (depth 0), which follows every episode end: terminated, truncated or failed.
+            running &= (newer >= offset) & (self._depth[following] > 0)
+            reward += np.where(running, discount**offset * self._rewards[following], 0.0)
+            last = np.where(running, following, last)
+            steps += running
+        first, final = self.gather(slots), self.gather(last)
+        return Batch(
+            image=first.frames[..., :-1],
+            vector=first.vector,
+            action=first.action,
+            reward=reward.astype(np.float32),
+            next_image=final.frames[..., 1:],
+            next_vector=final.next_vector,
+            terminated=final.terminated,
+            discount=(discount ** steps.astype(np.float64)).astype(np.float32),
         )
 
     def state_dict(self) -> dict:

@@ -109,7 +109,11 @@ def init_state(
 def td_target(
     config: TD3Config, actor: networks.Actor, critic: networks.Critic, state: TD3State, batch: Batch, key: jax.Array
 ) -> jax.Array:
-    """y = r + gamma (1 - terminated) min(Q1', Q2')(s', a') with a smoothed target action."""
+    """y = r + gamma (1 - terminated) min(Q1', Q2')(s', a') with a smoothed target action.
+
+    For k-step transitions (`batch.discount` set) r is the discounted k-step reward sum, s' the
+    state k steps later, and gamma^k comes per transition from the batch.
+    """
     next_action = actor.apply({"params": state.actor_target_params}, batch.next_image, batch.next_vector)
     noise = jnp.clip(
         config.policy_noise * jax.random.normal(key, next_action.shape), -config.noise_clip, config.noise_clip
@@ -120,7 +124,8 @@ def td_target(
     next_q1, next_q2 = critic.apply(
         target_params, next_features, batch.next_vector, next_action, method=critic.q_values
     )
-    return batch.reward + config.discount * (1.0 - batch.terminated) * jnp.minimum(next_q1, next_q2)
+    discount = config.discount if batch.discount is None else batch.discount
+    return batch.reward + discount * (1.0 - batch.terminated) * jnp.minimum(next_q1, next_q2)
 
 
 def critic_loss(critic_params: Params, critic: networks.Critic, batch: Batch, target: jax.Array):

@@ -249,7 +249,7 @@ class Trainer:
         algorithm = self.run.algorithm
         k, batch_size = algorithm.gradient_steps, algorithm.batch_size
         start = time.perf_counter()
-        batch = self.buffer.sample(k * batch_size)
+        batch = self.buffer.sample(k * batch_size, n_step=algorithm.n_step, discount=algorithm.discount)
         batches = jax.tree.map(lambda x: x.reshape(k, batch_size, *x.shape[1:]), batch)
         self.state, metrics = self.parallel.update_many(self.state, batches)
         jax.block_until_ready(self.state.step)

@@ -28,6 +28,10 @@ class Batch(NamedTuple):
       next_vector: (B, V) float32 vector state of the next observation.
       terminated: (B,) float32, 1.0 where the episode terminated (no bootstrap).
         A time-limit truncation is 0.0 here: the target bootstraps through it.
+      discount: None for one-step transitions (the target uses the config's
+        discount), or (B,) float32 gamma^k for k-step transitions, whose
+        `reward` is the discounted sum of k rewards and whose `next_*` is the
+        observation k steps later (`ReplayBuffer.sample(..., n_step=n)`).
     """
 
     image: jax.Array
@@ -37,10 +41,11 @@ class Batch(NamedTuple):
     next_image: jax.Array
     next_vector: jax.Array
     terminated: jax.Array
+    discount: jax.Array | None = None
 
 
 class PackedBatch(NamedTuple):
-    """A batch whose two frame stacks travel as one window of S+1 frames.
+    """A batch of one-step transitions whose two frame stacks travel as one window of S+1 frames.
 
     Within an episode the next observation's stack is the observation's stack
     shifted by one frame, so ``frames[..., :S]`` is the observation and
@@ -72,4 +77,5 @@ def unpack(batch: Batch | PackedBatch) -> Batch:
         next_image=batch.frames[..., 1:],
         next_vector=batch.next_vector,
         terminated=batch.terminated,
+        discount=None,
     )

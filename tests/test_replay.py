@@ -15,6 +15,7 @@ from hypothesis import given, settings
 
 from td3_jax.envs.spaces import FrameStack
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
+from td3_jax.types import Batch, unpack
 
 FRAME_SHAPE = (2, 3)  # six bytes: room for a unique little-endian id per frame
 VECTOR_DIM = 3
@@ -82,6 +83,7 @@ class ReferenceBuffer:
         self.frames_written = [0] * n_envs
         self.episode_first = [0] * n_envs
         self.transitions = {}
+        self.successor = {}  # transition id -> the next transition of its episode, once stored
 
     def start_episode(self, env: int, start_repeats: int) -> None:
         self.episode_first[env] = self.frames_written[env]
@@ -93,6 +95,21 @@ class ReferenceBuffer:
         oldest = max(next_frame - self.stack, self.episode_first[env])
         self.transitions[transition_id] = dict(transition, env=env, oldest=oldest)
 
+    def n_step(self, transition_id: int, n_step: int, discount: float) -> dict:
+        """The n-step transition starting at `transition_id`, built by following the episode."""
+        chain = [self.transitions[transition_id]]
+        ids = [transition_id]
+        while len(chain) < n_step and ids[-1] in self.successor:
+            ids.append(self.successor[ids[-1]])
+            chain.append(self.transitions[ids[-1]])
+        last = chain[-1]
+        return dict(
+            image=chain[0]["image"], vector=chain[0]["vector"], action=chain[0]["action"],
+            reward=sum(discount**i * np.float64(step["reward"]) for i, step in enumerate(chain)),
+            next_image=last["next_image"], next_vector=last["next_vector"],
+            terminated=last["terminated"], discount=discount ** len(chain),
+        )
+
     def live(self) -> dict[int, dict]:
         return {
             tid: tr for tid, tr in self.transitions.items()
@@ -102,6 +119,7 @@ class ReferenceBuffer:
 
 def run_steps(buffer, reference, envs, n_steps, ids, on_step=None):
     """Steps every env in lockstep, adding each step to `buffer` and `reference`."""
+    previous = {}  # env id -> its last stored transition, while that episode goes on
     for _ in range(n_steps):
         rows = []
         for env in envs:
@@ -119,7 +137,11 @@ def run_steps(buffer, reference, envs, n_steps, ids, on_step=None):
                 if starting:  # a skipped first step stores no frames either
                     reference.start_episode(env.env_id, env.start_repeats)
                 reference.add(env.env_id, tid, rows[-1])
+                if env.env_id in previous:
+                    reference.successor[previous[env.env_id]] = tid
+                previous[env.env_id] = tid
             if terminated or truncated or failed:
+                previous.pop(env.env_id, None)
                 env.new_episode()
             else:
                 env.image, env.vector = next_image, next_vector
@@ -185,6 +207,50 @@ def test_samples_match_naive_reference(scenario):
     n_envs, stack, slots_per_env, plans, n_steps, seed = scenario
     buffer, reference, envs, ids = make_case(n_envs, stack, slots_per_env, plans, seed)
     run_steps(buffer, reference, envs, n_steps, ids, on_step=lambda: assert_matches_reference(buffer, reference))
+
+
+def assert_n_step_matches_reference(buffer, reference, n_step: int, discount: float) -> None:
+    """Every sampled n-step transition equals the one built by following the reference's episodes."""
+    live = reference.live()
+    if not live:
+        return
+    draws = 64 * len(live)
+    batch = buffer.gather_n_step(buffer.sample_indices(draws), n_step, discount)
+    chex.assert_shape([batch.image, batch.next_image], (draws, *FRAME_SHAPE, buffer.stack))
+    chex.assert_type([batch.reward, batch.terminated, batch.discount], np.float32)
+    sampled = batch.action[:, 0].astype(np.int64)
+    np.testing.assert_array_equal(np.unique(sampled), np.array(sorted(live)))
+    rows = [reference.n_step(tid, n_step, discount) for tid in sampled]
+    expected = {key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]}
+    for key in ("image", "next_image", "vector", "next_vector", "action"):
+        np.testing.assert_array_equal(getattr(batch, key), expected[key], err_msg=key)
+    np.testing.assert_array_equal(batch.terminated, expected["terminated"].astype(np.float32))
+    np.testing.assert_allclose(batch.reward, expected["reward"], rtol=1e-6)
+    np.testing.assert_allclose(batch.discount, expected["discount"], rtol=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios(), st.integers(1, 5), st.sampled_from([1.0, 0.9, 0.5]))
+def test_n_step_samples_match_the_reference_episodes(scenario, n_step, discount):
+    n_envs, stack, slots_per_env, plans, n_steps, seed = scenario
+    buffer, reference, envs, ids = make_case(n_envs, stack, slots_per_env, plans, seed)
+    run_steps(
+        buffer, reference, envs, n_steps, ids,
+        on_step=lambda: assert_n_step_matches_reference(buffer, reference, n_step, discount),
+    )
+
+
+def test_n_step_one_is_the_one_step_batch():
+    buffer, _, envs, ids = make_case(2, 3, 20, [[(6, "truncated", 3)], [(4, "terminated", 1)]], seed=4)
+    run_steps(buffer, None, envs, 15, ids)
+    twin = copy.deepcopy(buffer)
+    one_step_batch = buffer.gather(buffer.sample_indices(16))
+    n_step_batch = twin.gather_n_step(twin.sample_indices(16), 1, 0.9)
+    chex.assert_trees_all_equal(unpack(one_step_batch)[:-1], n_step_batch[:-1])
+    np.testing.assert_allclose(n_step_batch.discount, 0.9)
+    assert isinstance(buffer.sample(4, n_step=3, discount=0.9), Batch)
+    with pytest.raises(ValueError, match="n_step must be >= 1"):
+        buffer.sample(4, n_step=0)
 
 
 def checkpoint_round_trip(state: dict) -> dict:

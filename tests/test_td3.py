@@ -71,6 +71,10 @@ def test_td_target_on_a_hand_checkable_case(rng):
     actor, critic = networks.make_networks(config.network)
     y = td3.td_target(config, actor, critic, state, batch, jax.random.key(1))
     np.testing.assert_allclose(np.asarray(y), [1.0 + 0.9 * 3.0, 2.0], rtol=1e-6)
+    # A k-step batch carries gamma^k per transition, which replaces the config's discount.
+    n_step_batch = batch._replace(discount=np.array([0.5, 0.25], np.float32))
+    y = td3.td_target(config, actor, critic, state, n_step_batch, jax.random.key(1))
+    np.testing.assert_allclose(np.asarray(y), [1.0 + 0.5 * 3.0, 2.0], rtol=1e-6)
 
 
 def test_actor_step_changes_no_critic_parameter(rng):
