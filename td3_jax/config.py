@@ -100,6 +100,8 @@ class AlgorithmConfig:
     """Weight of mean(u^2) on the actor's pre-tanh outputs in its loss (keeps tanh out of saturation); 0 is plain TD3."""
     actor_warmup_updates: int = 0
     """Critic-only updates before the first actor update (the critic target still tracks it); 0 is plain TD3."""
+    image_shift_px: int = 0
+    """Random-shift augmentation (DrQ) of the update's frame stacks by up to this many pixels per axis (DrQ uses 4); 0 is plain TD3."""
     exploration_noise: ExplorationNoiseConfig = ExplorationNoiseConfig()
     """Gaussian exploration noise schedule."""
     gradient_clipping: GradientClippingConfig = GradientClippingConfig()
@@ -122,6 +124,7 @@ class AlgorithmConfig:
         _check(self.train_freq >= 1, "algorithm.train_freq", ">= 1", self.train_freq)
         _check(self.gradient_steps >= 1, "algorithm.gradient_steps", ">= 1", self.gradient_steps)
         _check(1 <= self.n_step <= 100, "algorithm.n_step", "in [1, 100]", self.n_step)
+        _check(0 <= self.image_shift_px <= 16, "algorithm.image_shift_px", "in [0, 16]", self.image_shift_px)
         _check(self.actor_preactivation_l2 >= 0, "algorithm.actor_preactivation_l2", ">= 0", self.actor_preactivation_l2)
         _check(self.actor_warmup_updates >= 0, "algorithm.actor_warmup_updates", ">= 0", self.actor_warmup_updates)
 
@@ -277,6 +280,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
         policy_freq=algorithm.policy_freq,
         actor_preactivation_l2=algorithm.actor_preactivation_l2,
         actor_warmup_updates=algorithm.actor_warmup_updates,
+        image_shift_px=algorithm.image_shift_px,
     )
 
 

@@ -81,3 +81,5 @@ class TD3Config:
     """Weight of mean(u^2) on the actor's pre-tanh outputs u in its loss; 0 is plain TD3."""
     actor_warmup_updates: int = 0
     """Critic-only updates before the first actor update (the critic target still tracks); 0 is plain TD3."""
+    image_shift_px: int = 0
+    """Random-shift augmentation (DrQ) of s and s' by up to this many pixels per axis; 0 is plain TD3."""

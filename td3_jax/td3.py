@@ -20,7 +20,8 @@ min-target, target-policy smoothing, a delayed actor, Polyak targets.
    Fujimoto's code: targets move on actor steps. Optionally the first
    `actor_warmup_updates` updates train only the critic (its target still
    moves every `policy_freq` steps), so the actor does not chase a critic
-   that has not yet seen what staying on the road is worth.
+   that has not yet seen what staying on the road is worth. Optionally
+   (`image_shift_px`) s and s' are randomly shifted first (DrQ, `augment`).
 
 Metric keys are the TensorBoard tags (docs/metrics.md). Every key is present
 on every step; actor metrics are NaN on steps without an actor update and
@@ -40,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from td3_jax import networks, optim
+from td3_jax import augment, networks, optim
 from td3_jax.hparams import NetworkConfig, TD3Config
 from td3_jax.types import Batch, Metrics, PackedBatch, Params, unpack
 
@@ -197,6 +198,10 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
     actor, critic = networks.make_networks(config.network)
     actor_tx, critic_tx = _optimizers(config)
     key, noise_key = jax.random.split(jax.random.wrap_key_data(state.key))
+    if config.image_shift_px:
+        # Every network of this update sees the same shifted stacks (DrQ).
+        key, shift_key = jax.random.split(key)
+        batch = augment.shift_batch(shift_key, batch, config.image_shift_px)
 
     # Critic step, every update.
     target = td_target(config, actor, critic, state, batch, noise_key)
