@@ -229,7 +229,10 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
         "critic", critic_opt_state, state.critic_params, critic_params, config.critic_optimizer.max_grad_norm
     )
 
-    # Delayed actor step and Polyak targets.
+    # Delayed actor step and Polyak targets, every `policy_freq` updates (after any warm-up).
+    is_policy_step = state.step % config.policy_freq == 0
+    is_actor_step = is_policy_step & (state.step >= config.actor_warmup_updates)
+
     def actor_step(_):
         (loss, (policy_q1, action, preactivation)), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
             state.actor_params, critic_params, actor, critic, batch, config.actor_preactivation_l2
@@ -246,32 +249,23 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
         actor_metrics |= _gradient_metrics(
             "actor", actor_opt_state, state.actor_params, actor_params, config.actor_optimizer.max_grad_norm
         )
-        return (
-            actor_params,
-            actor_opt_state,
-            optax.incremental_update(actor_params, state.actor_target_params, config.tau),
-            optax.incremental_update(critic_params, state.critic_target_params, config.tau),
-            actor_metrics,
-        )
-
-    is_policy_step = state.step % config.policy_freq == 0
-    is_actor_step = is_policy_step & (state.step >= config.actor_warmup_updates)
+        actor_target_params = optax.incremental_update(actor_params, state.actor_target_params, config.tau)
+        return actor_params, actor_opt_state, actor_target_params, actor_metrics
 
     def no_actor_step(_):
-        shapes = jax.eval_shape(actor_step, None)[4]
+        shapes = jax.eval_shape(actor_step, None)[3]
         nan_metrics = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
-        critic_target_params = state.critic_target_params
-        if config.actor_warmup_updates:
-            # During the critic warm-up the critic target keeps its usual schedule, so the critic
-            # is not regressing onto its initial weights.
-            tracked = optax.incremental_update(critic_params, critic_target_params, config.tau)
-            critic_target_params = jax.tree.map(
-                lambda new, old: jnp.where(is_policy_step, new, old), tracked, critic_target_params
-            )
-        return state.actor_params, state.actor_opt_state, state.actor_target_params, critic_target_params, nan_metrics
+        return state.actor_params, state.actor_opt_state, state.actor_target_params, nan_metrics
 
-    actor_params, actor_opt_state, actor_target_params, critic_target_params, actor_metrics = jax.lax.cond(
+    actor_params, actor_opt_state, actor_target_params, actor_metrics = jax.lax.cond(
         is_actor_step, actor_step, no_actor_step, None
+    )
+    # The critic target keeps its schedule during an actor warm-up, so the critic is not
+    # regressing onto its initial weights.
+    critic_target_params = jax.lax.cond(
+        is_policy_step,
+        lambda: optax.incremental_update(critic_params, state.critic_target_params, config.tau),
+        lambda: state.critic_target_params,
     )
     metrics |= actor_metrics
     metrics |= _parameter_metrics("critic", critic_params, critic_opt_state)
