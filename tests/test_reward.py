@@ -13,6 +13,7 @@ from td3_jax.envs.reward import (
     Measurements,
     RewardConfig,
     compute_reward,
+    efficiency,
     lane_keeping,
     progress,
     safety,
@@ -42,6 +43,25 @@ def test_cruising_on_centre_scores_each_component_at_its_best():
     assert weighted["safety"] == 0.0
     assert weighted["progress"] == pytest.approx(3.0 * 0.4 * 0.5)
     assert total == pytest.approx(sum(weighted.values()))
+
+
+@given(st.floats(0.0, 30.0), st.floats(0.0, 30.0))
+def test_overspeed_penalty_makes_the_target_speed_pay_best(speed, other):
+    # Without it efficiency saturates and progress (per metre, so per m/s) keeps paying for speed.
+    original = efficiency(cruise(speed=speed), CFG)
+    assert efficiency(cruise(speed=speed), dataclasses.replace(CFG, overspeed_penalty=0.0)) == original
+    cfg = dataclasses.replace(CFG, overspeed_penalty=-0.25)
+    over = max(speed - cfg.target_speed_mps, 0.0)
+    assert efficiency(cruise(speed=speed), cfg) == pytest.approx(max(original - 0.25 * over, -1.0))
+
+    def per_step(v):  # efficiency and progress of one 0.05 s step at speed v, 2 m waypoints
+        m = cruise(speed=v, progress_m=0.05 * v, waypoints_passed=0.05 * v / 2.0)
+        return cfg.efficiency_weight * efficiency(m, cfg) + cfg.progress_weight * progress(m, cfg)
+
+    target = cfg.target_speed_mps
+    if other > target and speed > other:  # above the target, faster pays less (until efficiency clips)
+        assert per_step(speed) <= per_step(other) + 1e-9 or efficiency(cruise(speed=speed), cfg) == -1.0
+    assert per_step(target) >= per_step(other) - 1e-9 or efficiency(cruise(speed=other), cfg) == -1.0
 
 
 def test_waypoint_bonus_is_paid_per_waypoint_not_per_centimetre():

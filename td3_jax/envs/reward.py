@@ -51,6 +51,9 @@ class RewardConfig:
     """Weight of the progress component."""
     target_speed_mps: float = 8.33
     """Speed (m/s) at which efficiency reaches 1 (30 km/h)."""
+    overspeed_penalty: float = 0.0
+    """Efficiency per m/s above `target_speed_mps` (<= 0). 0 is the original's HEAD reward, where progress
+    pays for every extra m/s and nothing for the target speed (its `overspeed_penalty_scale` key was dead)."""
     moving_bonus: float = 0.15
     """Efficiency bonus while the speed exceeds `moving_speed_mps`."""
     moving_speed_mps: float = 0.5
@@ -128,7 +131,7 @@ class RewardConfig:
         for name in ("lateral_share", "heading_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"reward.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("offroad_penalty", "lane_departure_penalty", "wrong_way_onset_penalty", "wrong_way_penalty", "lane_invasion_penalty",
+        for name in ("offroad_penalty", "lane_departure_penalty", "overspeed_penalty", "wrong_way_onset_penalty", "wrong_way_penalty", "lane_invasion_penalty",
                      "proximity_penalty", "ttc_penalty"):
             if getattr(self, name) > 0:
                 raise ValueError(f"reward.{name} must be <= 0, got {getattr(self, name)}")
@@ -202,10 +205,14 @@ class Measurements(NamedTuple):
 
 
 def efficiency(m: Measurements, cfg: RewardConfig) -> np.ndarray:
-    """Speed along the lane over the target speed, plus a moving bonus, clipped to [-1, 1]."""
+    """Speed along the lane over the target speed, plus a moving bonus and the overspeed penalty, clipped to [-1, 1]."""
     value = m.speed * np.cos(m.heading_error) / cfg.target_speed_mps
     value = value + np.where(m.speed > cfg.moving_speed_mps, cfg.moving_bonus, 0.0)
-    return _clip(value, -1.0, 1.0)
+    value = _clip(value, -1.0, 1.0)  # the original's efficiency
+    if cfg.overspeed_penalty:
+        # After the clip, so that the penalty starts at the target speed, not where the clip ends.
+        value = _clip(value + cfg.overspeed_penalty * np.maximum(m.speed - cfg.target_speed_mps, 0.0), -1.0, 1.0)
+    return value
 
 
 def lane_keeping(m: Measurements, cfg: RewardConfig) -> np.ndarray:
