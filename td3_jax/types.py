@@ -77,5 +77,4 @@ def unpack(batch: Batch | PackedBatch) -> Batch:
         next_image=batch.frames[..., 1:],
         next_vector=batch.next_vector,
         terminated=batch.terminated,
-        discount=None,
     )

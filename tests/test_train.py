@@ -48,9 +48,8 @@ def _final(run_dir: Path, run: config_lib.RunConfig):
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    # n-step returns (the loop's other sampling path; the trained_run fixture covers n_step 1).
-    n_step = "algorithm.n_step=3"
+@pytest.mark.parametrize("n_step", ["algorithm.n_step=1", "algorithm.n_step=3"])  # both sampling paths
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, n_step):
     straight = tmp_path / "straight"
     assert Trainer(_config("training.max_timesteps=120", n_step), straight).train(resume=False) == 0
 

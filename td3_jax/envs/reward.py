@@ -209,10 +209,8 @@ def efficiency(m: Measurements, cfg: RewardConfig) -> np.ndarray:
     value = m.speed * np.cos(m.heading_error) / cfg.target_speed_mps
     value = value + np.where(m.speed > cfg.moving_speed_mps, cfg.moving_bonus, 0.0)
     value = _clip(value, -1.0, 1.0)  # the original's efficiency
-    if cfg.overspeed_penalty:
-        # After the clip, so that the penalty starts at the target speed, not where the clip ends.
-        value = _clip(value + cfg.overspeed_penalty * np.maximum(m.speed - cfg.target_speed_mps, 0.0), -1.0, 1.0)
-    return value
+    # After the clip, so that the penalty starts at the target speed, not where the clip ends.
+    return np.maximum(value + cfg.overspeed_penalty * np.maximum(m.speed - cfg.target_speed_mps, 0.0), -1.0)
 
 
 def lane_keeping(m: Measurements, cfg: RewardConfig) -> np.ndarray:
