@@ -34,6 +34,8 @@ Q_TAGS = (
     "train/q2_value",
     "debug/q1_max",
     "debug/q1_min",
+    "debug/q2_max",
+    "debug/q2_min",
     "debug/target_q_mean",
     "debug/target_q_max",
     "debug/actor_q_mean",

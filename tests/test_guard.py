@@ -83,6 +83,14 @@ def test_every_q_metric_is_bounded(tag):
     assert any(a.tag == Q_BOUND_TAG and a.severity == "critical" and tag in a.message for a in alerts)
 
 
+@pytest.mark.parametrize("tag", ["debug/q2_max", "debug/q2_min"])
+def test_q2_extremes_alone_leaving_the_bound_alert(tag):
+    """Q2 can diverge while Q1 stays small (the min-target hides it from the TD target)."""
+    config = GuardConfig(max_abs_q=100.0, max_policy_replay_q_ratio=1e12)
+    alerts = DivergenceGuard(config).check(7, {**healthy_metrics(q=1.0), tag: 150.0})
+    assert [(a.tag, a.severity) for a in alerts] == [(Q_BOUND_TAG, "critical")] and tag in alerts[0].message
+
+
 def test_actor_loss_bound_and_warning_before_it():
     config = GuardConfig(max_abs_actor_loss=100.0, warn_fraction=0.5, max_policy_replay_q_ratio=1e12)
     warn = DivergenceGuard(config).check(1, {"train/actor_loss": -60.0})
