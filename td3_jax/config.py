@@ -201,6 +201,8 @@ class TrainingConfig:
     """Episodes per evaluation, on a separate env with fixed seeds, deterministic policy."""
     eval_seed: int = 1000000
     """Seed of the first evaluation episode; episode i uses eval_seed + i."""
+    eval_max_episode_steps: int = 0
+    """Env steps after which an evaluation episode is cut (reason eval_step_limit); 0: the env's own time limit (an env without one must set this)."""
     checkpoint_freq: int = 10000
     """Save a checkpoint every this many env steps (0: only at the end and on interrupt)."""
     keep_checkpoints: int = 3
@@ -220,6 +222,8 @@ class TrainingConfig:
         _check(self.max_timesteps >= 1, "training.max_timesteps", ">= 1", self.max_timesteps)
         _check(self.eval_freq >= 0, "training.eval_freq", ">= 0", self.eval_freq)
         _check(self.num_eval_episodes >= 0, "training.num_eval_episodes", ">= 0", self.num_eval_episodes)
+        _check(0 <= self.eval_seed < 2**32, "training.eval_seed", "in [0, 2**32)", self.eval_seed)
+        _check(self.eval_max_episode_steps >= 0, "training.eval_max_episode_steps", ">= 0", self.eval_max_episode_steps)
         _check(self.checkpoint_freq >= 0, "training.checkpoint_freq", ">= 0", self.checkpoint_freq)
         _check(self.keep_checkpoints >= 1, "training.keep_checkpoints", ">= 1", self.keep_checkpoints)
         _check(self.log_freq >= 1, "training.log_freq", ">= 1", self.log_freq)

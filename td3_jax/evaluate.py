@@ -5,6 +5,10 @@ Each evaluation runs N whole episodes on its own env instance with fixed seeds
 roads and traffic and the training episode is never disturbed. Per-episode
 counts are summed over steps, not read from the final step (the original read
 collisions and lane invasions from the last step only).
+
+An evaluation episode never runs past a step limit (the env's own time limit
+unless configured), so an env whose episodes never end cannot hang training,
+and a stop request (SIGINT/SIGTERM in training) is checked before every step.
 """
 
 from __future__ import annotations
@@ -38,13 +42,47 @@ class EpisodeResult:
     termination_reason: str
 
 
-def run_episode(env, policy: Policy, seed: int) -> EpisodeResult:
-    """Runs one episode of `policy` on `env` from `reset(seed=seed)`."""
+STEP_LIMIT_REASON = "eval_step_limit"
+"""Termination reason of an evaluation episode cut at its step limit."""
+
+
+class EvaluationStopped(Exception):
+    """A stop was requested during an evaluation; its partial results are discarded."""
+
+
+def episode_step_limit(env_config, env) -> int | None:
+    """The env steps after which the backend itself ends an episode, or None if it never does.
+
+    The embedded simulator counts `max_episode_steps` in simulator steps (an
+    env step holds `action_repeat` of them); CARLA counts env steps; a gymnasium
+    env has the limit it was registered with, if any.
+    """
+    if env_config.backend == "lanesim":
+        return env_config.lanesim.max_episode_steps // env_config.lanesim.action_repeat
+    if env_config.backend == "carla":
+        return env_config.carla.max_episode_steps
+    spec = getattr(env, "spec", None)
+    return getattr(spec, "max_episode_steps", None)
+
+
+def run_episode(
+    env, policy: Policy, seed: int, *, max_steps: int | None = None, should_stop: Callable[[], bool] | None = None
+) -> EpisodeResult:
+    """Runs one episode of `policy` on `env` from `reset(seed=seed)`.
+
+    Args:
+      max_steps: the episode is truncated after this many steps (reason
+        `STEP_LIMIT_REASON`) if the env has not ended it; None: no limit.
+      should_stop: checked before every step; when it returns True the
+        episode is abandoned with `EvaluationStopped`.
+    """
     obs, info = env.reset(seed=seed)
     if hasattr(policy, "reset"):
         policy.reset()
     result = EpisodeResult(0.0, 0, False, 0, 0, 0.0, 0.0, 0.0, "")
     while True:
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped(f"stop requested during an evaluation episode (seed {seed})")
         batched = {key: np.asarray(value)[None] for key, value in obs.items()}
         action = np.asarray(policy(batched, info))[0]
         obs, reward, terminated, truncated, info = env.step(action)
@@ -59,6 +97,9 @@ def run_episode(env, policy: Policy, seed: int) -> EpisodeResult:
             result.success = bool(info.get("success", False))
             reason = info.get("termination_reason", "")
             result.termination_reason = str(reason) or ("time_limit" if truncated else "terminated")
+            return result
+        if max_steps is not None and result.length >= max_steps:
+            result.termination_reason = STEP_LIMIT_REASON
             return result
 
 
@@ -86,9 +127,22 @@ def summarize(episodes: list[EpisodeResult]) -> dict[str, float]:
     return summary
 
 
-def evaluate(env, policy: Policy, num_episodes: int, seed: int) -> tuple[dict[str, float], list[EpisodeResult]]:
-    """Runs `num_episodes` episodes with seeds seed, seed+1, ...; returns (summary, episodes)."""
-    episodes = [run_episode(env, policy, seed + i) for i in range(num_episodes)]
+def evaluate(
+    env,
+    policy: Policy,
+    num_episodes: int,
+    seed: int,
+    *,
+    max_steps: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[dict[str, float], list[EpisodeResult]]:
+    """Runs `num_episodes` episodes with seeds seed, seed+1, ...; returns (summary, episodes).
+
+    `max_steps` and `should_stop` apply to every episode (see `run_episode`).
+    """
+    episodes = [
+        run_episode(env, policy, seed + i, max_steps=max_steps, should_stop=should_stop) for i in range(num_episodes)
+    ]
     return summarize(episodes), episodes
 
 
@@ -137,6 +191,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's num_eval_episodes)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: the run's eval_seed)")
     parser.add_argument("--json", default=None, help="also write the metrics and episodes to this JSON file")
+    parser.add_argument("--max-episode-steps", type=int, default=None,
+                        help="cut episodes after this many env steps (default: the run's "
+                             "training.eval_max_episode_steps, else the env's time limit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,7 +241,15 @@ def run(args: argparse.Namespace) -> int:
             restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
         policy = td3_policy(restored.train_state.actor_params, td3_cfg.network)
         source = f"checkpoint {directory}/{restored.step}"
-    summary, results = evaluate(env, policy, episodes, seed)
+    if args.max_episode_steps is not None and args.max_episode_steps < 1:
+        raise UserError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
+    max_steps = (
+        args.max_episode_steps or run_config.training.eval_max_episode_steps
+        or episode_step_limit(run_config.env, env)
+    )
+    if max_steps is None:
+        raise UserError(f"{run_config.env.backend} has no time limit, so an episode might never end; pass --max-episode-steps N")
+    summary, results = evaluate(env, policy, episodes, seed, max_steps=max_steps)
     env.close()
     print(f"{source}: {episodes} episodes from seed {seed}")
     for key, value in summary.items():

@@ -11,7 +11,8 @@ record what the chain actually passed on, so the logged "after clip" norm is
 the norm of the gradient actually applied, never a re-derivation. Weight decay
 is torch Adam's coupled L2 (added to the gradient before Adam), as in the
 original. Learning rates live in the optimizer state (`inject_hyperparams`), so
-they are checkpointed and can be read back with `learning_rates`.
+they are checkpointed, can be read back with `learning_rates` / `hyperparams`, and
+are set anew on resume with `with_hyperparams`.
 """
 
 from __future__ import annotations
@@ -93,5 +94,36 @@ def clip_norms(opt_state) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
 
 def learning_rates(opt_state) -> dict[str, jax.Array]:
     """The learning rate each group's Adam applies, read from the optimizer state."""
+    return {group: values["learning_rate"] for group, values in hyperparams(opt_state).items()}
+
+
+def with_hyperparams(opt_state, config: OptimizerConfig):
+    """`opt_state` with every group's injected hyperparameters set from `config`.
+
+    Learning rates, weight decay and Adam's eps live in the optimizer state, so
+    a restored state keeps the values it was saved with; a resumed run that
+    changes them calls this. Adam's moments and counts are kept; each new value
+    takes the dtype and placement (sharding) of the one it replaces.
+    """
+    values = {
+        "cnn": {"learning_rate": config.cnn_lr, "weight_decay": config.weight_decay, "eps": config.adam_eps},
+        "mlp": {"learning_rate": config.mlp_lr, "weight_decay": config.weight_decay, "eps": config.adam_eps},
+    }
+    partition = opt_state[_PARTITION_INDEX]
+    inner_states = dict(partition.inner_states)
+    for group in GROUPS:
+        masked = inner_states[group]
+        hyperparams = dict(masked.inner_state.hyperparams)
+        for name, value in values[group].items():
+            old = hyperparams[name]
+            hyperparams[name] = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
+        inner_states[group] = masked._replace(inner_state=masked.inner_state._replace(hyperparams=hyperparams))
+    chain = list(opt_state)
+    chain[_PARTITION_INDEX] = partition._replace(inner_states=inner_states)
+    return type(opt_state)(chain)
+
+
+def hyperparams(opt_state) -> dict[str, dict[str, jax.Array]]:
+    """Every group's injected hyperparameters (learning_rate, weight_decay, eps), read from the optimizer state."""
     inner = opt_state[_PARTITION_INDEX].inner_states
-    return {group: inner[group].inner_state.hyperparams["learning_rate"] for group in GROUPS}
+    return {group: dict(inner[group].inner_state.hyperparams) for group in GROUPS}

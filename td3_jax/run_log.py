@@ -7,6 +7,10 @@ minimum, every other tag its mean. Actor metrics are NaN on steps without an
 actor update, so they aggregate over the actor steps only, and a tag with no
 valid value in the interval is not written (no stale or fake points).
 Every tag is defined in docs/metrics.md.
+
+Events are written in the training thread (`EventFile`), not by a background
+writer: a write that fails (a full disk) raises `RunLogError` at once instead
+of killing a writer thread and blocking the loop on its queue forever.
 """
 
 from __future__ import annotations
@@ -20,7 +24,55 @@ from typing import Mapping
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
+from tensorboardX.summary import scalar, text
+
+from td3_jax.cli import UserError
+
+
+class RunLogError(UserError):
+    """The run's event file cannot be written (full disk, lost permissions)."""
+
+
+class EventFile:
+    """One TensorBoard event file, written synchronously and flushed every `flush_secs`."""
+
+    def __init__(self, directory: Path, *, flush_secs: float = 30.0):
+        self.directory = directory
+        self._flush_secs = flush_secs
+        self._last_flush = time.monotonic()
+        self._writer = None
+        self._writer = self._guarded(lambda: EventsWriter(os.path.join(directory, "events")))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=scalar(tag, value)))
+
+    def add_text(self, tag: str, body: str, step: int) -> None:
+        self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=text(tag, body)))
+
+    def flush(self) -> None:
+        self._guarded(self._writer.flush)
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            self._guarded(writer.close)
+
+    def _write(self, event) -> None:
+        self._guarded(lambda: self._writer.write_event(event))
+        if time.monotonic() - self._last_flush >= self._flush_secs:
+            self.flush()
+
+    def _guarded(self, operation):
+        try:
+            return operation()
+        except OSError as error:
+            raise RunLogError(
+                f"cannot write TensorBoard events in {self.directory} ({error.strerror or error}); "
+                "free disk space or fix permissions"
+            ) from None
 
 
 def aggregate(chunks: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
@@ -59,7 +111,7 @@ class RunLog:
     LINE_INTERVAL_S = 30.0  # plain progress lines at most this often
 
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int, progress: str):
-        self.writer = SummaryWriter(str(run_dir), flush_secs=30)
+        self.writer = EventFile(run_dir, flush_secs=30)
         self._pending: list = []
         self._mode = _progress_mode(progress)
         self._bar = None
@@ -114,8 +166,12 @@ class RunLog:
         elif self._mode != "off":
             print(message, flush=True)
 
-    def close(self) -> None:
+    def close(self, *, quiet: bool = False) -> None:
+        """Flushes and closes; `quiet` drops a write error (another error is already on its way)."""
         if self._bar is not None:
             self._bar.close()
-        self.writer.flush()
-        self.writer.close()
+        try:
+            self.writer.close()
+        except RunLogError:
+            if not quiet:
+                raise

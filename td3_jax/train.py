@@ -16,25 +16,23 @@ time limit bootstraps, a crash does not.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import json
 import math
 import os
-import pickle
 import signal
 import time
-import zlib
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from td3_jax import config as config_lib
-from td3_jax import parallel
+from td3_jax import optim, parallel, resume
 from td3_jax.checkpoint import Checkpointer
 from td3_jax.cli import UserError
-from td3_jax.evaluate import evaluate, td3_policy
+from td3_jax.evaluate import EvaluationStopped, episode_step_limit, evaluate, td3_policy
 from td3_jax.guard import DivergenceGuard, alert_scalars
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
 from td3_jax.run_log import RunLog
@@ -55,12 +53,18 @@ def exploration_std(schedule: config_lib.ExplorationNoiseConfig, steps_since_sta
     return schedule.final + (schedule.initial - schedule.final) * math.exp(-5.0 * fraction)
 
 
-def _pack(value) -> str:
-    return base64.b64encode(zlib.compress(pickle.dumps(value), 1)).decode("ascii")
+def random_streams(seed: int, process_index: int) -> tuple[jax.Array, jax.Array, np.random.SeedSequence, int | list[int]]:
+    """(init key, act key, exploration seed, replay sampler seed) of one process of a run.
 
-
-def _unpack(text: str):
-    return pickle.loads(zlib.decompress(base64.b64decode(text)))
+    Every process initialises the same networks; exploration noise, random
+    actions and replay sampling are the process's own, or every host of a
+    multi-host run would explore alike. Process 0 keeps a single-process run's streams.
+    """
+    init_key, act_key = jax.random.split(jax.random.key(seed))
+    own = [process_index] if process_index else []
+    if process_index:
+        act_key = jax.random.fold_in(act_key, process_index)
+    return init_key, act_key, np.random.SeedSequence([seed, 1, *own]), [seed, *own] if own else seed
 
 
 @dataclasses.dataclass
@@ -118,26 +122,20 @@ class Trainer:
         self.run = run
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.env = make_worker_vec_env(run.env, run.env.workers)
-        self.eval_env = make_env(run.env) if run.training.num_eval_episodes > 0 else None
-        self.n_envs = self.env.num_envs
-        obs_space = self.env.single_observation_space
-        image_shape = obs_space["image"].shape
-        vector_dim = obs_space["vector"].shape[0]
-        self.action_dim = self.env.single_action_space.shape[0]
-        self.td3_config = config_lib.td3_config(run, self.action_dim)
         algorithm = run.algorithm
-        seed = run.training.seed
-        init_key, act_key = jax.random.split(jax.random.key(seed))
+        init_key, self.act_key, explore_seed, replay_seed = random_streams(run.training.seed, jax.process_index())
         try:
             self.parallel = DataParallel(run.training.devices)
             self.parallel.check_batch_size(algorithm.batch_size)
         except ValueError as error:
             raise UserError(f"training.devices={run.training.devices!r}: {error}") from None
-        state = init_state(self.td3_config, init_key, image_shape=image_shape, vector_dim=vector_dim)
-        self.state = self.parallel.place_state(state)
-        self.act_key = act_key
-        try:
+        self.env = make_worker_vec_env(run.env, run.env.workers)
+        self.n_envs = self.env.num_envs
+        obs_space = self.env.single_observation_space
+        image_shape = obs_space["image"].shape
+        vector_dim = obs_space["vector"].shape[0]
+        self.action_dim = self.env.single_action_space.shape[0]
+        try:  # before the slow parts below, so that a buffer too large for memory fails at once
             self.buffer = ReplayBuffer(
                 algorithm.buffer_size,
                 n_envs=self.n_envs,
@@ -145,11 +143,24 @@ class Trainer:
                 frame_shape=image_shape[:2],
                 vector_dim=vector_dim,
                 action_dim=self.action_dim,
-                seed=seed,
+                seed=replay_seed,
             )
         except ReplayMemoryError as error:
+            self.env.close()
             raise UserError(f"algorithm.buffer_size={algorithm.buffer_size}: {error}") from None
-        self.explore_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+        self.eval_env = make_env(run.env) if run.training.num_eval_episodes > 0 else None
+        self.eval_max_steps = None
+        if self.eval_env is not None:
+            self.eval_max_steps = run.training.eval_max_episode_steps or episode_step_limit(run.env, self.eval_env)
+            if self.eval_max_steps is None:
+                raise UserError(
+                    f"{run.env.backend} has no time limit, so an evaluation episode might never end; "
+                    "set training.eval_max_episode_steps (or training.num_eval_episodes=0)"
+                )
+        self.td3_config = config_lib.td3_config(run, self.action_dim)
+        state = init_state(self.td3_config, init_key, image_shape=image_shape, vector_dim=vector_dim)
+        self.state = self.parallel.place_state(state)
+        self.explore_rng = np.random.default_rng(explore_seed)
         if checkpoint_dir is not None and not (run_dir / "checkpoints").exists():
             # The link lets `--resume RUN_DIR` and `td3-jax eval` find checkpoints kept elsewhere.
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +179,7 @@ class Trainer:
         self.results = {"training_rewards": [], "evaluations": []}
         self.obs = None
         self._stop_signal: int | None = None
+        self._phase = "setup"
         self._policy_actions: list[np.ndarray] = []
         self._last_good_state = None
 
@@ -178,7 +190,7 @@ class Trainer:
         backend_snapshot = None
         if self.run.env.backend == "lanesim" and self.run.env.workers.workers == 0:
             # The in-process embedded simulator can be restored mid-episode; worker processes cannot.
-            backend_snapshot = _pack((self.env, self.obs, self.episode_stats))
+            backend_snapshot = resume.pack_snapshot((self.env, self.obs, self.episode_stats))
         return {
             "env_step": self.env_step,
             "episodes": self.episodes,
@@ -191,13 +203,24 @@ class Trainer:
             "env_snapshot": backend_snapshot,
         }
 
-    def restore(self) -> None:
-        """Continues from the latest checkpoint of this run."""
+    def restore(self) -> list[str]:
+        """Continues from the latest checkpoint of this run; returns a log line per config change applied.
+
+        Raises:
+          UserError: the config changes a key that a resume cannot change (`resume.FIXED_KEYS`).
+        """
         restored = self.checkpointer.restore(
             abstract_train_state=self.parallel.abstract_state(self.state), with_replay=True
         )
-        self.state = restored.train_state
         host = restored.host_state
+        changes = resume.config_changes(restored.config, self.run)
+        resume.check_changes(changes, env_snapshot=host["env_snapshot"] is not None, run_dir=self.run_dir)
+        # The restored optimizer states hold the learning rates, weight decay and eps they were saved with.
+        state = restored.train_state
+        self.state = state.replace(
+            actor_opt_state=optim.with_hyperparams(state.actor_opt_state, state.config.actor_optimizer),
+            critic_opt_state=optim.with_hyperparams(state.critic_opt_state, state.config.critic_optimizer),
+        )
         if restored.replay_state is not None:
             self.buffer.load_state_dict(restored.replay_state)
         self.env_step, self.episodes, self.updates = host["env_step"], host["episodes"], host["updates"]
@@ -207,12 +230,14 @@ class Trainer:
         self.recent_rewards = list(host["recent_rewards"])
         self.results = host["results"]
         if host["env_snapshot"] is not None:
+            snapshot = resume.unpack_snapshot(host["env_snapshot"], self.checkpointer.directory / str(restored.step))
             self.env.close()
-            self.env, self.obs, self.episode_stats = _unpack(host["env_snapshot"])
+            self.env, self.obs, self.episode_stats = snapshot
         else:  # CARLA or gym: a new episode starts; the buffer must not bridge it
             self.obs, _ = self.env.reset(seed=self.run.env.seed + self.episodes)
             self.buffer.end_episodes(np.ones(self.n_envs, bool))
             self.episode_stats = EpisodeStats(self.n_envs)
+        return resume.describe_changes(changes)
 
     def save_checkpoint(self) -> None:
         if self.checkpointer.latest_step() == self.env_step:
@@ -242,6 +267,8 @@ class Trainer:
             network=self.td3_config.network,
         )
         actions = np.asarray(actions)
+        if not np.isfinite(actions).all():
+            raise _Diverged(f"the policy's actions are not finite at step {self.env_step}: the networks diverged")
         self._policy_actions.append(actions)
         return actions
 
@@ -288,7 +315,7 @@ class Trainer:
                 log.scalars(self.env_step, alert_scalars(alerts))
             for alert in alerts:
                 log.line(f"[{alert.severity}] {alert.message}")
-            if not any(alert.severity == "critical" for alert in alerts):
+            if not any(alert.severity == "critical" for alert in alerts) and _all_finite(self.state):
                 self._last_good_state = (self.env_step, self.state)
         status = {"sps": progress["progress/env_steps_per_sec"]}
         if self.recent_rewards:
@@ -302,7 +329,14 @@ class Trainer:
             return
         training = self.run.training
         policy = td3_policy(self.parallel.local_params(self.state.actor_params), self.td3_config.network)
-        summary, _ = evaluate(self.eval_env, policy, training.num_eval_episodes, training.eval_seed)
+        try:
+            summary, _ = evaluate(
+                self.eval_env, policy, training.num_eval_episodes, training.eval_seed,
+                max_steps=self.eval_max_steps, should_stop=lambda: self._stop_signal is not None,
+            )
+        except EvaluationStopped:
+            log.line(f"evaluation at step {self.env_step} abandoned: stop requested")
+            return
         log.scalars(self.env_step, summary)
         self.results["evaluations"].append({"env_step": self.env_step, **summary})
         log.line(
@@ -338,11 +372,16 @@ class Trainer:
         self.obs = next_obs
 
     def train(self, *, resume: bool) -> int:
-        """Runs until `max_timesteps`; returns the process exit code."""
+        """Runs until `max_timesteps`; returns the process exit code.
+
+        0 when done, 1 when the guard or a diverged policy stopped the run, and
+        128 + the signal's number after SIGINT/SIGTERM (a checkpoint saved
+        first). Any exception leaves a checkpoint of the last consistent state
+        behind when it can (the exception's last line says which).
+        """
         training, algorithm = self.run.training, self.run.algorithm
-        if resume:
-            self.restore()
-        else:
+        changes = self.restore() if resume else []
+        if not resume:
             self.obs, _ = self.env.reset(seed=self.run.env.seed)
         config_lib.dump(self.run, self.run_dir / "config.yaml")
         log = RunLog(self.run_dir, total_steps=training.max_timesteps, start_step=self.env_step, progress=training.progress)
@@ -352,58 +391,106 @@ class Trainer:
                 "agent/critic_max_grad_norm": algorithm.gradient_clipping.critic_max_norm,
             })
             log.text("config", "```\n" + (self.run_dir / "config.yaml").read_text() + "\n```", 0)
+        for line in changes:
+            log.line(line)
         log.line(f"run directory {self.run_dir}; {self.buffer.summary()}")
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self._update_seconds, self._update_calls = 0.0, 0
-        interval_start = (self.env_step, time.perf_counter())
-        exit_code = 0
+        failed = True
         try:
-            while self.env_step < training.max_timesteps and self._stop_signal is None:
-                actions = self._actions()
-                next_obs, reward, terminated, truncated, info = self.env.step(actions)
-                before = self.env_step
-                self.env_step += self.n_envs
-                self._record_step(log, actions, next_obs, reward, terminated, truncated, info)
-                if self.env_step >= algorithm.learning_starts:
-                    first = max(before, algorithm.learning_starts - 1)
-                    for _ in range(self.env_step // algorithm.train_freq - first // algorithm.train_freq):
-                        self._train(log)
-                if _crossed(before, self.env_step, training.log_freq):
-                    self._log(log, interval_start)
-                    interval_start = (self.env_step, time.perf_counter())
-                    if self.guard.should_stop:
-                        exit_code = self._guard_stop(log)
-                        break
-                if training.eval_freq and _crossed(before, self.env_step, training.eval_freq):
-                    self._evaluate(log)
-                if training.checkpoint_freq and _crossed(before, self.env_step, training.checkpoint_freq):
-                    self.save_checkpoint()
-            if exit_code == 0:
-                if self._stop_signal is None and (not training.eval_freq or self.env_step % training.eval_freq):
-                    self._evaluate(log)
-                self.save_checkpoint()
+            try:
+                exit_code = self._loop(log)
+            except _Diverged as diverged:
+                exit_code = self._divergence_stop(log, str(diverged))
+            failed = False
+        except (UserError, WorkerFailureError) as error:
+            raise UserError(f"{error}; {self._save_after_failure()}") from None
+        except Exception as error:
+            error.add_note(self._save_after_failure())
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            log.close()
+            log.close(quiet=failed)
         if self._stop_signal is not None:
             print(f"stopped by signal {self._stop_signal} at step {self.env_step}; checkpoint saved. "
                   f"Resume with: td3-jax train --resume {self.run_dir}")
-            return 0
-        self._write_results()
-        self._print_diagnosis()
+            self.env.close()
+            return 128 + self._stop_signal
+        if exit_code == 0:
+            self._write_results()
+            self._print_diagnosis()
         self.env.close()
         return exit_code
 
-    def _guard_stop(self, log: RunLog) -> int:
-        step, state = self._last_good_state or (self.env_step, self.state)
-        with Checkpointer(self.run_dir / "last_good", max_to_keep=1, save_replay=False) as last_good:
-            last_good.save(step, train_state=state, host_state={"env_step": step},
-                           config=config_lib.to_dict(self.run))
-        log.line(f"{self.guard.stop_message}; last good state saved in {self.run_dir / 'last_good'}")
+    def _loop(self, log: RunLog) -> int:
+        """Steps, trains, logs, evaluates and checkpoints until done or stopped; returns the exit code."""
+        training, algorithm = self.run.training, self.run.algorithm
+        self._update_seconds, self._update_calls = 0.0, 0
+        interval_start = (self.env_step, time.perf_counter())
+        while self.env_step < training.max_timesteps and self._stop_signal is None:
+            self._phase = "acting"
+            actions = self._actions()
+            self._phase = "env step"
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            self._phase = "recording"  # the step is half stored until this phase ends: no checkpoint here
+            before = self.env_step
+            self.env_step += self.n_envs
+            self._record_step(log, actions, next_obs, reward, terminated, truncated, info)
+            self._phase = "update"
+            if self.env_step >= algorithm.learning_starts:
+                first = max(before, algorithm.learning_starts - 1)
+                for _ in range(self.env_step // algorithm.train_freq - first // algorithm.train_freq):
+                    self._train(log)
+            self._phase = "logging"
+            if _crossed(before, self.env_step, training.log_freq):
+                self._log(log, interval_start)
+                interval_start = (self.env_step, time.perf_counter())
+                if self.guard.should_stop:
+                    return self._divergence_stop(log, self.guard.stop_message)
+            self._phase = "evaluation"
+            if training.eval_freq and _crossed(before, self.env_step, training.eval_freq):
+                self._evaluate(log)
+            self._phase = "checkpoint"
+            if training.checkpoint_freq and _crossed(before, self.env_step, training.checkpoint_freq):
+                self.save_checkpoint()
+        # Saved before the final evaluation, so that a failing evaluation cannot lose the run.
+        self._phase = "checkpoint"
+        self.save_checkpoint()
+        self._phase = "evaluation"
+        if self._stop_signal is None and (not training.eval_freq or self.env_step % training.eval_freq):
+            self._evaluate(log)
+        return 0
+
+    def _save_after_failure(self) -> str:
+        """After an exception: saves the state if it is consistent; says where the run can resume from."""
+        resume_hint = f"resume with: td3-jax train --resume {self.run_dir}"
+        if self._phase in ("acting", "env step", "update", "logging", "evaluation"):
+            try:
+                self.save_checkpoint()
+                return f"checkpoint saved at step {self.env_step}; {resume_hint}"
+            except Exception as error:  # the first failure is the one to report
+                reason = f"saving a checkpoint failed too ({type(error).__name__}: {error})"
+        else:
+            reason = f"it happened during {self._phase}, so no checkpoint was saved"
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return f"{reason}; the run has no checkpoint"
+        return f"{reason}; the last checkpoint is step {latest}: {resume_hint}"
+
+    def _divergence_stop(self, log: RunLog, message: str) -> int:
+        """Saves the last state known to be healthy and finite in last_good/; returns exit code 1."""
+        if self._last_good_state is None:
+            where = "no healthy state was recorded, so last_good/ was not written"
+        else:
+            step, state = self._last_good_state
+            with Checkpointer(self.run_dir / "last_good", max_to_keep=1, save_replay=False) as last_good:
+                last_good.save(step, train_state=state, host_state={"env_step": step},
+                               config=config_lib.to_dict(self.run))
+            where = f"last good state (step {step}) saved in {self.run_dir / 'last_good'}"
+        log.line(f"{message}; {where}")
         self._write_results()
         self._print_diagnosis()
-        print(self.guard.stop_message)
+        print(f"{message}; {where}")
         return 1
 
     def _write_results(self) -> None:
@@ -433,6 +520,20 @@ class Trainer:
         diagnosis = diagnose_run(self.run_dir)
         write_diagnosis(diagnosis, self.run_dir)
         print(format_text(diagnosis))
+
+
+class _Diverged(Exception):
+    """The policy produced non-finite actions: training cannot continue."""
+
+
+@jax.jit
+def _finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def _all_finite(state) -> bool:
+    """Whether every parameter of both networks and their targets is finite."""
+    return bool(_finite((state.actor_params, state.critic_params, state.actor_target_params, state.critic_target_params)))
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -486,8 +587,4 @@ def run(args: argparse.Namespace, *, checkpoint_dir: Path | None = None) -> int:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if run_config.training.distributed:
         parallel.initialize_distributed()
-    trainer = Trainer(run_config, run_dir, checkpoint_dir=checkpoint_dir)
-    try:
-        return trainer.train(resume=bool(args.resume))
-    except WorkerFailureError as error:
-        raise UserError(f"{error}; the last checkpoint is in {run_dir}: resume with --resume {run_dir}") from None
+    return Trainer(run_config, run_dir, checkpoint_dir=checkpoint_dir).train(resume=bool(args.resume))
