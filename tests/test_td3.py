@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import pathlib
 
 import chex
@@ -75,6 +76,79 @@ def test_td_target_on_a_hand_checkable_case(rng):
     n_step_batch = batch._replace(discount=np.array([0.5, 0.25], np.float32))
     y = td3.td_target(config, actor, critic, state, n_step_batch, jax.random.key(1))
     np.testing.assert_allclose(np.asarray(y), [1.0 + 0.5 * 3.0, 2.0], rtol=1e-6)
+
+
+def _smoothed_target_actions(config, policy_action, batch_size=4, seed=1):
+    """a' as td_target forms it, read off y for a target actor that outputs `policy_action` everywhere.
+
+    The target Q1' head returns one action component exactly (relu(a_i) - relu(-a_i)), Q2' a huge
+    constant so the min picks Q1', and r = 0, gamma = 1, not terminated, so y = a'_i. Both reads
+    use the same key, so they see the same noise draw.
+    """
+    state = _state(config)
+    action_dim = config.network.action_dim
+    actor_target = dict(state.actor_target_params)
+    head = actor_target["head"]
+    actor_target["head"] = dict(head, Dense_1={
+        "kernel": jnp.zeros_like(head["Dense_1"]["kernel"]), "bias": jnp.arctanh(jnp.asarray(policy_action)),
+    })
+    batch = random_batch(np.random.default_rng(seed), batch_size=batch_size)._replace(
+        reward=np.zeros(batch_size, np.float32),
+        terminated=np.zeros(batch_size, np.float32),
+        discount=np.ones(batch_size, np.float32),
+    )
+    actor, critic = networks.make_networks(config.network)
+    target = jax.jit(functools.partial(td3.td_target, config, actor, critic))
+    components = []
+    for i in range(action_dim):
+        critic_target = dict(state.critic_target_params)
+        q1, q2 = critic_target["q1"], critic_target["q2"]
+        read_action = jnp.zeros_like(q1["Dense_0"]["kernel"])
+        read_action = read_action.at[i - action_dim, 0].set(1.0).at[i - action_dim, 1].set(-1.0)
+        output = jnp.zeros_like(q1["Dense_1"]["kernel"]).at[0, 0].set(1.0).at[1, 0].set(-1.0)
+        critic_target["q1"] = {
+            "Dense_0": {"kernel": read_action, "bias": jnp.zeros_like(q1["Dense_0"]["bias"])},
+            "Dense_1": {"kernel": output, "bias": jnp.zeros_like(q1["Dense_1"]["bias"])},
+        }
+        critic_target["q2"] = dict(q2, Dense_1={
+            "kernel": jnp.zeros_like(q2["Dense_1"]["kernel"]), "bias": jnp.full_like(q2["Dense_1"]["bias"], 1e6),
+        })
+        target_state = state.replace(actor_target_params=actor_target, critic_target_params=critic_target)
+        components.append(target(target_state, batch, jax.random.key(seed)))
+    return np.stack([np.asarray(c) for c in components], axis=-1)
+
+
+def test_zero_noise_clip_gives_the_noise_free_target_action():
+    policy_action = np.array([0.3, -0.6], np.float32)
+    next_action = _smoothed_target_actions(tiny_config(policy_noise=0.5, noise_clip=0.0), policy_action)
+    np.testing.assert_allclose(next_action, np.broadcast_to(policy_action, next_action.shape), atol=1e-6)
+
+
+def test_smoothing_noise_is_clipped_to_noise_clip_before_the_action_clip():
+    """With a huge policy_noise every draw is clipped: a' sits exactly noise_clip from mu'(s')."""
+    policy_action = np.array([0.2, -0.4], np.float32)  # |mu'| + noise_clip < 1: the action clip stays idle
+    next_action = _smoothed_target_actions(tiny_config(policy_noise=1e3, noise_clip=0.3), policy_action)
+    np.testing.assert_allclose(np.abs(next_action - policy_action), 0.3, atol=1e-5)
+    assert (next_action > policy_action).any() and (next_action < policy_action).any()
+
+
+def test_smoothed_target_action_is_clipped_to_the_action_box():
+    policy_action = np.array([1.0, -1.0], np.float32)  # a saturated target actor
+    next_action = _smoothed_target_actions(tiny_config(policy_noise=1.0, noise_clip=0.5), policy_action, 16)
+    assert np.all(np.abs(next_action) <= 1.0)
+    # Noise pointing out of the box is cut to the bound; noise pointing in moves a' inside.
+    assert (np.abs(next_action) == 1.0).any() and (np.abs(next_action) < 1.0).any()
+
+
+def test_smoothing_noise_has_std_policy_noise():
+    """With noise_clip out of reach and mu'(s') = 0, a' is the raw N(0, policy_noise) draw."""
+    policy_noise = 0.1
+    next_action = _smoothed_target_actions(
+        tiny_config(policy_noise=policy_noise, noise_clip=1e3), np.zeros(2, np.float32), batch_size=128
+    )
+    assert abs(np.std(next_action) / policy_noise - 1.0) < 0.15  # 256 draws: the std is within ~4%
+    assert abs(np.mean(next_action)) < 4 * policy_noise / np.sqrt(next_action.size)
+    assert len(np.unique(next_action)) == next_action.size  # independent per transition and component
 
 
 def test_actor_step_changes_no_critic_parameter(rng):
