@@ -188,8 +188,7 @@ class Trainer:
     def host_state(self) -> dict:
         """JSON-able loop state for an exact resume."""
         backend_snapshot = None
-        if self.run.env.backend == "lanesim" and self.run.env.workers.workers == 0:
-            # The in-process embedded simulator can be restored mid-episode; worker processes cannot.
+        if _has_env_snapshot(self.run):
             backend_snapshot = resume.pack_snapshot((self.env, self.obs, self.episode_stats))
         return {
             "env_step": self.env_step,
@@ -209,12 +208,14 @@ class Trainer:
         Raises:
           UserError: the config changes a key that a resume cannot change (`resume.FIXED_KEYS`).
         """
+        # The config is checked first: a refused change must not surface as a shape mismatch of the arrays.
+        saved = config_lib.build(config_lib.RunConfig, self.checkpointer.read_config())
+        changes = resume.config_changes(config_lib.to_dict(saved), self.run)
+        resume.check_changes(changes, env_snapshot=_has_env_snapshot(saved), run_dir=self.run_dir)
         restored = self.checkpointer.restore(
             abstract_train_state=self.parallel.abstract_state(self.state), with_replay=True
         )
         host = restored.host_state
-        changes = resume.config_changes(restored.config, self.run)
-        resume.check_changes(changes, env_snapshot=host["env_snapshot"] is not None, run_dir=self.run_dir)
         # The restored optimizer states hold the learning rates, weight decay and eps they were saved with.
         state = restored.train_state
         self.state = state.replace(
@@ -520,6 +521,11 @@ class Trainer:
         diagnosis = diagnose_run(self.run_dir)
         write_diagnosis(diagnosis, self.run_dir)
         print(format_text(diagnosis))
+
+
+def _has_env_snapshot(run: config_lib.RunConfig) -> bool:
+    """The in-process embedded simulator is saved mid-episode; worker processes and other backends are not."""
+    return run.env.backend == "lanesim" and run.env.workers.workers == 0
 
 
 class _Diverged(Exception):
