@@ -208,6 +208,11 @@ class Trainer:
         Raises:
           UserError: the config changes a key that a resume cannot change (`resume.FIXED_KEYS`).
         """
+        if self.checkpointer.latest_step() is None:
+            raise UserError(
+                f"the run in {self.run_dir} stopped before its first checkpoint, so there is nothing to resume; "
+                f"start it again with a new --run-dir (or delete {self.run_dir})"
+            )
         # The config is checked first: a refused change must not surface as a shape mismatch of the arrays.
         saved = config_lib.build(config_lib.RunConfig, self.checkpointer.read_config())
         changes = resume.config_changes(config_lib.to_dict(saved), self.run)

@@ -283,3 +283,12 @@ def test_each_process_explores_with_its_own_streams_and_process_0_keeps_the_sing
     assert np.array_equal(draw(explore0), draw(np.random.SeedSequence([7, 1])))
     assert not np.array_equal(draw(explore1), draw(explore0))
     assert replay0 == 7 and not np.array_equal(draw(replay1), draw(replay0))
+
+
+def test_resuming_a_run_that_never_saved_says_so_in_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config_lib.dump(_config("training.max_timesteps=50"), run_dir / "config.yaml")  # killed before its first save
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "stopped before its first checkpoint" in error
