@@ -206,6 +206,69 @@ def test_actor_and_targets_change_only_on_policy_freq_steps(rng):
     assert int(state.step) == 7
 
 
+def test_targets_move_by_polyak_averaging_on_an_actor_step(rng):
+    """target <- tau online + (1 - tau) target, from the online parameters after this step."""
+    state = _state()
+    tau = state.config.tau
+    nudge = lambda tree: jax.tree.map(lambda x: x + 0.1, tree)  # targets apart from the online nets
+    state = state.replace(
+        actor_target_params=nudge(state.actor_target_params), critic_target_params=nudge(state.critic_target_params)
+    )
+    new_state, metrics = td3.update(state, random_batch(rng))
+    assert float(metrics["debug/actor_updated"]) == 1.0
+    for online, old_target, new_target in [
+        (new_state.actor_params, state.actor_target_params, new_state.actor_target_params),
+        (new_state.critic_params, state.critic_target_params, new_state.critic_target_params),
+    ]:
+        expected = jax.tree.map(lambda o, t: tau * o + (1 - tau) * t, online, old_target)
+        chex.assert_trees_all_close(new_target, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_critic_loss_is_twin_mse_to_the_td_target_at_the_pre_update_critic(rng):
+    state = _state()
+    # Target Q heads blind to the action: y does not depend on the update's smoothing noise.
+    critic_target = dict(state.critic_target_params)
+    action_dim = state.config.network.action_dim
+    for head in ("q1", "q2"):
+        first = dict(critic_target[head]["Dense_0"])
+        first["kernel"] = first["kernel"].at[-action_dim:].set(0.0)
+        critic_target[head] = dict(critic_target[head], Dense_0=first)
+    state = state.replace(critic_target_params=critic_target)
+    batch = random_batch(rng)
+    actor, critic = networks.make_networks(state.config.network)
+    target = td3.td_target(state.config, actor, critic, state, batch, jax.random.key(0))
+    q1, q2 = critic.apply({"params": state.critic_params}, batch.image, batch.vector, batch.action)
+    _, metrics = td3.update(state, batch)
+    expected = jnp.mean(jnp.square(q1 - target)) + jnp.mean(jnp.square(q2 - target))
+    np.testing.assert_allclose(float(metrics["train/critic_loss"]), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["debug/target_q_mean"]), float(jnp.mean(target)), rtol=1e-5)
+
+
+def test_actor_loss_is_minus_q1_at_the_updated_critic_plus_the_preactivation_penalty(rng):
+    """The actor ascends Q1 of the critic this step produced (as Fujimoto's code does)."""
+    preactivation_l2 = 0.1
+    state = _state(tiny_config(actor_preactivation_l2=preactivation_l2))
+    batch = random_batch(rng)
+    new_state, metrics = td3.update(state, batch)
+    actor, critic = networks.make_networks(state.config.network)
+    action = actor.apply({"params": state.actor_params}, batch.image, batch.vector)
+    q1, _ = critic.apply({"params": new_state.critic_params}, batch.image, batch.vector, action)
+    np.testing.assert_allclose(float(metrics["debug/actor_q_mean"]), float(jnp.mean(q1)), rtol=1e-5)
+    penalty = preactivation_l2 * float(metrics["debug/actor_preactivation_rms"]) ** 2
+    np.testing.assert_allclose(
+        float(metrics["train/actor_loss"]), -float(metrics["debug/actor_q_mean"]) + penalty, rtol=1e-5
+    )
+
+
+def test_every_update_advances_the_key_so_smoothing_noise_is_fresh(rng):
+    state = _state()
+    keys = [np.asarray(state.key)]
+    for _ in range(2):
+        state, _ = td3.update(state, random_batch(rng))
+        keys.append(np.asarray(state.key))
+    assert len({key.tobytes() for key in keys}) == 3
+
+
 def test_trunks_are_mlp_group_parameters_that_train(rng):
     network = tiny_config().network
     state = _state(tiny_config(network=dataclasses.replace(network, actor_trunk=5, critic_trunk=6)))
