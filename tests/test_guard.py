@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from td3_jax.guard import (
@@ -64,7 +64,8 @@ def test_non_finite_is_critical_and_stops_at_once_despite_patience(bad):
 
 def test_nan_actor_placeholders_of_a_critic_only_update_are_ignored():
     placeholders = {"train/actor_loss": math.nan, "debug/actor_q_mean": math.nan,
-                    "debug/actor_grad_norm_BEFORE_clip": math.nan, "debug/action_saturation": math.nan}
+                    "debug/actor_grad_norm_BEFORE_clip": math.nan, "debug/action_saturation": math.nan,
+                    "agent/actor_update_norm": math.nan}
     metrics = {**healthy_metrics(), **placeholders, "debug/actor_updated": 0.0}
     assert DivergenceGuard(GuardConfig()).check(1, metrics) == []
     alerts = DivergenceGuard(GuardConfig()).check(1, {**metrics, "debug/actor_updated": 1.0})
@@ -106,6 +107,13 @@ def test_gap_uses_actor_q_mean_else_minus_actor_loss():
     for alerts, source in ((with_q, "debug/actor_q_mean"), (derived, "-train/actor_loss")):
         gap = [a for a in alerts if a.tag == Q_GAP_TAG]
         assert gap and gap[0].severity == "critical" and source in gap[0].message
+
+
+def test_critical_alerts_come_before_warnings():
+    config = GuardConfig(max_abs_q=100.0, max_policy_replay_q_ratio=10.0)
+    # |Q| = 60 nears the bound (checked first); the policy/replay ratio of 59 is past its bound.
+    alerts = DivergenceGuard(config).check(3, {"train/q1_value": 1.0, "debug/actor_q_mean": 60.0})
+    assert [(a.tag, a.severity) for a in alerts] == [(Q_GAP_TAG, "critical"), (Q_BOUND_TAG, "warning")]
 
 
 def test_warn_mode_never_stops():
@@ -168,13 +176,19 @@ def test_ratio_is_scale_free_once_replay_q_exceeds_the_floor(policy, replay, sca
 
 
 @given(policy=finite, replay=finite)
+@example(policy=7.0, replay=1.0)  # ratio 6: the warning band, always tried
 @settings(max_examples=200, deadline=None)
 def test_guard_gap_alert_matches_the_ratio(policy, replay):
     config = GuardConfig(max_abs_q=1e12, max_abs_actor_loss=1e12)
     alerts = DivergenceGuard(config).check(1, {"train/q1_value": replay, "debug/actor_q_mean": policy})
     ratio = policy_replay_q_ratio(policy, replay, config.q_scale_floor)
-    critical = any(a.tag == Q_GAP_TAG and a.severity == "critical" for a in alerts)
-    assert critical == (ratio > config.max_policy_replay_q_ratio)
+    severities = [a.severity for a in alerts if a.tag == Q_GAP_TAG]
+    if ratio > config.max_policy_replay_q_ratio:
+        assert severities == ["critical"]
+    elif ratio > config.warn_fraction * config.max_policy_replay_q_ratio:
+        assert severities == ["warning"]
+    else:
+        assert severities == []
 
 
 def test_ratio_vectorises_like_the_scalar_form():
