@@ -16,7 +16,8 @@ restored against an abstract `TD3State`, so optax NamedTuple states come back
 typed and the static `config` field comes from the caller. JSON parts must
 survive a JSON round trip unchanged (types included): `save` refuses tuples,
 NumPy scalars or non-string dict keys instead of silently returning lists,
-floats or string keys.
+floats or string keys. Zero-size arrays (orbax refuses them) are not
+written; their shapes and dtypes go into ``meta`` and come back as zeros.
 
 Atomicity. orbax (0.12.x, local filesystems) writes a step into
 ``<step>.orbax-checkpoint-tmp``, writes ``commit_success.txt`` into it and
@@ -25,7 +26,9 @@ and the parent directory after it, so a committed step is durable. A step
 counts as committed only if its directory has ``commit_success.txt``; temporary
 directories and step directories without the marker are ignored by
 `latest_step` and `restore`, so an interrupted save leaves the previous
-checkpoint in charge.
+checkpoint in charge. A save that raises first waits for orbax's writes
+still in flight, then deletes its leftovers, so it raises its own error and the
+same step can be saved again.
 
 Errors. Problems with the checkpoint itself (missing, uncommitted, another
 format, an architecture that does not match the abstract target, unreadable
@@ -41,6 +44,8 @@ import logging
 import math
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,6 +65,8 @@ COMMIT_MARKER = "commit_success.txt"
 _TRAIN_STATE, _REPLAY, _HOST, _CONFIG, _META = "train_state", "replay", "host", "config", "meta"
 _FALLBACK = "move that step directory away to resume from the previous checkpoint"
 _LOG = logging.getLogger(__name__)
+_FAILED_SAVE_WAIT_S = 60.0
+"""How long a failed save waits for orbax's writes still in flight before giving up on cleaning up."""
 
 
 class CheckpointError(UserError):
@@ -236,9 +243,12 @@ class Checkpointer:
             )
         _check_json_exact(_HOST, host_state)
         _check_json_exact(_CONFIG, config)
-        meta: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "step": step, "replay": None}
+        stored_train_state, empty_train_state = _without_empty_arrays(train_state)
+        meta: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT, "step": step, "replay": None, "empty_train_state": empty_train_state,
+        }
         items = {
-            _TRAIN_STATE: ocp.args.StandardSave(train_state),
+            _TRAIN_STATE: ocp.args.StandardSave(stored_train_state),
             _HOST: ocp.args.JsonSave(host_state),
             _CONFIG: ocp.args.JsonSave(config),
         }
@@ -246,8 +256,11 @@ class Checkpointer:
             arrays = {name: value for name, value in replay_state.items() if isinstance(value, np.ndarray)}
             scalars = {name: value for name, value in replay_state.items() if name not in arrays}
             _check_json_exact("replay_state", scalars)
-            meta["replay"] = {"arrays": sorted(arrays), "scalars": scalars}
-            items[_REPLAY] = ocp.args.StandardSave(arrays)
+            arrays, empty_arrays = _without_empty_arrays(arrays)
+            arrays = {name: value for name, value in arrays.items() if value is not None}
+            meta["replay"] = {"arrays": sorted(arrays), "empty_arrays": empty_arrays, "scalars": scalars}
+            if arrays:
+                items[_REPLAY] = ocp.args.StandardSave(arrays)
         items[_META] = ocp.args.JsonSave(meta)
 
         latest = self.latest_step()
@@ -257,9 +270,14 @@ class Checkpointer:
                 "resume from the latest checkpoint or use a new run directory"
             )
         self._remove_uncommitted(min_step=step)
-        if not self._manager.save(step, args=ocp.args.Composite(**items)):
-            raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
-        self._manager.wait_until_finished()
+        threads_before = set(threading.enumerate())
+        try:
+            if not self._manager.save(step, args=ocp.args.Composite(**items)):
+                raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
+            self._manager.wait_until_finished()
+        except Exception:
+            self._abandon_failed_save(step, threads_before)
+            raise
 
     def restore(
         self,
@@ -291,20 +309,21 @@ class Checkpointer:
                 f"{CHECKPOINT_FORMAT}; restore it with the td3_jax version that wrote it"
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_train_state)
-        stored = self._item_metadata(step, _TRAIN_STATE)
-        mismatch = _first_mismatch(stored, abstract)
+        stored = _leaves_by_name(self._item_metadata(step, _TRAIN_STATE))
+        stored.update(_empty_arrays(meta.get("empty_train_state", {})))
+        mismatch = _first_mismatch(stored, _leaves_by_name(abstract))
         if mismatch:
             raise CheckpointError(
                 f"checkpoint {where} does not match the config: {mismatch}; "
                 f"use the config the run was trained with (stored in {where / _CONFIG / 'metadata'})"
             )
         items = {
-            _TRAIN_STATE: ocp.args.StandardRestore(abstract),
+            _TRAIN_STATE: ocp.args.StandardRestore(_without_empty_arrays(abstract)[0]),
             _HOST: ocp.args.JsonRestore(),
             _CONFIG: ocp.args.JsonRestore(),
         }
         replay_meta = meta.get("replay") if with_replay else None
-        if replay_meta is not None:
+        if replay_meta is not None and replay_meta["arrays"]:
             stored_replay = self._item_metadata(step, _REPLAY)
             if sorted(stored_replay) != replay_meta["arrays"]:
                 raise CheckpointError(
@@ -317,10 +336,14 @@ class Checkpointer:
         restored = self._read(step, items)
         replay_state = None
         if replay_meta is not None:
-            replay_state = {**restored[_REPLAY], **replay_meta["scalars"]}
+            replay_state = {
+                **(restored[_REPLAY] if replay_meta["arrays"] else {}),
+                **_empty_arrays(replay_meta.get("empty_arrays", {})),
+                **replay_meta["scalars"],
+            }
         return Restored(
             step=step,
-            train_state=restored[_TRAIN_STATE],
+            train_state=_with_empty_arrays(restored[_TRAIN_STATE], abstract),
             host_state=restored[_HOST],
             config=restored[_CONFIG],
             replay_state=replay_state,
@@ -377,6 +400,37 @@ class Checkpointer:
                 removed = True
         if removed:
             self._manager.reload()
+
+    def _abandon_failed_save(self, step: int, threads_before: set[threading.Thread]) -> None:
+        """After a failed save: waits for orbax's writes still in flight, then deletes what the save left.
+
+        orbax saves the items concurrently and the first error ends the event
+        loop that drives them, shutting down its executor while the other items'
+        writes go on in background threads. Left alone, those fail later with
+        secondary errors ("Event loop is closed", "cannot schedule new futures
+        after shutdown") that are printed after the real one when the process
+        exits, and they keep writing into the temporary directory that a retry
+        of the same step would reuse.
+        """
+        deadline = time.monotonic() + _FAILED_SAVE_WAIT_S
+        in_flight = set(threading.enumerate()) - threads_before
+        for thread in in_flight:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in in_flight):
+            _LOG.warning("a failed checkpoint save is still writing after %.0f s; its leftovers stay until the "
+                         "next Checkpointer opens %s", _FAILED_SAVE_WAIT_S, self.directory)
+            return
+        leftovers = [self.directory / f"{step}{atomicity.TMP_DIR_SUFFIX}"]
+        if not self._is_committed(step):
+            leftovers.append(self.directory / str(step))
+        for path in leftovers:
+            try:
+                shutil.rmtree(path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                _LOG.warning("could not remove %s after a failed save: %s", path, _brief(error))
+        self._manager.reload()
 
     def _require_items(self, step: int, items) -> None:
         for item in items:
@@ -466,6 +520,40 @@ def _json_difference(original: Any, loaded: Any, path: str) -> str | None:
     return None
 
 
+def _without_empty_arrays(tree):
+    """(`tree` with its zero-size arrays replaced by None, {name: {"shape", "dtype"}} of those arrays).
+
+    orbax refuses to save zero-size arrays (an env without a vector part gives
+    the replay a zero-width vector array), so their shape and dtype go into the
+    JSON meta instead and `_with_empty_arrays` rebuilds them.
+    """
+    empty = {}
+
+    def drop(path, leaf):
+        if math.prod(leaf.shape) > 0:
+            return leaf
+        empty[_path_name(path)] = {"shape": list(leaf.shape), "dtype": np.dtype(leaf.dtype).name}
+        return None
+
+    return jax.tree_util.tree_map_with_path(drop, tree), empty
+
+
+def _empty_arrays(recorded: dict) -> dict[str, np.ndarray]:
+    """The zero-size arrays `_without_empty_arrays` recorded, by name."""
+    return {name: np.zeros(spec["shape"], np.dtype(spec["dtype"])) for name, spec in recorded.items()}
+
+
+def _with_empty_arrays(restored, abstract):
+    """`restored` with its None leaves replaced by zero-size arrays shaped, typed and placed like `abstract`'s."""
+    leaves = jax.tree.leaves(restored, is_leaf=lambda leaf: leaf is None)
+    targets, structure = jax.tree.flatten(abstract)
+    filled = [
+        jax.device_put(np.zeros(target.shape, target.dtype), target.sharding) if leaf is None else leaf
+        for leaf, target in zip(leaves, targets, strict=True)
+    ]
+    return structure.unflatten(filled)
+
+
 def _path_name(path: tuple) -> str:
     """A key path as dotted names, the same for a typed tree and orbax's dict/list metadata tree."""
     parts = []
@@ -484,10 +572,8 @@ def _leaves_by_name(tree) -> dict[str, Any]:
     return {_path_name(path): leaf for path, leaf in leaves}
 
 
-def _first_mismatch(stored_tree, abstract_tree) -> str | None:
-    """The first difference in leaf names, shapes or dtypes between checkpoint metadata and a target."""
-    stored = _leaves_by_name(stored_tree)
-    wanted = _leaves_by_name(abstract_tree)
+def _first_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """The first difference in leaf names, shapes or dtypes between checkpoint metadata and a target, by name."""
     missing = [name for name in wanted if name not in stored]
     if missing:
         return f"{len(missing)} arrays the config needs are not in the checkpoint (first: {missing[0]})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import chex
@@ -61,15 +62,15 @@ def assert_bit_identical(restored, expected) -> None:
         assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
 
 
-def small_replay(seed: int = 0, steps: int = 9) -> ReplayBuffer:
+def small_replay(seed: int = 0, steps: int = 9, vector_dim: int = 3) -> ReplayBuffer:
     """A 2-frame-stack buffer with an episode boundary, its sampling RNG advanced."""
     rng = np.random.default_rng(seed)
-    buffer = ReplayBuffer(16, stack=2, frame_shape=FRAME_SHAPE, vector_dim=3, seed=seed)
+    buffer = ReplayBuffer(16, stack=2, frame_shape=FRAME_SHAPE, vector_dim=vector_dim, seed=seed)
     frames = [rng.integers(0, 256, FRAME_SHAPE, dtype=np.uint8)] * 2
-    vector = rng.normal(size=(1, 3)).astype(np.float32)
+    vector = rng.normal(size=(1, vector_dim)).astype(np.float32)
     for step in range(steps):
         new = rng.integers(0, 256, FRAME_SHAPE, dtype=np.uint8)
-        next_vector = rng.normal(size=(1, 3)).astype(np.float32)
+        next_vector = rng.normal(size=(1, vector_dim)).astype(np.float32)
         image, next_image = np.stack(frames, -1), np.stack([frames[-1], new], -1)
         done = step == 4
         buffer.add(
@@ -227,7 +228,9 @@ def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_pat
     with Checkpointer(tmp_path) as checkpointer, pytest.raises(OSError, match="No space"):
         checkpointer.save(2, train_state=random_state(abstract, 1), host_state={}, config={}, replay_state=None)
     monkeypatch.undo()
-    assert any(".orbax-checkpoint-tmp" in p.name for p in tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]  # a save that raised cleans up after itself
+    # What a save killed with its process leaves behind.
+    shutil.copytree(tmp_path / "1", tmp_path / "2.orbax-checkpoint-tmp")
     # A step directory without its commit marker (e.g. copied by hand, or cut short by a power loss).
     shutil.copytree(tmp_path / "1", tmp_path / "3")
     (tmp_path / "3" / COMMIT_MARKER).unlink()
@@ -248,6 +251,60 @@ def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_pat
             checkpointer.save(step, train_state=later, host_state={}, config={}, replay_state=None)
         assert checkpointer.committed_steps() == [1, 2, 3]
         assert_bit_identical(checkpointer.restore(abstract_train_state=abstract).train_state, later)
+
+
+def _state_with_empty_leaves(state):
+    """`state` plus zero-size leaves of several dtypes (a zero-width input layer, say)."""
+    empty = {"kernel": jnp.zeros((0, 8), jnp.bfloat16), "mask": jnp.zeros((3, 0), jnp.bool_)}
+    return state.replace(actor_params={**state.actor_params, "empty": empty}, step=state.step)
+
+
+def test_zero_size_arrays_round_trip_with_shape_and_dtype(tmp_path, abstract, state):
+    buffer = small_replay(vector_dim=0)  # an env without a vector part: zero-width vector arrays
+    expected_replay = buffer.state_dict()
+    assert any(isinstance(v, np.ndarray) and v.size == 0 for v in expected_replay.values())
+    with_empty, abstract_with_empty = _state_with_empty_leaves(state), _state_with_empty_leaves(abstract)
+    save(tmp_path, 200, with_empty, replay=expected_replay)
+    with Checkpointer(tmp_path, read_only=True) as checkpointer:
+        assert checkpointer.committed_steps() == [200]
+        restored = checkpointer.restore(abstract_train_state=jax.eval_shape(lambda: abstract_with_empty))
+    assert_bit_identical(restored.train_state, with_empty)
+    assert restored.replay_state.keys() == expected_replay.keys()
+    for name, value in expected_replay.items():
+        got = restored.replay_state[name]
+        if isinstance(value, np.ndarray):
+            assert (got.shape, got.dtype, got.tobytes()) == (value.shape, value.dtype, value.tobytes()), name
+            assert got.flags.writeable and got.flags.c_contiguous, name
+        else:
+            assert got == value, name
+    fresh = ReplayBuffer(16, stack=2, frame_shape=FRAME_SHAPE, vector_dim=0, seed=5)
+    fresh.load_state_dict(restored.replay_state)
+    assert len(fresh) == len(buffer)
+    chex.assert_trees_all_equal(fresh.sample(4), buffer.sample(4))
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(CheckpointError, match=r"empty.kernel is \(0, 8\) bfloat16"):
+        wrong = state.replace(actor_params={**state.actor_params, "empty": {
+            "kernel": jnp.zeros((0, 9), jnp.bfloat16), "mask": jnp.zeros((3, 0), jnp.bool_)}})
+        checkpointer.restore(abstract_train_state=wrong)
+
+
+def test_failed_save_raises_its_cause_and_leaves_nothing_behind(tmp_path, abstract, state):
+    """orbax writes the items concurrently; one item failing must not leave the others writing."""
+    frames = np.random.default_rng(0).integers(0, 256, (64, 32, 32), dtype=np.uint8)
+    unstorable = {"frames": frames, "names": np.array(["a", "b"]), "format": 1}  # orbax has no str dtype
+    threads_before = set(threading.enumerate())
+    with Checkpointer(tmp_path) as checkpointer:
+        checkpointer.save(1, train_state=state, host_state={}, config=CONFIG)
+        with pytest.raises(ValueError, match="Unsupported data type"):
+            checkpointer.save(2, train_state=state, host_state={}, config=CONFIG, replay_state=unstorable)
+        assert [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()] == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]
+        # The same step saves cleanly in the same process.
+        later = random_state(abstract, 3)
+        checkpointer.save(2, train_state=later, host_state={}, config=CONFIG, replay_state={"frames": frames})
+        assert checkpointer.committed_steps() == [1, 2]
+        restored = checkpointer.restore(abstract_train_state=abstract)
+    assert_bit_identical(restored.train_state, later)
+    assert restored.replay_state["frames"].tobytes() == frames.tobytes()
 
 
 def _other_architecture():
