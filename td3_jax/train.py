@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 
 from td3_jax import config as config_lib
 from td3_jax import optim, parallel, resume
-from td3_jax.checkpoint import Checkpointer
+from td3_jax.checkpoint import CheckpointError, Checkpointer
 from td3_jax.cli import UserError
 from td3_jax.evaluate import EvaluationStopped, episode_step_limit, evaluate, td3_policy
 from td3_jax.guard import DivergenceGuard, alert_scalars
@@ -249,13 +250,19 @@ class Trainer:
         if self.checkpointer.latest_step() == self.env_step:
             return
         replay = self.buffer.state_dict() if self.run.training.save_replay_buffer else None
-        self.checkpointer.save(
-            self.env_step,
-            train_state=self.state,
-            host_state=self.host_state(),
-            config=config_lib.to_dict(self.run),
-            replay_state=replay,
-        )
+        try:
+            self.checkpointer.save(
+                self.env_step,
+                train_state=self.state,
+                host_state=self.host_state(),
+                config=config_lib.to_dict(self.run),
+                replay_state=replay,
+            )
+        except (OSError, ValueError) as error:  # how orbax and tensorstore report a full disk or lost permissions
+            raise CheckpointError(
+                f"could not write checkpoint {self.env_step} in {self.checkpointer.directory} ({_brief(error)}); "
+                "free disk space or fix permissions"
+            ) from None
 
     # ------------------------------------------------------------ loop
 
@@ -475,13 +482,13 @@ class Trainer:
                 self.save_checkpoint()
                 return f"checkpoint saved at step {self.env_step}; {resume_hint}"
             except Exception as error:  # the first failure is the one to report
-                reason = f"saving a checkpoint failed too ({type(error).__name__}: {error})"
+                reason = f"saving a checkpoint failed too ({_brief(error)}); "
         else:
-            reason = f"it happened during {self._phase}, so no checkpoint was saved"
+            reason = ""  # mid-step or mid-save: the state is not one to save
         latest = self.checkpointer.latest_step()
         if latest is None:
-            return f"{reason}; the run has no checkpoint"
-        return f"{reason}; the last checkpoint is step {latest}: {resume_hint}"
+            return f"{reason}the run has no checkpoint"
+        return f"{reason}the last checkpoint is step {latest}: {resume_hint}"
 
     def _divergence_stop(self, log: RunLog, message: str) -> int:
         """Saves the last state known to be healthy and finite in last_good/; returns exit code 1."""
@@ -545,6 +552,20 @@ def _finite(tree) -> jax.Array:
 def _all_finite(state) -> bool:
     """Whether every parameter of both networks and their targets is finite."""
     return bool(_finite((state.actor_params, state.critic_params, state.actor_target_params, state.critic_target_params)))
+
+
+def _brief(error: BaseException) -> str:
+    """An exception's type and first line, capped, for one-line messages; an OS error by its errno text."""
+    code = getattr(error, "errno", None)
+    found = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's form of an OSError
+    if code is None and found:
+        code = int(found.group(1))
+    if code is not None:
+        return f"{os.strerror(code)} (errno {code})"
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
