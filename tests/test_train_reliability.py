@@ -292,3 +292,24 @@ def test_resuming_a_run_that_never_saved_says_so_in_one_line(tmp_path, capsys):
     assert main(["train", "--resume", str(run_dir)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "stopped before its first checkpoint" in error
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    real_save = Checkpointer.save
+
+    def save(self, step, **items):
+        if step > 50:
+            raise ValueError("RESOURCE_EXHAUSTED: Failed to write 4096 bytes to file 8: No space left on device "
+                             "[os_error_code='28']")  # what tensorstore raises
+        return real_save(self, step, **items)
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    args = ["train", "--run-dir", str(tmp_path / "run")]
+    for assignment in TINY + ["training.max_timesteps=200", "training.checkpoint_freq=50"]:
+        args += ["--set", assignment]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "could not write checkpoint 100" in error and "No space left on device" in error
+    assert "the last checkpoint is step 50" in error
