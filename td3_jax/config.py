@@ -367,7 +367,7 @@ def build(cls, data: Any, key: str = ""):
         raise ConfigError(f"{key or 'config'} must be a mapping of keys, got {data!r}")
     hints = _field_types(cls)
     names = [field.name for field in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(names), key=str)
     if unknown:
         where = f"in {key}" if key else "at the top level"
         raise ConfigError(f"unknown config key {unknown[0]!r} {where}; allowed: {', '.join(names)}")
@@ -389,26 +389,93 @@ def apply_override(data: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: {part} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.load(raw, Loader=StrictLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"--set {assignment!r}: the value is not valid YAML ({_yaml_problem(error)[1]}); "
+            "quote strings and close brackets, e.g. --set 'networks.actor.hidden_sizes=[64, 64]'"
+        ) from None
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not last-wins."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may override, by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = first_lines.get(key)
+                except TypeError:  # an unhashable key; the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first}); keep one of them",
+                        key_node.start_mark,
+                    )
+                first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> tuple[str, str]:
+    """(" at line N" or "", the problem's first line) of a PyYAML error."""
+    mark = getattr(error, "problem_mark", None)
+    problem = str(getattr(error, "problem", None) or error).splitlines()[0]
+    return (f" at line {mark.line + 1}" if mark else ""), problem
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parses a UTF-8 YAML file with `StrictLoader`; `what` names the file in errors ("config file").
+
+    Raises:
+      ConfigError: the file is missing, unreadable, not UTF-8 or not valid YAML.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at line {line}); save it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except yaml.YAMLError as error:
+        where, problem = _yaml_problem(error)
+        raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}") from None
 
 
 def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> tuple[RunConfig, dict]:
     """Reads a YAML config, applies `--set` overrides, and validates it.
+
+    No path means the built-in defaults; an empty file is refused as a likely
+    mistake (it would silently start a default 1M-step run).
 
     Returns:
       The typed config and the raw mapping it was built from.
     """
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
+        if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist; pass one of the files in configs/")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+        data = read_yaml(path, "config file")
+        if data is None:
+            raise ConfigError(
+                f"config file {path} is empty; put settings in it (see configs/) "
+                "or omit --config for the built-in defaults"
+            )
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file {path} holds a {type(data).__name__}, "
+                "not a mapping of sections (algorithm:, training:, ...)"
+            )
     for assignment in overrides:
         apply_override(data, assignment)
     return build(RunConfig, data), data

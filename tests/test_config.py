@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 import typing
@@ -111,3 +112,50 @@ def test_config_reference_is_generated_and_complete():
 def test_unknown_conv_impl_is_a_config_error():
     with pytest.raises(ConfigError, match="networks.cnn.conv_impl must be one of"):
         _load("networks: {cnn: {conv_impl: fastest}}")
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("algorithm:\n  tau: 0.01\n  tau: 0.02\n", "line 3: duplicate key 'tau' (first at line 2)"),
+        ("training: {seed: 1}\nguard: {}\ntraining: {seed: 2}\n", "line 3: duplicate key 'training' (first at line 1)"),
+        ("training: {seed: 1, seed: 2}\n", "line 1: duplicate key 'seed'"),
+    ],
+)
+def test_duplicate_keys_are_errors_with_their_lines(tmp_path, text, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as error:
+        config_lib.load(path)
+    assert "\n" not in str(error.value)
+
+
+def test_merge_keys_may_override_what_they_merge(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("x: &shared {a: 1, b: 2}\ny:\n  <<: *shared\n  b: 3\n")
+    assert config_lib.read_yaml(path, "file") == {"x": {"a": 1, "b": 2}, "y": {"a": 1, "b": 3}}
+
+
+def test_duplicate_keys_in_a_set_value_are_errors():
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        config_lib.load(None, ["algorithm.exploration_noise={a: 1, a: 2}"])
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"- algorithm\n", "holds a list, not a mapping of sections"),
+        (b"\xef\xbb\xbftraining: {seed: 1}\n\xff\n", "not UTF-8 text (byte 0xff at line 2)"),
+        (b"training: {seed: [1}\n", "is not valid YAML at line 1"),
+    ],
+)
+def test_unusable_config_files_are_one_line(tmp_path, content, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as error:
+        config_lib.load(path)
+    assert "\n" not in str(error.value)
+
+
+def test_no_config_file_keeps_the_built_in_defaults():
+    assert config_lib.load(None)[0] == RunConfig()
