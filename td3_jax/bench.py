@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from td3_jax import conv, td3
+from td3_jax.cli import check_output_file
 from td3_jax.hparams import NetworkConfig, TD3Config
 from td3_jax.networks import CONV_LAYERS
 from td3_jax.types import PackedBatch
@@ -76,6 +77,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_file(args.json, "--json")  # before the minutes of measuring, not after
     plan = QUICK if args.quick else FULL
     results: dict[str, dict] = {"machine": machine_facts()}
     notes: list[str] = []

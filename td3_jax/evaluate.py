@@ -200,12 +200,21 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from td3_jax import checkpoint, config as config_lib
-    from td3_jax.cli import UserError
+    from td3_jax.cli import UserError, check_output_file
     from td3_jax.envs import make_env
     from td3_jax.td3 import init_state
 
     if args.checkpoint is None and not (args.baseline and args.config):
         raise UserError("pass --checkpoint RUN_DIR (or --baseline --config FILE)")
+    # Every argument is checked before the evaluation, which can take long: a bad one must not cost its results.
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.episodes is not None and args.episodes < 1:
+        raise UserError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.max_episode_steps is not None and args.max_episode_steps < 1:
+        raise UserError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
     directory = restored = None
     if args.checkpoint is not None:
         directory = Path(args.checkpoint)
@@ -220,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     episodes = args.episodes if args.episodes is not None else run_config.training.num_eval_episodes
     seed = args.seed if args.seed is not None else run_config.training.eval_seed
     if episodes < 1:
-        raise UserError(f"--episodes must be >= 1, got {episodes}")
+        raise UserError(f"the run's training.num_eval_episodes is {episodes}; pass --episodes N")
     if args.baseline:
         try:
             policy = BaselinePolicy(run_config.env)
@@ -241,8 +250,6 @@ def run(args: argparse.Namespace) -> int:
             restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
         policy = td3_policy(restored.train_state.actor_params, td3_cfg.network)
         source = f"checkpoint {directory}/{restored.step}"
-    if args.max_episode_steps is not None and args.max_episode_steps < 1:
-        raise UserError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
     max_steps = (
         args.max_episode_steps or run_config.training.eval_max_episode_steps
         or episode_step_limit(run_config.env, env)

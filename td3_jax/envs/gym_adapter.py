@@ -21,6 +21,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces as gym_spaces
 
+from td3_jax.cli import UserError
 from td3_jax.envs import spaces
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114])
@@ -28,8 +29,8 @@ LUMA_BT601 = np.array([0.299, 0.587, 0.114])
 _PREFERRED_IMAGE_KEYS = ("image", "pixels", "rgb", "camera", "observation")
 
 
-class GymAdapterError(ValueError):
-    """The env cannot be adapted (bad id, no image, no Box action); one line."""
+class GymAdapterError(UserError, ValueError):
+    """The env cannot be adapted (bad id, no image, no Box action); one line, which the CLI prints as is."""
 
 
 # ---------------------------------------------------------------- layouts
@@ -243,7 +244,7 @@ class GymImageAdapter(gymnasium.Wrapper):
         super().__init__(env)
         if stack < 1:
             raise GymAdapterError(f"stack must be at least 1 frame, got {stack}")
-        name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        name = f"gym:{env.spec.id}" if env.spec is not None else type(env.unwrapped).__name__
         image_space, self.image_key, self.vector_keys = _split_observation(
             env.observation_space, image_key, vector_keys, name
         )
@@ -299,7 +300,8 @@ def _split_observation(
     if isinstance(space, gym_spaces.Box):
         if len(space.shape) < 2:
             raise GymAdapterError(
-                f"{name}: observation Box{space.shape} {space.dtype} is not an image; gym:<id> needs one"
+                f"{name}: observation Box{space.shape} {space.dtype} is not an image; "
+                "pick an env with image observations, e.g. gym:CarRacing-v3"
             )
         return space, None, ()
     if not isinstance(space, gym_spaces.Dict):
@@ -377,7 +379,9 @@ def make_gym_env(
             "for Box2D envs: pip install 'td3-jax[box2d]'"
         ) from error
     except gymnasium.error.Error as error:
-        raise GymAdapterError(f"gym:{env_id}: {_first_line(error)}") from error
+        raise GymAdapterError(
+            f"gym:{env_id}: {_first_line(error)}; use a registered gymnasium id, e.g. gym:CarRacing-v3"
+        ) from error
     try:
         return GymImageAdapter(
             env,

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from td3_jax.cli import UserError
+from td3_jax.cli import UserError, ensure_writable_dir
 from td3_jax.envs.baseline import BaselineController, for_lanesim
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.lanesim import LaneSimEnv
@@ -40,12 +40,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.every < 1:
         raise UserError("--frames and --every must be >= 1")
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
     try:
         cfg = LaneSimConfig(scenario=args.scenario)
         if args.route_length is not None:
             cfg = dataclasses.replace(cfg, route_length_m=args.route_length)
     except ValueError as error:
         raise UserError(str(error)) from error
+    ensure_writable_dir(args.out, "--out")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
         if terminated or truncated:
             reason = info["termination_reason"]
             break
-    os.makedirs(args.out, exist_ok=True)
     camera_path = os.path.join(args.out, "camera.png")
     plt.imsave(camera_path, frame_grid(frames), cmap="gray", vmin=0, vmax=255)
     map_path = os.path.join(args.out, "map.png")
