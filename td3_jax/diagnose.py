@@ -16,12 +16,14 @@ import argparse
 import dataclasses
 import json
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from td3_jax.cli import UserError
+from td3_jax.cli import UserError, check_output_file
+from td3_jax.config import read_yaml
 from td3_jax.diagnose_report import Diagnosis, diagnose_scalars
 from td3_jax.diagnose_signals import Criteria, Series, fmt, resolve_signals
 
@@ -35,7 +37,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the diagnose arguments."""
     parser.add_argument("path", metavar="PATH", help="run directory or TensorBoard event file")
     parser.add_argument("--json", action="store_true", help="print the diagnosis as JSON instead of text")
-    parser.add_argument("--plot", metavar="OUT.png", help="draw actor loss, Q, gradient norms and episode length")
+    parser.add_argument(
+        "--plot", metavar="OUT.png",
+        help="draw actor loss, Q, gradient norms and episode length; a directory gets <run name>.png inside it",
+    )
     parser.add_argument(
         "--criteria", metavar="FILE",
         help="YAML file overriding thresholds (keys: " + ", ".join(f.name for f in dataclasses.fields(Criteria)) + ")",
@@ -45,22 +50,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Diagnoses one run; returns 0 healthy, 1 otherwise (bad input raises UserError, exit 2)."""
     criteria = load_criteria(args.criteria) if args.criteria else Criteria()
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
-        raise UserError(f"--plot {args.plot}: its folder does not exist")
+    plot = plot_path(args.plot, args.path) if args.plot else None
     scalars = read_scalars(args.path)
     diagnosis = diagnose_scalars(scalars, criteria, read_config_norms(args.path), str(args.path))
     print(json.dumps(diagnosis.to_dict(), indent=2) if args.json else format_text(diagnosis))
-    if args.plot:
-        plot_scalars(scalars, diagnosis, args.plot)
+    if plot:
+        plot_scalars(scalars, diagnosis, plot)
     return diagnosis.exit_code
+
+
+def plot_path(plot: str, run_path: str) -> Path:
+    """Where `--plot` writes: the file named, or `<run name>.png` inside a directory named.
+
+    The run name (the run directory's name, or the event file's folder's) lets
+    several runs be plotted into one folder.
+
+    Raises:
+      UserError: the file could not be written, or matplotlib cannot write its format.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(plot)
+    if out.is_dir():
+        run = Path(run_path).resolve()
+        out = out / f"{(run if run.is_dir() else run.parent).name}.png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix and out.suffix[1:].lower() not in formats:
+        raise UserError(f"--plot {plot}: cannot write {out.suffix} files; use one of .{', .'.join(sorted(formats))}")
+    return check_output_file(out, "--plot")
 
 
 def load_criteria(path: str | os.PathLike) -> Criteria:
     """Reads a flat YAML mapping of `Criteria` fields; unknown keys or wrong types raise UserError."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"cannot read criteria file {path}: {error}".splitlines()[0]) from None
+    raw = read_yaml(path, "criteria file") or {}
     if not isinstance(raw, dict):
         raise UserError(f"criteria file {path} must hold a mapping of threshold: value")
     fields = {field.name: field for field in dataclasses.fields(Criteria)}
@@ -118,6 +140,7 @@ def read_scalars(path: str | os.PathLike) -> dict[str, Series]:
 
     collected: dict[str, dict[int, float]] = {}
     for file in find_event_files(path):
+        check_event_file(file)
         accumulator = event_accumulator.EventAccumulator(str(file), size_guidance={event_accumulator.SCALARS: 0})
         try:
             accumulator.Reload()
@@ -136,6 +159,38 @@ def read_scalars(path: str | os.PathLike) -> dict[str, Series]:
     return scalars
 
 
+def check_event_file(file: Path) -> None:
+    """Checks the record framing of an event file: each record's length must pass its checksum.
+
+    tensorboard's reader stops silently at the first bad record, so a corrupt
+    file would pass for a short run. A last record cut short is accepted: a
+    writer still running, or killed mid-write, leaves one, and the records
+    before it are sound. Reads only the 12-byte record headers.
+
+    Raises:
+      UserError: a record header fails its checksum (garbage, or not an event file).
+    """
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    size = file.stat().st_size
+    offset = 0
+    with open(file, "rb") as handle:
+        while offset + 12 <= size:  # TFRecord: u64 length, u32 masked CRC of it, data, u32 CRC of data
+            handle.seek(offset)
+            header = handle.read(12)
+            if masked_crc32c(header[:8]) != struct.unpack("<I", header[8:])[0]:
+                if offset == 0:
+                    raise UserError(
+                        f"{file} is not a TensorBoard event file (its first record is unreadable); "
+                        "remove it or pass the run's own event file"
+                    )
+                raise UserError(
+                    f"event file {file} is corrupt at byte {offset} (a record fails its checksum); "
+                    "diagnose a copy made before the damage, or move the file away to diagnose the run's other files"
+                )
+            offset += 12 + struct.unpack("<Q", header[:8])[0] + 4
+
+
 def read_config_norms(path: str | os.PathLike) -> dict[str, float] | None:
     """Clip thresholds from the run's config.yaml (algorithm.gradient_clipping), or None if absent."""
     path = Path(path)
@@ -144,7 +199,7 @@ def read_config_norms(path: str | os.PathLike) -> dict[str, float] | None:
         return None
     try:
         data = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return None
     clipping = ((data or {}).get("algorithm") or {}).get("gradient_clipping") if isinstance(data, dict) else None
     if not isinstance(clipping, dict):

@@ -348,3 +348,67 @@ def test_any_scalars_give_a_verdict_and_strict_json(points):
     finite = all(np.isfinite(s.values).all() for s in scalars.values())
     if not finite:
         assert diagnosis.verdict == "exploded"
+
+
+# ------------------------------------------------------------ damaged event files and output paths
+
+
+def _event_file(run_dir: Path) -> Path:
+    return next(run_dir.glob("*tfevents*"))
+
+
+def test_a_corrupt_event_file_is_unreadable_input_not_a_short_run(healthy_run, tmp_path, capsys):
+    """tensorboard's reader stops quietly at a damaged record; the rest of the run must not pass for missing."""
+    data = _event_file(healthy_run).read_bytes()
+    damaged = tmp_path / "damaged" / "events.out.tfevents.1.host"
+    damaged.parent.mkdir()
+    damaged.write_bytes(data[: len(data) // 2] + b"garbage" * 10 + data[len(data) // 2 :])
+    assert cli.main(["diagnose", str(damaged.parent)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and str(damaged) in err and "corrupt at byte" in err
+
+
+def test_a_file_that_is_not_an_event_file_is_named(tmp_path, capsys):
+    stray = tmp_path / "events.out.tfevents.1.host"
+    stray.write_text("these are notes, not events\n")
+    assert cli.main(["diagnose", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{stray} is not a TensorBoard event file" in err
+
+
+def test_a_last_record_cut_short_is_read_up_to_the_cut(healthy_run, tmp_path):
+    """What a killed or still-running writer leaves: the records before the cut are sound."""
+    data = _event_file(healthy_run).read_bytes()
+    cut = tmp_path / "events.out.tfevents.1.host"
+    cut.write_bytes(data[: len(data) - 5])
+    series = read_scalars(cut)
+    assert 0 < len(series["train/q1_value"].steps) <= len(read_scalars(healthy_run)["train/q1_value"].steps)
+
+
+def test_plot_into_a_directory_writes_the_run_name_png_inside_it(healthy_run, tmp_path, capsys):
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    assert cli.main(["diagnose", str(healthy_run), "--plot", str(plots)]) == 0
+    assert [p.name for p in plots.iterdir()] == [f"{healthy_run.name}.png"]
+    assert not plots.with_suffix(".png").exists()
+
+
+@pytest.mark.parametrize("name, fragment", [("missing/curves.png", "does not exist"), ("curves.xyz", ".xyz")])
+def test_unwritable_plot_is_refused_before_reading(healthy_run, tmp_path, capsys, name, fragment):
+    assert cli.main(["diagnose", str(healthy_run), "--plot", str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and fragment in captured.err
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [(b"max_abs_q: 1\nmax_abs_q: 2\n", "duplicate key 'max_abs_q'"), (b"max_abs_q: 1 # \xe9\n", "not UTF-8")],
+)
+def test_criteria_file_with_duplicates_or_not_utf8_is_one_line(healthy_run, tmp_path, capsys, content, fragment):
+    criteria = tmp_path / "criteria.yaml"
+    criteria.write_bytes(content)
+    assert cli.main(["diagnose", str(healthy_run), "--criteria", str(criteria)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
