@@ -32,7 +32,7 @@ import numpy as np
 from td3_jax import config as config_lib
 from td3_jax import optim, parallel, resume
 from td3_jax.checkpoint import CheckpointError, Checkpointer
-from td3_jax.cli import UserError
+from td3_jax.cli import UserError, ensure_writable_dir
 from td3_jax.evaluate import EvaluationStopped, episode_step_limit, evaluate, td3_policy
 from td3_jax.guard import DivergenceGuard, alert_scalars
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
@@ -615,6 +615,7 @@ def run(args: argparse.Namespace, *, checkpoint_dir: Path | None = None) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(run_config)
         if (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
+    ensure_writable_dir(run_dir, "--resume" if args.resume else "--run-dir")
     if run_config.env.backend == "carla":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if run_config.training.distributed:

@@ -313,3 +313,11 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_last_checkpoint(tmp_
     assert len(error.splitlines()) == 1
     assert "could not write checkpoint 100" in error and "No space left on device" in error
     assert "the last checkpoint is step 50" in error
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["train", "--run-dir", str(blocker / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--run-dir" in error and "a part of it is a file" in error
