@@ -1,0 +1,262 @@
+"""An in-process stand-in for a CARLA server, for tests of the CARLA env and of training on it.
+
+The stand-in is a straight road along CARLA's +x axis, an ego that moves
+10 m/s x throttle forward and 0.5 m x steer to CARLA's right per tick, and a
+camera whose image is uniformly the tick's frame id (mod 256). Value objects
+(Transform, VehicleControl, WorldSettings, ...) are the real `carla` classes;
+only client, world, map, actors and batch commands are fakes. Build an env
+with ``CarlaEnv(..., carla_module=CarlaWithFakeCommands(), client_factory=FakeServer().client)``.
+"""
+
+from types import SimpleNamespace
+
+import carla
+
+TIMEOUT_MESSAGE = "time-out of 10000ms while waiting for the simulator"
+
+
+class FakeWaypoint:
+    def __init__(self, x):
+        self.x = x
+        self.transform = carla.Transform(carla.Location(x=x, y=0.0, z=0.0), carla.Rotation(yaw=0.0))
+        self.lane_width = 3.5
+        self.lane_type = carla.LaneType.Driving
+
+    def next(self, distance):
+        return [FakeWaypoint(self.x + distance)]
+
+
+class FakeMap:
+    name = "Carla/Maps/Town01"
+
+    def get_spawn_points(self):
+        return [carla.Transform(carla.Location(x=x, y=0.0, z=0.3)) for x in (0.0, 500.0, 1000.0)]
+
+    def get_waypoint(self, location, project_to_road=True, lane_type=None):
+        if project_to_road or abs(location.y) < 5.0:
+            return FakeWaypoint(location.x)
+        return None
+
+
+class FakeActor:
+    def __init__(self, server, actor_id, type_id, transform, parent=None):
+        self.server, self.id, self.type_id, self.parent = server, actor_id, type_id, parent
+        self.transform = transform
+        self.control = carla.VehicleControl()
+        self.callback = None
+        self.bounding_box = SimpleNamespace(extent=carla.Vector3D(2.4, 1.0, 0.8))
+
+    def listen(self, callback):
+        self.callback = callback
+
+    def stop(self):
+        self.callback = None
+
+    def apply_control(self, control):
+        self.control = control
+
+    def set_transform(self, transform):
+        self.transform = transform
+
+    def get_transform(self):
+        return self.transform
+
+    def set_target_velocity(self, v):
+        self.server.calls.append("set_target_velocity")
+
+    def set_target_angular_velocity(self, v):
+        pass
+
+
+class FakeBlueprint:
+    def __init__(self, type_id):
+        self.id = type_id
+
+    def set_attribute(self, name, value):
+        pass
+
+    def has_attribute(self, name):
+        return False
+
+
+class FakeLibrary:
+    def find(self, type_id):
+        return FakeBlueprint(type_id)
+
+    def filter(self, pattern):
+        return [FakeBlueprint("vehicle.a"), FakeBlueprint("vehicle.b")]
+
+
+class FakeSnapshot:
+    def __init__(self, frame, actors):
+        self.frame, self._actors = frame, actors
+
+    def has_actor(self, actor_id):
+        return actor_id in self._actors
+
+    def find(self, actor_id):
+        actor = self._actors[actor_id]
+        speed = 10.0 * actor.control.throttle if actor.type_id.startswith("vehicle.tesla") else 0.0
+        return SimpleNamespace(
+            get_transform=lambda: actor.transform,
+            get_velocity=lambda: carla.Vector3D(speed, 0.0, 0.0),
+            get_acceleration=lambda: carla.Vector3D(0.0, 0.0, 0.0),
+            get_angular_velocity=lambda: carla.Vector3D(0.0, 0.0, 0.0),
+        )
+
+
+class FakeServer:
+    """World state that outlives clients; `hang_ticks` / `refuse_connections` inject failures."""
+
+    def __init__(self):
+        self.calls: list = []
+        self.settings = carla.WorldSettings()
+        self.actors: dict[int, FakeActor] = {}
+        self.frame = 100
+        self.next_id = 1
+        self.hang_ticks = 0
+        self.refuse_connections = 0
+        self.collide_at: set[int] = set()
+        self.clients = 0
+
+    def client(self, host, port):
+        self.clients += 1
+        return FakeClient(self)
+
+    def spawn(self, type_id, transform, parent=None):
+        actor = FakeActor(self, self.next_id, type_id, transform, parent)
+        self.actors[actor.id] = actor
+        self.next_id += 1
+        return actor
+
+    def tick(self, seconds):
+        self.calls.append(("tick", seconds))
+        if self.hang_ticks:
+            self.hang_ticks -= 1
+            raise RuntimeError(TIMEOUT_MESSAGE)
+        self.frame += 1
+        for actor in list(self.actors.values()):
+            if actor.type_id.startswith("vehicle.tesla"):
+                loc = actor.transform.location
+                actor.transform = carla.Transform(
+                    carla.Location(
+                        x=loc.x + 0.5 * actor.control.throttle, y=loc.y + 0.5 * actor.control.steer, z=loc.z
+                    ),
+                    actor.transform.rotation,
+                )
+        for actor in list(self.actors.values()):
+            if actor.callback is None:
+                continue
+            if actor.type_id == "sensor.camera.rgb":
+                # A stale reading of the previous frame arrives before this tick's.
+                for frame in (self.frame - 1, self.frame):
+                    pixel = bytes([frame % 256] * 3 + [255])
+                    actor.callback(SimpleNamespace(frame=frame, width=8, height=6, raw_data=pixel * 48))
+            elif actor.type_id == "sensor.other.collision" and self.frame in self.collide_at:
+                actor.callback(SimpleNamespace(frame=self.frame, normal_impulse=carla.Vector3D(300.0, 0.0, 0.0)))
+        return self.frame
+
+
+class FakeWorld:
+    def __init__(self, server):
+        self.server = server
+
+    def get_map(self):
+        return FakeMap()
+
+    def get_settings(self):
+        return self.server.settings
+
+    def apply_settings(self, settings):
+        self.server.calls.append(("apply_settings", settings.synchronous_mode, settings.fixed_delta_seconds))
+        self.server.settings = settings
+
+    def get_blueprint_library(self):
+        return FakeLibrary()
+
+    def spawn_actor(self, blueprint, transform, attach_to=None):
+        return self.server.spawn(blueprint.id, transform, attach_to)
+
+    def tick(self, seconds=10.0):
+        return self.server.tick(seconds)
+
+    def get_snapshot(self):
+        return FakeSnapshot(self.server.frame, self.server.actors)
+
+
+class FakeTrafficManager:
+    def __init__(self, server):
+        self.server = server
+
+    def set_synchronous_mode(self, mode):
+        self.server.calls.append(("tm_sync", mode))
+
+    def set_random_device_seed(self, seed):
+        self.server.calls.append(("tm_seed", seed))
+
+
+class FakeClient:
+    def __init__(self, server):
+        self.server = server
+
+    def set_timeout(self, seconds):
+        self.server.calls.append(("set_timeout", seconds))
+
+    def get_server_version(self):
+        if self.server.refuse_connections:
+            self.server.refuse_connections -= 1
+            raise RuntimeError(TIMEOUT_MESSAGE)
+        return "0.9.16"
+
+    def get_client_version(self):
+        return "0.9.16"
+
+    def get_world(self):
+        return FakeWorld(self.server)
+
+    def get_trafficmanager(self, port):
+        self.server.calls.append(("tm_port", port))
+        return FakeTrafficManager(self.server)
+
+    def apply_batch_sync(self, commands, do_tick=False):
+        responses = []
+        for command in commands:
+            if command.kind == "spawn":
+                actor = self.server.spawn(command.blueprint.id, command.transform)
+                responses.append(SimpleNamespace(error="", actor_id=actor.id))
+                self.server.calls.append(("spawn_npc", command.then_command.port))
+            else:
+                self.server.actors.pop(command.actor_id, None)
+                self.server.calls.append(("destroy", command.actor_id))
+                responses.append(SimpleNamespace(error="", actor_id=command.actor_id))
+        if do_tick:
+            self.server.tick(10.0)
+        return responses
+
+
+class _Spawn:
+    kind = "spawn"
+
+    def __init__(self, blueprint, transform):
+        self.blueprint, self.transform, self.then_command = blueprint, transform, None
+
+    def then(self, command):
+        self.then_command = command
+        return self
+
+
+fake_command = SimpleNamespace(
+    SpawnActor=_Spawn,
+    SetAutopilot=lambda actor, enabled, port: SimpleNamespace(port=port),
+    FutureActor=object(),
+    DestroyActor=lambda actor_id: SimpleNamespace(kind="destroy", actor_id=actor_id),
+)
+
+
+class CarlaWithFakeCommands:
+    """The real `carla` module, except batch commands (they need real blueprints)."""
+
+    command = fake_command
+
+    def __getattr__(self, name):
+        return getattr(carla, name)
