@@ -377,8 +377,13 @@ class CarlaEnv(gym.Env):
         return {k: v.copy() for k, v in self._obs.items()}, 0.0, False, True, info
 
 
-def make_carla_env(config: Any) -> CarlaEnv:
+def make_carla_env(config: Any, **connection: Any) -> CarlaEnv:
     """Builds the CARLA env from a `CarlaConfig` or an object with `.carla` (and optional `.stack`, `.seed`, `.reward`).
+
+    `connection` (`carla_module`, `client_factory`, `sleep`) goes to `CarlaEnv`;
+    `make_env` passes none, so a test that patches this function with
+    ``functools.partial(make_carla_env, client_factory=...)`` puts a stand-in
+    server under training and evaluation.
 
     Also sets ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless already set, so that
     JAX, if it has not touched the GPU yet, does not take 75% of its memory
@@ -386,6 +391,6 @@ def make_carla_env(config: Any) -> CarlaEnv:
     """
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if isinstance(config, CarlaConfig):
-        return CarlaEnv(config)
+        return CarlaEnv(config, **connection)
     kwargs = {name: getattr(config, name) for name in ("stack", "seed", "reward") if hasattr(config, name)}
-    return CarlaEnv(config.carla, **kwargs)
+    return CarlaEnv(config.carla, **kwargs, **connection)
