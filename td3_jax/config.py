@@ -452,8 +452,47 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}") from None
 
 
+EXTENDS_KEY = "extends"
+"""Top-level key naming a config file (relative to this one) whose settings this file starts from."""
+
+
+def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict:
+    """One config file's mapping, merged over the file it `extends` (recursively)."""
+    if not path.is_file():
+        named = f" (extended by {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path}{named} does not exist; pass one of the files in configs/")
+    if path.resolve() in [p.resolve() for p in chain]:
+        raise ConfigError(f"config file {path} extends itself through {' -> '.join(map(str, chain))}")
+    data = read_yaml(path, "config file")
+    if data is None:
+        raise ConfigError(
+            f"config file {path} is empty; put settings in it (see configs/) or omit --config for the built-in defaults"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} holds a {type(data).__name__}, not a mapping of sections (algorithm:, training:, ...)"
+        )
+    base_name = data.pop(EXTENDS_KEY, None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{EXTENDS_KEY} in {path} must be a file name, got {base_name!r}")
+    return merge(_read_config_file(path.parent / base_name, (*chain, path)), data)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """`override` laid over `base`: sections merge key by key, any other value (lists too) replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> tuple[RunConfig, dict]:
-    """Reads a YAML config, applies `--set` overrides, and validates it.
+    """Reads a YAML config (and the file it `extends`), applies `--set` overrides, and validates it.
 
     No path means the built-in defaults; an empty file is refused as a likely
     mistake (it would silently start a default 1M-step run).
@@ -461,21 +500,7 @@ def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> tuple
     Returns:
       The typed config and the raw mapping it was built from.
     """
-    data: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path} does not exist; pass one of the files in configs/")
-        data = read_yaml(path, "config file")
-        if data is None:
-            raise ConfigError(
-                f"config file {path} is empty; put settings in it (see configs/) "
-                "or omit --config for the built-in defaults"
-            )
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"config file {path} holds a {type(data).__name__}, "
-                "not a mapping of sections (algorithm:, training:, ...)"
-            )
+    data = {} if path is None else _read_config_file(Path(path), ())
     for assignment in overrides:
         apply_override(data, assignment)
     return build(RunConfig, data), data

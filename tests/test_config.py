@@ -159,3 +159,48 @@ def test_unusable_config_files_are_one_line(tmp_path, content, fragment):
 
 def test_no_config_file_keeps_the_built_in_defaults():
     assert config_lib.load(None)[0] == RunConfig()
+
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "driving_recipe.yaml"
+RECIPE_USERS = ("td3_lanesim_cpu.yaml", "td3_carla.yaml")
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+@pytest.mark.parametrize("name", RECIPE_USERS)
+def test_driving_configs_carry_the_whole_recipe_unchanged(name):
+    recipe = _leaves(config_lib.read_yaml(RECIPE, "recipe"))
+    own = config_lib.read_yaml(RECIPE.parent / name, "config file")
+    assert own.get("extends") == RECIPE.name
+    overridden = set(recipe) & set(_leaves({k: v for k, v in own.items() if k != "extends"}))
+    assert not overridden, f"{name} overrides recipe keys {sorted(overridden)}; change the recipe instead"
+    resolved = _leaves(config_lib.to_dict(config_lib.load(RECIPE.parent / name)[0]))
+    for key, value in recipe.items():
+        expected = list(value) if isinstance(value, tuple) else value
+        assert resolved[key] == pytest.approx(expected), key
+
+
+def test_extends_merges_sections_and_later_files_win(tmp_path):
+    (tmp_path / "base.yaml").write_text("algorithm: {tau: 0.02, batch_size: 64}\ntraining: {seed: 3}\n")
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\nalgorithm: {batch_size: 32}\n")
+    (tmp_path / "top.yaml").write_text("extends: mid.yaml\ntraining: {max_timesteps: 10}\n")
+    run, _ = config_lib.load(tmp_path / "top.yaml", ["algorithm.tau=0.5"])
+    assert (run.algorithm.tau, run.algorithm.batch_size, run.training.seed, run.training.max_timesteps) == (
+        0.5, 32, 3, 10)
+
+
+@pytest.mark.parametrize("files, fragment", [
+    ({"a.yaml": "extends: missing.yaml\n"}, "missing.yaml (extended by"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "extends itself"),
+    ({"a.yaml": "extends: [b.yaml]\n"}, "must be a file name"),
+])
+def test_bad_extends_is_one_clear_error(tmp_path, files, fragment):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        config_lib.load(tmp_path / "a.yaml")
