@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -142,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"td3-jax {name}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # train handles SIGINT itself (it saves first); the others just stop
+        print(f"td3-jax {name}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:  # e.g. `td3-jax diagnose RUN | head`: the reader has what it wanted
+        # Python would report the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -197,12 +197,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax
-
     from td3_jax import checkpoint, config as config_lib
     from td3_jax.cli import UserError, check_output_file
     from td3_jax.envs import make_env
-    from td3_jax.td3 import init_state
 
     if args.checkpoint is None and not (args.baseline and args.config):
         raise UserError("pass --checkpoint RUN_DIR (or --baseline --config FILE)")
@@ -215,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")
     if args.max_episode_steps is not None and args.max_episode_steps < 1:
         raise UserError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
-    directory = restored = None
+    directory = None
     if args.checkpoint is not None:
         directory = Path(args.checkpoint)
         if (directory / "checkpoints").is_dir():
@@ -226,6 +223,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         run_config, _ = config_lib.load(args.config)
     env = make_env(run_config.env)
+    try:  # a CARLA env holds a server connection and actors: close it on every exit
+        return _evaluate_command(args, run_config, directory, env)
+    finally:
+        env.close()
+
+
+def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | None, env) -> int:
+    import jax
+
+    from td3_jax import checkpoint, config as config_lib
+    from td3_jax.cli import UserError
+    from td3_jax.td3 import init_state
+
+    restored = None
     episodes = args.episodes if args.episodes is not None else run_config.training.num_eval_episodes
     seed = args.seed if args.seed is not None else run_config.training.eval_seed
     if episodes < 1:
@@ -257,7 +268,6 @@ def run(args: argparse.Namespace) -> int:
     if max_steps is None:
         raise UserError(f"{run_config.env.backend} has no time limit, so an episode might never end; pass --max-episode-steps N")
     summary, results = evaluate(env, policy, episodes, seed, max_steps=max_steps)
-    env.close()
     print(f"{source}: {episodes} episodes from seed {seed}")
     for key, value in summary.items():
         print(f"  {key:32s} {value:12.4f}")

@@ -259,9 +259,9 @@ class Trainer:
                 replay_state=replay,
             )
         except (OSError, ValueError) as error:  # how orbax and tensorstore report a full disk or lost permissions
+            hint = "; free disk space or fix permissions" if _errno(error) is not None else ""
             raise CheckpointError(
-                f"could not write checkpoint {self.env_step} in {self.checkpointer.directory} ({_brief(error)}); "
-                "free disk space or fix permissions"
+                f"could not write checkpoint {self.env_step} in {self.checkpointer.directory} ({_brief(error)}){hint}"
             ) from None
 
     # ------------------------------------------------------------ loop
@@ -510,7 +510,8 @@ class Trainer:
         evaluations = self.results["evaluations"]
         last = evaluations[-5:]
         results = {
-            "scenario": self.run.env.lanesim.scenario,
+            "scenario": {"lanesim": self.run.env.lanesim.scenario, "carla": self.run.env.carla.scenario}.get(
+                self.run.env.backend),  # a gymnasium env has none
             "backend": self.run.env.backend,
             "seed": self.run.training.seed,
             "total_timesteps": self.env_step,
@@ -554,12 +555,17 @@ def _all_finite(state) -> bool:
     return bool(_finite((state.actor_params, state.critic_params, state.actor_target_params, state.critic_target_params)))
 
 
+def _errno(error: BaseException) -> int | None:
+    """The OS error number behind an exception, also in tensorstore's form (`[os_error_code='28']`)."""
+    if getattr(error, "errno", None) is not None:
+        return error.errno
+    found = re.search(r"os_error_code='(\d+)'", str(error))
+    return int(found.group(1)) if found else None
+
+
 def _brief(error: BaseException) -> str:
     """An exception's type and first line, capped, for one-line messages; an OS error by its errno text."""
-    code = getattr(error, "errno", None)
-    found = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's form of an OSError
-    if code is None and found:
-        code = int(found.group(1))
+    code = _errno(error)
     if code is not None:
         return f"{os.strerror(code)} (errno {code})"
     lines = str(error).strip().splitlines()
