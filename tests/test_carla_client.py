@@ -15,6 +15,7 @@ from td3_jax.envs.carla_env import CarlaEnv, CarlaUnavailableError
 from td3_jax.envs.carla_session import (
     camera_attributes,
     camera_transform,
+    clone_settings,
     lifted,
     restore_settings,
     sync_settings,
@@ -50,6 +51,27 @@ def test_restored_settings_are_the_original_ones_never_synchronous():
     leftover = carla.WorldSettings(synchronous_mode=True, fixed_delta_seconds=0.05)
     restored = restore_settings(carla, leftover)
     assert not restored.synchronous_mode and not restored.fixed_delta_seconds
+
+
+def _changed(value):
+    """A value of the same field type that differs from `value` (None is an unset float)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 3
+    return (value or 0.0) + 0.25
+
+
+def test_settings_copies_and_restores_keep_every_field_of_the_installed_client():
+    blank = carla.WorldSettings()
+    fields = [n for n in dir(blank) if not n.startswith("_") and not callable(getattr(blank, n))]
+    assert {"tile_stream_distance", "actor_active_distance", "spectator_as_ego"} <= set(fields)
+    original = carla.WorldSettings()
+    for name in fields:
+        setattr(original, name, _changed(getattr(original, name)))
+    original.synchronous_mode = False
+    for copy in (clone_settings(carla, original), restore_settings(carla, original)):
+        assert {n: getattr(copy, n) for n in fields} == pytest.approx({n: getattr(original, n) for n in fields})
 
 
 def test_camera_pose_and_attributes_come_from_the_config():

@@ -60,19 +60,16 @@ def restore_settings(carla: Any, original: Any) -> Any:
     return settings
 
 
+def settings_fields(carla: Any) -> list[str]:
+    """Names of the `carla.WorldSettings` fields of the installed client (its properties)."""
+    return sorted(name for name, value in vars(carla.WorldSettings).items() if isinstance(value, property))
+
+
 def clone_settings(carla: Any, settings: Any) -> Any:
-    """A field-by-field copy of a `carla.WorldSettings` (the class has no copy support)."""
-    copy = carla.WorldSettings(
-        synchronous_mode=settings.synchronous_mode,
-        no_rendering_mode=settings.no_rendering_mode,
-        fixed_delta_seconds=settings.fixed_delta_seconds or 0.0,
-        max_culling_distance=settings.max_culling_distance,
-        deterministic_ragdolls=settings.deterministic_ragdolls,
-    )
-    copy.fixed_delta_seconds = settings.fixed_delta_seconds
-    copy.substepping = settings.substepping
-    copy.max_substep_delta_time = settings.max_substep_delta_time
-    copy.max_substeps = settings.max_substeps
+    """A copy of a `carla.WorldSettings`, every field of the installed client (the class has no copy support)."""
+    copy = carla.WorldSettings()
+    for name in settings_fields(carla):
+        setattr(copy, name, getattr(settings, name))
     return copy
 
 
