@@ -42,6 +42,7 @@ class FakeActor:
     def __init__(self, server, actor_id, type_id, transform, parent=None):
         self.server, self.id, self.type_id, self.parent = server, actor_id, type_id, parent
         self.transform = transform
+        self.ticked = False  # until the first tick after its spawn, get_transform is the origin (carla#1424)
         self.control = carla.VehicleControl()
         self.callback = None
         self.bounding_box = SimpleNamespace(extent=carla.Vector3D(2.4, 1.0, 0.8))
@@ -59,7 +60,7 @@ class FakeActor:
         self.transform = transform
 
     def get_transform(self):
-        return self.transform
+        return self.transform if self.ticked else carla.Transform()
 
     def set_target_velocity(self, v):
         self.server.calls.append("set_target_velocity")
@@ -136,6 +137,7 @@ class FakeServer:
             raise RuntimeError(TIMEOUT_MESSAGE)
         self.frame += 1
         for actor in list(self.actors.values()):
+            actor.ticked = True
             if actor.type_id.startswith("vehicle.tesla"):
                 loc = actor.transform.location
                 actor.transform = carla.Transform(

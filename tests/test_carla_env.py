@@ -63,6 +63,14 @@ def test_reset_applies_sync_settings_seeded_tm_and_spawns_traffic_once():
     assert len([a for a in server.actors.values() if a.type_id.startswith("vehicle.tesla")]) == 1
 
 
+def test_npcs_keep_clear_of_the_ego_spawn_point_not_of_the_map_origin():
+    server = FakeServer()
+    env = make_env(server, spawn_point_index=1)  # the ego starts at x=500; spawn points lie at x=0, 500, 1000
+    env.reset()
+    npcs = [a for a in server.actors.values() if a.type_id in ("vehicle.a", "vehicle.b")]
+    assert sorted(a.transform.location.x for a in npcs) == [0.0, 1000.0]
+
+
 def test_respawning_npcs_every_reset_when_configured():
     server = FakeServer()
     env = make_env(server, respawn_npcs_every_reset=True)

@@ -229,7 +229,7 @@ class CarlaEnv(gym.Env):
         route = session.build_route(spawn, self.np_random)
         session.place_ego(route.start)
         if fresh or cfg.respawn_npcs_every_reset:
-            session.spawn_npcs(cfg.num_npcs(), self.np_random)
+            session.spawn_npcs(cfg.num_npcs(), self.np_random, route.start)
         reading = None
         for _ in range(max(cfg.settle_ticks, 1)):
             reading = session.tick(carla.VehicleControl())

@@ -273,12 +273,16 @@ class CarlaSession:
             self.sensors.append(sensor)
             sensor.listen(readings.put)
 
-    def spawn_npcs(self, count: int, rng: np.random.Generator) -> None:
-        """Spawns `count` NPC vehicles under the Traffic Manager, away from the ego (one batch, one tick)."""
+    def spawn_npcs(self, count: int, rng: np.random.Generator, ego_start: Any) -> None:
+        """Spawns `count` NPC vehicles under the Traffic Manager, away from `ego_start` (one batch, one tick).
+
+        The keep-out zone is centred on the ego's spawn transform: the ego's own
+        `get_transform()` is the origin until a tick has run (carla#1424).
+        """
         if count <= 0:
             return
         carla = self.carla
-        ego = self.ego.get_transform().location
+        ego = ego_start.location
         ego_xy = np.array(logic.carla_to_plane(ego.x, ego.y, 0.0)[:2])
         indices = logic.spread_npc_spawns(self.spawn_xy, ego_xy, count, self.config.npc_min_distance_m, rng)
         blueprints = [
