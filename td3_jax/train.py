@@ -297,6 +297,10 @@ class Trainer:
         self._update_calls += 1
         self.updates += k
         log.add_update_metrics(metrics)
+        # Checked at every update, not at the next log: a non-finite state must never be acted on,
+        # evaluated or checkpointed.
+        if not bool(jnp.min(metrics["debug/all_finite"])):
+            raise _Diverged(f"an update at step {self.env_step} produced non-finite values: the networks diverged")
 
     def _log(self, log: RunLog, interval_start: tuple[int, float]) -> None:
         values = log.flush_updates(self.env_step)
@@ -500,7 +504,7 @@ class Trainer:
                 last_good.save(step, train_state=state, host_state={"env_step": step},
                                config=config_lib.to_dict(self.run))
             where = f"last good state (step {step}) saved in {self.run_dir / 'last_good'}"
-        log.line(f"{message}; {where}")
+        log.flush_updates(self.env_step)  # the non-finite values belong in the run's record
         self._write_results()
         self._print_diagnosis()
         print(f"{message}; {where}")

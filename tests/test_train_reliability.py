@@ -251,7 +251,8 @@ def test_divergence_stops_before_non_finite_actions_reach_the_env_and_last_good_
     huge = [f"{key}=1e30" for key in ("networks.actor.learning_rate", "networks.critic.learning_rate",
                                        "networks.cnn.actor_cnn_lr", "networks.cnn.critic_cnn_lr")]
     run_dir = tmp_path / "run"
-    trainer = Trainer(_config("training.max_timesteps=300", f"guard.mode={mode}", *huge), run_dir)
+    trainer = Trainer(_config("training.max_timesteps=300", "training.checkpoint_freq=40", f"guard.mode={mode}", *huge),
+                      run_dir)  # learning starts at 40: the first update's state is never checkpointed
     real_step = trainer.env.step
 
     def step(actions):
@@ -262,6 +263,8 @@ def test_divergence_stops_before_non_finite_actions_reach_the_env_and_last_good_
     assert trainer.train(resume=False) == 1
     out = capsys.readouterr().out
     assert "the networks diverged" in out or "stop" in out
+    with Checkpointer(run_dir / "checkpoints", read_only=True) as checkpoints:
+        assert checkpoints.latest_step() is None
     if (run_dir / "last_good").exists():  # whatever it holds is finite
         with Checkpointer(run_dir / "last_good", read_only=True) as last_good:
             state = last_good.restore(abstract_train_state=trainer.state, with_replay=False).train_state
