@@ -324,3 +324,15 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
     assert main(["train", "--run-dir", str(blocker / "run")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "--run-dir" in error and "a part of it is a file" in error
+
+
+def test_a_replay_buffer_too_large_for_memory_fails_before_the_slow_setup(tmp_path, monkeypatch):
+    import td3_jax.train as train_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("built the networks or the evaluation env before checking the buffer")
+
+    monkeypatch.setattr(train_module, "init_state", never)
+    monkeypatch.setattr("td3_jax.envs.make_env", never)
+    with pytest.raises(UserError, match="algorithm.buffer_size"):
+        Trainer(_config("algorithm.buffer_size=10000000000", "training.num_eval_episodes=1"), tmp_path / "run")
