@@ -39,8 +39,9 @@ class FakeMap:
 
 
 class FakeActor:
-    def __init__(self, server, actor_id, type_id, transform, parent=None):
+    def __init__(self, server, actor_id, type_id, transform, parent=None, attributes=None):
         self.server, self.id, self.type_id, self.parent = server, actor_id, type_id, parent
+        self.attributes = dict(attributes or {})
         self.transform = transform
         self.ticked = False  # until the first tick after its spawn, get_transform is the origin (carla#1424)
         self.control = carla.VehicleControl()
@@ -70,14 +71,21 @@ class FakeActor:
 
 
 class FakeBlueprint:
+    """Vehicles and sensors have a `role_name` attribute, as in CARLA 0.9.16."""
+
     def __init__(self, type_id):
         self.id = type_id
+        self.attributes = {"role_name": ""}
+        if type_id == "sensor.camera.rgb":
+            self.attributes.update(image_size_x="800", image_size_y="600", fov="90", sensor_tick="0.0")
 
     def set_attribute(self, name, value):
-        pass
+        if name not in self.attributes:
+            raise IndexError(f"blueprint {self.id} has no attribute {name}")
+        self.attributes[name] = value
 
     def has_attribute(self, name):
-        return False
+        return name in self.attributes
 
 
 class FakeLibrary:
@@ -106,8 +114,15 @@ class FakeSnapshot:
         )
 
 
+SPAWN_CLEARANCE_M = 2.0
+
+
 class FakeServer:
-    """World state that outlives clients; `hang_ticks` / `refuse_connections` inject failures."""
+    """World state that outlives clients; `hang_ticks` / `refuse_connections` / `fail_destroys` inject failures.
+
+    Actors stay until destroyed, whichever client spawned them; a vehicle cannot
+    spawn within `SPAWN_CLEARANCE_M` of another (CARLA's blocked spawn point).
+    """
 
     def __init__(self):
         self.calls: list = []
@@ -118,14 +133,21 @@ class FakeServer:
         self.hang_ticks = 0
         self.refuse_connections = 0
         self.collide_at: set[int] = set()
+        self.fail_destroys = 0
         self.clients = 0
 
     def client(self, host, port):
         self.clients += 1
         return FakeClient(self)
 
-    def spawn(self, type_id, transform, parent=None):
-        actor = FakeActor(self, self.next_id, type_id, transform, parent)
+    def spawn(self, type_id, transform, parent=None, attributes=None):
+        if type_id.startswith("vehicle.") and any(
+            other.type_id.startswith("vehicle.")
+            and other.transform.location.distance(transform.location) < SPAWN_CLEARANCE_M
+            for other in self.actors.values()
+        ):
+            raise RuntimeError("Spawn failed because of collision at spawn position")
+        actor = FakeActor(self, self.next_id, type_id, transform, parent, attributes)
         self.actors[actor.id] = actor
         self.next_id += 1
         return actor
@@ -177,7 +199,10 @@ class FakeWorld:
         return FakeLibrary()
 
     def spawn_actor(self, blueprint, transform, attach_to=None):
-        return self.server.spawn(blueprint.id, transform, attach_to)
+        return self.server.spawn(blueprint.id, transform, attach_to, blueprint.attributes)
+
+    def get_actors(self):
+        return list(self.server.actors.values())
 
     def tick(self, seconds=10.0):
         return self.server.tick(seconds)
@@ -221,12 +246,19 @@ class FakeClient:
         return FakeTrafficManager(self.server)
 
     def apply_batch_sync(self, commands, do_tick=False):
+        if self.server.fail_destroys and any(command.kind == "destroy" for command in commands):
+            self.server.fail_destroys -= 1
+            raise RuntimeError(TIMEOUT_MESSAGE)
         responses = []
         for command in commands:
             if command.kind == "spawn":
-                actor = self.server.spawn(command.blueprint.id, command.transform)
-                responses.append(SimpleNamespace(error="", actor_id=actor.id))
                 self.server.calls.append(("spawn_npc", command.then_command.port))
+                try:
+                    actor = self.server.spawn(command.blueprint.id, command.transform, None, command.blueprint.attributes)
+                except RuntimeError as error:
+                    responses.append(SimpleNamespace(error=str(error), actor_id=0))
+                    continue
+                responses.append(SimpleNamespace(error="", actor_id=actor.id))
             else:
                 self.server.actors.pop(command.actor_id, None)
                 self.server.calls.append(("destroy", command.actor_id))

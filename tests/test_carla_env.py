@@ -18,11 +18,16 @@ Value objects (Transform, VehicleControl, WorldSettings, ...) are the real
 
 import gc
 import math
+import os
+import socket
+import subprocess
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from carla_fakes import TIMEOUT_MESSAGE, CarlaWithFakeCommands, FakeServer
+
+import carla
 
 from td3_jax.envs.carla_config import CarlaConfig
 from td3_jax.envs.carla_env import CarlaEnv, CarlaFailureError, CarlaUnavailableError, make_carla_env
@@ -69,6 +74,52 @@ def test_npcs_keep_clear_of_the_ego_spawn_point_not_of_the_map_origin():
     env.reset()
     npcs = [a for a in server.actors.values() if a.type_id in ("vehicle.a", "vehicle.b")]
     assert sorted(a.transform.location.x for a in npcs) == [0.0, 1000.0]
+
+
+def tesla_ids(server):
+    return [a.id for a in server.actors.values() if a.type_id.startswith("vehicle.tesla")]
+
+
+def test_leftovers_of_a_killed_td3_jax_process_are_destroyed_on_connect_other_clients_actors_kept():
+    server = FakeServer()
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead, live = f"{socket.gethostname()}/{finished.pid}/0", f"{socket.gethostname()}/{os.getppid()}/0"
+    start = carla.Transform(carla.Location(x=0.0, y=0.0, z=0.5))  # where the env's ego will spawn
+    killed_ego = server.spawn("vehicle.tesla.model3", start, None, {"role_name": f"td3_jax_ego@{dead}"})
+    killed_camera = server.spawn("sensor.camera.rgb", carla.Transform(), killed_ego, {"role_name": f"td3_jax_sensor@{dead}"})
+    far = carla.Transform(carla.Location(x=1000.0, y=0.0, z=0.5))
+    kept = [
+        server.spawn("vehicle.a", far, None, {"role_name": "hero"}).id,
+        server.spawn("sensor.other.collision", far, None, {"role_name": f"td3_jax_sensor@{live}"}).id,
+        server.spawn("sensor.other.collision", far, None, {"role_name": "td3_jax_sensor@other-host/1/0"}).id,
+    ]
+    env = make_env(server, spawn_point_index=0, npc_counts=(0, 0, 0))
+    env.reset()
+    assert killed_ego.id not in server.actors and killed_camera.id not in server.actors
+    assert all(i in server.actors for i in kept) and len(tesla_ids(server)) == 1
+    assert server.actors[tesla_ids(server)[0]].attributes["role_name"].startswith("td3_jax_ego@")
+
+
+def test_actors_of_a_session_whose_destroy_timed_out_are_destroyed_at_reconnection():
+    server = FakeServer()
+    env = make_env(server, spawn_point_index=0)
+    env.reset()
+    server.hang_ticks, server.fail_destroys = 1, 1
+    assert env.step(np.array([0.0, 0.0]))[4]["carla_failure"]
+    assert len(tesla_ids(server)) == 1  # the destroy timed out: the old ego blocks its spawn point
+    env.reset()
+    assert len(tesla_ids(server)) == 1 and len(server.actors) == 1 + 3 + 2  # ego, its 3 sensors, 2 NPCs
+    env.step(np.array([0.0, 0.0]))
+
+
+def test_a_second_env_on_the_same_server_leaves_the_first_ones_actors_alone():
+    server = FakeServer()
+    training, evaluation = (make_env(server, spawn_point_index=i, npc_counts=(0, 0, 0)) for i in (0, 2))
+    training.reset()
+    evaluation.reset()
+    assert len(tesla_ids(server)) == 2
+    assert not training.step(np.array([0.0, 0.0]))[4]["carla_failure"]
 
 
 def test_respawning_npcs_every_reset_when_configured():

@@ -140,6 +140,38 @@ def drain_events(events: "queue.Queue[Any]", frame: int, carry: list) -> list:
     return now
 
 
+# ----------------------------------------------------------------------------- actor ownership
+
+ROLE_PREFIX = "td3_jax_"
+
+
+def role_name(kind: str, owner: str) -> str:
+    """The `role_name` td3_jax gives an actor: what it is ("ego", "npc", "sensor") and which session owns it."""
+    return f"{ROLE_PREFIX}{kind}@{owner}"
+
+
+def is_leftover(
+    role: str, host: str, pid: int, live_owners: set[str] | frozenset[str], pid_alive: Callable[[int], bool]
+) -> bool:
+    """Whether an actor with this `role_name` is td3_jax's and its owning session is gone.
+
+    Owners are "host/pid/n". A session of this process is gone when it is not in
+    `live_owners`; one of another process on this host when that process is not
+    alive. Actors of other programs, and td3_jax actors of another host (whose
+    liveness cannot be checked), are never leftovers.
+    """
+    if not role.startswith(ROLE_PREFIX) or "@" not in role:
+        return False
+    owner = role.split("@", 1)[1]
+    owner_host, _, rest = owner.partition("/")
+    owner_pid = rest.partition("/")[0]
+    if owner_host != host or not owner_pid.isdigit():
+        return False
+    if int(owner_pid) == pid:
+        return owner not in live_owners
+    return not pid_alive(int(owner_pid))
+
+
 # ----------------------------------------------------------------------------- route
 
 

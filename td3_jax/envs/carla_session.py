@@ -12,9 +12,12 @@ what to do with it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
 import queue
+import socket
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -28,6 +31,37 @@ log = logging.getLogger(__name__)
 _ROAD_LANE_TYPES = ("Driving", "Parking", "Bidirectional")
 _LIFT_M = 0.5  # spawn above the road so the chassis does not start inside it
 _LOAD_WORLD_TIMEOUT_S = 60.0
+_session_numbers = itertools.count()
+_live_owners: set[str] = set()  # owners of the sessions of this process that are not closed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host is running (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def destroy_leftovers(carla: Any, client: Any, world: Any) -> int:
+    """Destroys the actors of td3_jax sessions that are gone (killed, restarted, timed out destroying).
+
+    Such actors stay in the world, block spawn points and keep their sensors
+    streaming. Only actors whose `role_name` names a dead td3_jax owner are
+    destroyed (one batch); other clients' actors are left alone. Returns how many.
+    """
+    host, pid = socket.gethostname(), os.getpid()
+    leftovers = [
+        actor.id for actor in world.get_actors()
+        if logic.is_leftover(actor.attributes.get("role_name", ""), host, pid, _live_owners, process_alive)
+    ]
+    if leftovers:
+        log.warning("destroying %d actors left by earlier td3_jax sessions", len(leftovers))
+        client.apply_batch_sync([carla.command.DestroyActor(i) for i in leftovers], False)
+    return len(leftovers)
 
 
 def sync_settings(carla: Any, current: Any, fixed_delta_seconds: float) -> Any:
@@ -160,6 +194,8 @@ class CarlaSession:
         self.tm = tm
         self.config = config
         self.original_settings = original_settings
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{next(_session_numbers)}"
+        _live_owners.add(self.owner)
         self.map = world.get_map()
         self.spawn_points = list(self.map.get_spawn_points())
         self.spawn_xy = np.array(
@@ -206,6 +242,7 @@ class CarlaSession:
             client.set_timeout(max(_LOAD_WORLD_TIMEOUT_S, config.connect_timeout_s))
             world = client.load_world(config.map)
             client.set_timeout(config.connect_timeout_s)
+        destroy_leftovers(carla, client, world)
         if original_settings is None:
             original_settings = world.get_settings()
         world.apply_settings(sync_settings(carla, original_settings, config.fixed_delta_seconds))
@@ -246,8 +283,7 @@ class CarlaSession:
         carla = self.carla
         if self.ego is None:
             library = self.world.get_blueprint_library()
-            blueprint = library.find(self.config.ego_blueprint)
-            blueprint.set_attribute("role_name", "hero")
+            blueprint = self._tagged(library.find(self.config.ego_blueprint), "ego")
             self.ego = self.world.spawn_actor(blueprint, transform)
             extent = self.ego.bounding_box.extent
             self._bumper_offset = extent.x + 2.4  # plus a typical car's half length
@@ -258,15 +294,21 @@ class CarlaSession:
             self.ego.set_target_angular_velocity(carla.Vector3D())
         self.ego.apply_control(carla.VehicleControl())
 
+    def _tagged(self, blueprint: Any, kind: str) -> Any:
+        """`blueprint` with this session's `role_name` (vehicles and sensors have the attribute)."""
+        if blueprint.has_attribute("role_name"):
+            blueprint.set_attribute("role_name", logic.role_name(kind, self.owner))
+        return blueprint
+
     def _attach_sensors(self, library: Any) -> None:
         carla = self.carla
-        camera_bp = library.find("sensor.camera.rgb")
+        camera_bp = self._tagged(library.find("sensor.camera.rgb"), "sensor")
         for name, value in camera_attributes(self.config).items():
             camera_bp.set_attribute(name, value)
         specs = (
             (camera_bp, camera_transform(carla, self.config.camera_mount), self._camera_q),
-            (library.find("sensor.other.collision"), carla.Transform(), self._collision_q),
-            (library.find("sensor.other.lane_invasion"), carla.Transform(), self._invasion_q),
+            (self._tagged(library.find("sensor.other.collision"), "sensor"), carla.Transform(), self._collision_q),
+            (self._tagged(library.find("sensor.other.lane_invasion"), "sensor"), carla.Transform(), self._invasion_q),
         )
         for blueprint, pose, readings in specs:
             sensor = self.world.spawn_actor(blueprint, pose, attach_to=self.ego)
@@ -291,8 +333,7 @@ class CarlaSession:
         ]
         batch = []
         for index in indices:
-            blueprint = blueprints[int(rng.integers(len(blueprints)))]
-            blueprint.set_attribute("role_name", "autopilot")
+            blueprint = self._tagged(blueprints[int(rng.integers(len(blueprints)))], "npc")
             batch.append(
                 carla.command.SpawnActor(blueprint, self.spawn_points[int(index)]).then(
                     carla.command.SetAutopilot(carla.command.FutureActor, True, self.config.tm_port)
@@ -413,3 +454,4 @@ class CarlaSession:
             except Exception as error:  # noqa: BLE001 - teardown must go on whatever failed
                 log.warning("CARLA teardown: %s failed: %s", what, error)
         self.sensors, self.ego, self.npc_ids = [], None, []
+        _live_owners.discard(self.owner)
