@@ -72,6 +72,9 @@ def markdown() -> str:
         "A YAML file sets any subset of these keys; the rest keep their defaults. An unknown key, a",
         "value of the wrong type or out of range stops `td3-jax train` with one line naming the key.",
         "`--set section.key=value` overrides a key from the command line (the value is read as YAML).",
+        "A file may start from another with a top-level `extends: OTHER.yaml` (a path relative to it):",
+        "its sections merge key by key over the other's, as configs/td3_lanesim_cpu.yaml and",
+        "configs/td3_carla.yaml extend configs/driving_recipe.yaml.",
         "`td3-jax train` writes the resolved config to `RUN_DIR/config.yaml`.",
         "",
     ]
