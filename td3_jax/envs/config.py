@@ -194,30 +194,61 @@ def parse_server(server: str) -> tuple[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class WorkersConfig:
-    """How envs are spread over processes and CARLA servers, and what a crash does."""
+    """How envs are spread over processes and CARLA servers, and what a crash or a hang does."""
 
-    workers: int = 0
-    """Env worker processes; 0 steps every env in the training process."""
+    workers: int | None = None
+    """Env worker processes; 0 steps every env in the training process; null: 0, but one per env for carla."""
     carla_servers: tuple[str, ...] = ()
     """CARLA servers as "host:port", one env and worker each: env i uses servers[i] and TM port carla.tm_port + i."""
+    carla_server_command: str | None = None
+    """Command that starts one CARLA server, with {port} (and optionally {streaming_port}, {primary_port}, {gpu},
+    {index}); set, training starts one server per env on this machine, restarts it with its worker, and stops it."""
+    carla_server_port_stride: int = 10
+    """Started server i listens on carla.port + i * this (and the next two ports: streaming, secondary)."""
+    carla_server_gpus: tuple[int, ...] = ()
+    """GPUs for started servers: server i gets gpus[i % len] as CUDA_VISIBLE_DEVICES and {gpu}; empty: inherited."""
+    carla_server_ready_timeout_s: float = 60.0
+    """How long a CARLA server (started or remote) may take to accept connections before training gives up."""
     on_failure: Literal["restart", "drop"] = "restart"
     """A failed worker is restarted in a new process, or dropped (its envs stop producing data)."""
     max_restarts: int = 3
     """Restarts of one worker before it is dropped."""
     step_timeout_s: float | None = None
-    """A worker whose step or reset takes longer counts as failed; None waits forever."""
+    """A worker whose step takes longer counts as failed; null: 2 * carla.tick_timeout_s + 10 for carla, else no limit."""
+    reset_timeout_s: float | None = None
+    """The same for a reset (and a restarted worker's start); null: the env's whole reconnection budget for carla
+    (see docs/carla.md), else no limit."""
     start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
     """multiprocessing start method (fork is unsafe once JAX has started threads)."""
 
     def __post_init__(self):
-        if self.workers < 0:
-            raise ValueError(f"env.workers.workers must be >= 0, got {self.workers}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"env.workers.workers must be >= 0 or null, got {self.workers}")
         if self.max_restarts < 0:
             raise ValueError(f"env.workers.max_restarts must be >= 0, got {self.max_restarts}")
-        if self.step_timeout_s is not None and self.step_timeout_s <= 0:
-            raise ValueError(f"env.workers.step_timeout_s must be > 0 or null, got {self.step_timeout_s}")
+        for name in ("step_timeout_s", "reset_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"env.workers.{name} must be > 0 or null, got {value}")
+        if self.carla_server_ready_timeout_s <= 0:
+            raise ValueError(
+                f"env.workers.carla_server_ready_timeout_s must be > 0, got {self.carla_server_ready_timeout_s}"
+            )
         for server in self.carla_servers:
             parse_server(server)
+        if self.carla_server_command is not None:
+            if self.carla_servers:
+                raise ValueError("set env.workers.carla_server_command or env.workers.carla_servers, not both")
+            if "{port}" not in self.carla_server_command:
+                raise ValueError(
+                    "env.workers.carla_server_command must contain {port} (e.g. "
+                    f"\"CarlaUE4.sh -RenderOffScreen -nosound -carla-rpc-port={{port}}\"), got {self.carla_server_command!r}"
+                )
+        if self.carla_server_port_stride < 3:
+            raise ValueError(
+                f"env.workers.carla_server_port_stride must be >= 3 (RPC, streaming and secondary port per server), "
+                f"got {self.carla_server_port_stride}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

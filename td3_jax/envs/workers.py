@@ -8,6 +8,16 @@ gymnasium `AsyncVectorEnv` (shared-memory observations, pipes, error
 forwarding and timeouts are gymnasium's). A CARLA run with a list of servers
 gets one worker per server, so every env ticks its own server concurrently.
 
+CARLA envs always run supervised (`effective_workers`): without an explicit
+`workers` count every CARLA env gets its own worker, and steps and resets
+get finite deadlines, because a stuck Traffic Manager blocks `world.tick()`
+forever (carla#2809) and a dying server aborts its client process
+(carla#4577). Before the workers start, and before a failed worker is
+restarted, its server must listen (`td3_jax.envs.carla_server`); a server
+this process started is restarted with its worker, and a restarted worker
+gets a fresh Traffic Manager port, since the server still lists the dead
+client's one.
+
 `WorkerVecEnv` keeps gymnasium's SAME_STEP autoreset contract of
 `make_vec_env`: an ended episode's true last observation is in
 ``info["final_obs"][i]`` and ``obs[i]`` already starts the next one.
@@ -18,8 +28,9 @@ others. Its envs report ``truncated=True``, reward 0,
 ``final_obs``, and one log line names the worker, its envs and the error.
 That step is no real transition: the training loop must skip it in the
 replay buffer (``buffer.add(..., skip=info["worker_failure"])``), the same
-contract as ``info["carla_failure"]`` (docs/carla.md). The worker is then
-restarted in a new process with a fresh seed (its envs start new episodes),
+contract as ``info["carla_failure"]`` (docs/carla.md). The worker is killed
+(SIGTERM, then SIGKILL) and restarted in a new process with a fresh seed (its
+envs start new episodes; its reset has the reset deadline too),
 or, after `max_restarts` or with ``on_failure="drop"``, dropped: its envs
 keep reporting ``worker_failure`` (and ``worker_dropped``) and never produce
 data again. When every worker is dropped, `WorkerFailureError` is raised.
@@ -32,6 +43,7 @@ import dataclasses
 import functools
 import logging
 import multiprocessing
+import time
 import warnings
 from typing import Any, Literal, NamedTuple, Sequence
 
@@ -40,10 +52,17 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from td3_jax.envs.carla_config import CarlaConfig
+from td3_jax.envs.carla_server import LOOPBACK, LaunchedServers, RemoteServers
 from td3_jax.envs.config import EnvConfig, WorkersConfig, parse_server
 from td3_jax.envs.factory import make_vec_env
 
 logger = logging.getLogger(__name__)
+
+# A fresh worker process imports td3_jax and carla and may load a map before its first reset.
+_WORKER_START_S = 60.0
+# A killed worker gets this long to exit on SIGTERM before SIGKILL.
+_KILL_GRACE_S = 5.0
 
 
 class WorkerFailureError(RuntimeError):
@@ -59,6 +78,44 @@ class WorkerSpec(NamedTuple):
     first: int
 
 
+def carla_step_deadline_s(carla: CarlaConfig) -> float:
+    """One step is one tick plus its camera frame, each bounded by `tick_timeout_s`; 10 s of slack."""
+    return 2 * carla.tick_timeout_s + 10.0
+
+
+def carla_reset_deadline_s(carla: CarlaConfig) -> float:
+    """A reset may reconnect with backoff (docs/carla.md): its whole budget, plus a fresh worker's start."""
+    attempt_s = carla.connect_timeout_s + (carla.settle_ticks + 1) * carla.tick_timeout_s
+    backoff_s = carla.reconnect_backoff_s * (2**carla.reconnect_attempts - 1)
+    return _WORKER_START_S + (carla.reconnect_attempts + 1) * attempt_s + backoff_s
+
+
+def effective_workers(config: EnvConfig, workers: WorkersConfig) -> WorkersConfig:
+    """`workers` with its defaults resolved for the backend.
+
+    CARLA: one worker per env unless `workers` is set, and finite step and
+    reset deadlines (`carla_step_deadline_s`, `carla_reset_deadline_s`)
+    unless set. Other backends: in-process unless `workers` is set, no deadlines.
+    """
+    if config.backend != "carla":
+        return dataclasses.replace(workers, workers=workers.workers or 0)
+    return dataclasses.replace(
+        workers,
+        workers=config.num_envs if workers.workers is None else workers.workers,
+        step_timeout_s=workers.step_timeout_s or carla_step_deadline_s(config.carla),
+        reset_timeout_s=workers.reset_timeout_s or carla_reset_deadline_s(config.carla),
+    )
+
+
+def server_addresses(config: EnvConfig, workers: WorkersConfig, num_envs: int) -> list[tuple[str, int]]:
+    """(host, RPC port) of env i's own server: the listed ones, or the ones training starts; [] for neither."""
+    if workers.carla_servers:
+        return [parse_server(server) for server in workers.carla_servers]
+    if workers.carla_server_command is not None:
+        return [(LOOPBACK, config.carla.port + i * workers.carla_server_port_stride) for i in range(num_envs)]
+    return []
+
+
 def worker_specs(
     config: EnvConfig, workers: WorkersConfig, num_envs: int | None = None, seed: int | None = None
 ) -> list[WorkerSpec]:
@@ -70,22 +127,27 @@ def worker_specs(
     embedded simulator's block draws its episodes from
     ``episode_rng(seed + first_w, j)``.
 
+    CARLA env i (in a block or alone) gets Traffic Manager port
+    ``carla.tm_port + i``; with servers (listed or started) each env has its own worker.
+
     Raises:
       ValueError: more workers than envs, or a server list whose length is not `num_envs`.
     """
     num_envs = config.num_envs if num_envs is None else num_envs
     seed = config.seed if seed is None else seed
+    workers = effective_workers(dataclasses.replace(config, num_envs=num_envs), workers)
+    if (workers.carla_servers or workers.carla_server_command is not None) and config.backend != "carla":
+        raise ValueError(f"env.workers sets CARLA servers but env.backend is {config.backend!r}, not carla")
     if workers.carla_servers:
-        if config.backend != "carla":
-            raise ValueError(f"env.workers.carla_servers is set but env.backend is {config.backend!r}, not carla")
         if len(workers.carla_servers) != num_envs:
             raise ValueError(
                 f"env.workers.carla_servers lists {len(workers.carla_servers)} servers but env.num_envs is "
                 f"{num_envs}; CARLA runs one env per server, so set env.num_envs={len(workers.carla_servers)}"
             )
+    addresses = server_addresses(config, workers, num_envs)
+    if addresses:
         specs = []
-        for i, server in enumerate(workers.carla_servers):
-            host, port = parse_server(server)
+        for i, (host, port) in enumerate(addresses):
             carla = dataclasses.replace(config.carla, host=host, port=port, tm_port=config.carla.tm_port + i)
             specs.append(WorkerSpec(dataclasses.replace(config, carla=carla, num_envs=1), 1, seed + i, i))
         return specs
@@ -95,31 +157,66 @@ def worker_specs(
     sizes = [len(block) for block in np.array_split(np.arange(num_envs), count)]
     firsts = np.cumsum([0] + sizes[:-1])
     return [
-        WorkerSpec(dataclasses.replace(config, num_envs=k), k, seed + int(first), int(first))
+        WorkerSpec(_with_tm_port(dataclasses.replace(config, num_envs=k), int(first)), k, seed + int(first), int(first))
         for k, first in zip(sizes, firsts)
     ]
 
 
+def _with_tm_port(config: EnvConfig, offset: int) -> EnvConfig:
+    if config.backend != "carla":
+        return config
+    return dataclasses.replace(config, carla=dataclasses.replace(config.carla, tm_port=config.carla.tm_port + offset))
+
+
 def make_worker_vec_env(
-    config: EnvConfig, workers: WorkersConfig = WorkersConfig(), num_envs: int | None = None, *, seed: int | None = None
+    config: EnvConfig,
+    workers: WorkersConfig = WorkersConfig(),
+    num_envs: int | None = None,
+    *,
+    seed: int | None = None,
+    env_factory=None,
 ) -> VectorEnv:
     """The training env vector: in-process `make_vec_env`, or `WorkerVecEnv` over worker processes.
 
     Args:
       config: the `env:` section.
-      workers: processes, CARLA servers, failure handling. Without workers
-        and servers this is exactly `make_vec_env(config, num_envs, seed=seed)`.
+      workers: processes, CARLA servers, failure handling, resolved by
+        `effective_workers`. With zero workers and no servers (the default for
+        lanesim and gym) this is exactly `make_vec_env(config, num_envs, seed=seed)`.
       num_envs: default `config.num_envs`.
       seed: default `config.seed`.
+      env_factory: builds a worker's env from its `WorkerSpec` (default `make_block_env`).
+
+    Raises:
+      CarlaServerUnavailableError: a CARLA server did not listen within
+        `carla_server_ready_timeout_s` (one line naming host and port).
     """
-    if workers.workers == 0 and not workers.carla_servers:
+    num_envs = config.num_envs if num_envs is None else num_envs
+    workers = effective_workers(dataclasses.replace(config, num_envs=num_envs), workers)
+    if workers.workers == 0 and not server_addresses(config, workers, num_envs):
         return make_vec_env(config, num_envs, seed=seed)
+    specs = worker_specs(config, workers, num_envs, seed)
+    servers = None
+    if config.backend == "carla":
+        if workers.carla_server_command is not None:
+            servers = LaunchedServers(
+                workers.carla_server_command,
+                [spec.config.carla.port for spec in specs],
+                workers.carla_server_gpus,
+                workers.carla_server_ready_timeout_s,
+            )
+        else:
+            addresses = [(spec.config.carla.host, spec.config.carla.port) for spec in specs]
+            servers = RemoteServers(addresses, workers.carla_server_ready_timeout_s)
     return WorkerVecEnv(
-        worker_specs(config, workers, num_envs, seed),
+        specs,
         on_failure=workers.on_failure,
         max_restarts=workers.max_restarts,
         step_timeout_s=workers.step_timeout_s,
+        reset_timeout_s=workers.reset_timeout_s,
         start_method=workers.start_method,
+        servers=servers,
+        env_factory=env_factory or make_block_env,
     )
 
 
@@ -181,7 +278,10 @@ class WorkerVecEnv(VectorEnv):
 
     Args:
       specs: the workers' blocks, contiguous and in order (`worker_specs`).
-      on_failure, max_restarts, step_timeout_s, start_method: as `WorkersConfig`.
+      on_failure, max_restarts, step_timeout_s, reset_timeout_s, start_method: as `WorkersConfig`.
+      servers: worker i's CARLA server is ``servers``' server i (`RemoteServers` or
+        `LaunchedServers`): started (or waited for) first, recovered before a restart
+        of worker i, closed with the vector. None: no servers.
       env_factory: builds a worker's env from its spec in the worker process
         (must be picklable: a module-level function or a functools.partial).
     """
@@ -195,7 +295,9 @@ class WorkerVecEnv(VectorEnv):
         on_failure: Literal["restart", "drop"] = "restart",
         max_restarts: int = 3,
         step_timeout_s: float | None = None,
+        reset_timeout_s: float | None = None,
         start_method: str = "spawn",
+        servers: RemoteServers | LaunchedServers | None = None,
         env_factory=make_block_env,
     ):
         firsts = np.cumsum([0] + [spec.num_envs for spec in specs[:-1]])
@@ -204,12 +306,15 @@ class WorkerVecEnv(VectorEnv):
         self._specs = list(specs)
         self._slices = [slice(spec.first, spec.first + spec.num_envs) for spec in specs]
         self._on_failure, self._max_restarts = on_failure, max_restarts
-        self._timeout, self._start_method, self._env_factory = step_timeout_s, start_method, env_factory
+        self._timeout, self._reset_timeout = step_timeout_s, reset_timeout_s
+        self._start_method, self._env_factory, self._servers = start_method, env_factory, servers
         self._restarts = [0] * len(specs)
         self._workers: list[AsyncVectorEnv | None] = [None] * len(specs)
         try:
+            if servers is not None:
+                servers.start()
             for index in range(len(specs)):
-                self._workers[index] = self._launch(index)
+                self._workers[index] = self._launch(self._specs[index])
         except BaseException:
             self._close_all(terminate=True)
             raise
@@ -250,7 +355,7 @@ class WorkerVecEnv(VectorEnv):
         for index in started:
             try:
                 with _worker_traceback_to_debug_log():
-                    block_obs, info = self._workers[index].reset_wait(timeout=self._timeout)
+                    block_obs, info = self._workers[index].reset_wait(timeout=self._reset_timeout)
             except Exception as error:  # noqa: BLE001
                 self._recover(index, error, obs, parts)
                 continue
@@ -311,9 +416,9 @@ class WorkerVecEnv(VectorEnv):
 
     # ------------------------------------------------------------ internals
 
-    def _launch(self, index: int) -> AsyncVectorEnv:
+    def _launch(self, spec: WorkerSpec) -> AsyncVectorEnv:
         return AsyncVectorEnv(
-            [functools.partial(self._env_factory, self._specs[index])],
+            [functools.partial(self._env_factory, spec)],
             context=self._start_method,
             autoreset_mode=AutoresetMode.DISABLED,
             copy=False,
@@ -328,12 +433,18 @@ class WorkerVecEnv(VectorEnv):
         while self._on_failure == "restart" and self._restarts[index] < self._max_restarts:
             self._restarts[index] += 1
             attempt = self._restarts[index]
+            worker = None
             try:
-                worker = self._launch(index)
+                if self._servers is not None:
+                    self._servers.recover(index)
+                worker = self._launch(self._restarted_spec(spec, attempt))
                 seed = int(np.random.SeedSequence([spec.seed, attempt]).generate_state(1)[0])
                 with _worker_traceback_to_debug_log():
-                    block_obs, info = worker.reset(seed=seed)
+                    worker.reset_async(seed=seed)
+                    block_obs, info = worker.reset_wait(timeout=self._reset_timeout)
             except Exception as restart_error:  # noqa: BLE001
+                if worker is not None:
+                    _kill(worker)
                 reason = f"{reason}; restart {attempt} failed: {_describe(restart_error)}"
                 continue
             self._workers[index] = worker
@@ -345,6 +456,13 @@ class WorkerVecEnv(VectorEnv):
         logger.warning("%s failed (%s); dropped, %d of %d workers remain", where, reason, alive, len(self._workers))
         if alive == 0:
             raise WorkerFailureError(f"every env worker failed; the last was {where}: {reason}") from error
+
+    def _restarted_spec(self, spec: WorkerSpec, attempt: int) -> WorkerSpec:
+        """A CARLA worker's restart `attempt` gets Traffic Manager ports no earlier process of this run used."""
+        if spec.config.backend != "carla":
+            return spec
+        shift = attempt * self._slices[-1].stop
+        return spec._replace(config=_with_tm_port(spec.config, shift))
 
     def _mark_failures(self, info: dict, failure: np.ndarray) -> None:
         """worker_failure / worker_dropped masks; a failed env's last valid observation becomes its final_obs."""
@@ -373,28 +491,62 @@ class WorkerVecEnv(VectorEnv):
 
     def _terminate(self, index: int) -> None:
         worker, self._workers[index] = self._workers[index], None
-        if worker is None:
-            return
-        try:
-            with _worker_traceback_to_debug_log():
-                worker.close(terminate=True)
-        except Exception:  # noqa: BLE001
-            # close() first collects the pending call, which a dead worker answers with EOFError.
-            for process in worker.processes:
-                if process.is_alive():
-                    process.terminate()
-                process.join(timeout=5.0)
-            worker.closed = True  # nothing left for AsyncVectorEnv.__del__ to close
+        if worker is not None:
+            _kill(worker)
 
     def _close_all(self, *, terminate: bool) -> None:
-        for index, worker in enumerate(self._workers):
-            if worker is None:
-                continue
-            try:
-                worker.close(terminate=terminate, timeout=self._timeout)
-            except Exception:  # noqa: BLE001
-                self._terminate(index)
-            self._workers[index] = None
+        try:
+            for index, worker in enumerate(self._workers):
+                if worker is not None:
+                    self._workers[index] = None
+                    if terminate:
+                        _kill(worker)
+                    else:
+                        _close_worker(worker, self._timeout)
+        finally:
+            if self._servers is not None:
+                self._servers.close()
+
+
+def _close_worker(worker: AsyncVectorEnv, timeout_s: float | None) -> None:
+    """Asks a worker to close its envs and exit within `timeout_s` (None: no limit), then kills what is left.
+
+    gymnasium's own close waits for the answer and the exit without a limit,
+    and a CARLA env closing against a hung server may never answer.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def remaining() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    try:
+        pipes = [pipe for pipe in worker.parent_pipes if pipe is not None]
+        for pipe in pipes:
+            pipe.send(("close", None))
+        for pipe in pipes:
+            if pipe.poll(remaining()):
+                pipe.recv()
+        for process in worker.processes:
+            process.join(remaining())
+    except (OSError, EOFError):
+        pass  # a dead worker: nothing left to ask
+    _kill(worker)
+
+
+def _kill(worker: AsyncVectorEnv) -> None:
+    """Ends a worker's processes (SIGTERM, SIGKILL after a grace period) and closes its pipes."""
+    for process in worker.processes:
+        if process.is_alive():
+            process.terminate()
+    for process in worker.processes:
+        process.join(timeout=_KILL_GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    for pipe in worker.parent_pipes:
+        if pipe is not None:  # gymnasium drops the pipe of a worker that reported an error
+            pipe.close()
+    worker.closed = True  # nothing left for AsyncVectorEnv.__del__ to close
 
 
 @contextlib.contextmanager
