@@ -45,6 +45,7 @@ class FakeActor:
         self.transform = transform
         self.ticked = False  # until the first tick after its spawn, get_transform is the origin (carla#1424)
         self.control = carla.VehicleControl()
+        self.vertical_speed = 0.0
         self.callback = None
         self.bounding_box = SimpleNamespace(extent=carla.Vector3D(2.4, 1.0, 0.8))
 
@@ -65,6 +66,7 @@ class FakeActor:
 
     def set_target_velocity(self, v):
         self.server.calls.append("set_target_velocity")
+        self.vertical_speed = v.z
 
     def set_target_angular_velocity(self, v):
         pass
@@ -108,7 +110,7 @@ class FakeSnapshot:
         speed = 10.0 * actor.control.throttle if actor.type_id.startswith("vehicle.tesla") else 0.0
         return SimpleNamespace(
             get_transform=lambda: actor.transform,
-            get_velocity=lambda: carla.Vector3D(speed, 0.0, 0.0),
+            get_velocity=lambda: carla.Vector3D(speed, 0.0, actor.vertical_speed),
             get_acceleration=lambda: carla.Vector3D(0.0, 0.0, 0.0),
             get_angular_velocity=lambda: carla.Vector3D(0.0, 0.0, 0.0),
         )
@@ -134,6 +136,7 @@ class FakeServer:
         self.refuse_connections = 0
         self.collide_at: set[int] = set()
         self.fail_destroys = 0
+        self.road_z = 0.0  # the ego falls from its spawn height with gravity until it reaches this
         self.clients = 0
 
     def client(self, host, port):
@@ -162,10 +165,13 @@ class FakeServer:
             actor.ticked = True
             if actor.type_id.startswith("vehicle.tesla"):
                 loc = actor.transform.location
+                dt = self.settings.fixed_delta_seconds or 0.05
+                actor.vertical_speed -= 9.81 * dt
+                z = loc.z + actor.vertical_speed * dt
+                if z <= self.road_z:
+                    z, actor.vertical_speed = self.road_z, 0.0
                 actor.transform = carla.Transform(
-                    carla.Location(
-                        x=loc.x + 0.5 * actor.control.throttle, y=loc.y + 0.5 * actor.control.steer, z=loc.z
-                    ),
+                    carla.Location(x=loc.x + 0.5 * actor.control.throttle, y=loc.y + 0.5 * actor.control.steer, z=z),
                     actor.transform.rotation,
                 )
         for actor in list(self.actors.values()):

@@ -122,6 +122,26 @@ def test_a_second_env_on_the_same_server_leaves_the_first_ones_actors_alone():
     assert not training.step(np.array([0.0, 0.0]))[4]["carla_failure"]
 
 
+def test_the_first_observation_comes_once_the_dropped_ego_rests_on_the_road():
+    server = FakeServer()
+    env = make_env(server)
+    for _ in range(2):  # a reset of a later episode lifts and drops the ego again
+        start = ticks(server)
+        env.reset()
+        ego = server.actors[tesla_ids(server)[0]]
+        assert ego.transform.location.z == 0.0 and ego.vertical_speed == 0.0
+        assert 7 <= ticks(server) - start <= 10  # a 0.5 m drop takes ~0.32 s = 7 ticks, then 2 at rest
+        env.step(np.array([0.0, 0.5]))
+
+
+def test_settling_is_bounded_when_the_ego_never_lands():
+    server = FakeServer()
+    server.road_z = -math.inf
+    env = make_env(server, settle_max_ticks=12, npc_counts=(0, 0, 0))
+    env.reset()
+    assert ticks(server) == 12
+
+
 def test_respawning_npcs_every_reset_when_configured():
     server = FakeServer()
     env = make_env(server, respawn_npcs_every_reset=True)

@@ -65,7 +65,9 @@ class CarlaConfig:
     offroad_limit_m: float = 2.5
     """An episode terminates when |lateral deviation from the route's lane centre| exceeds this."""
     settle_ticks: int = 2
-    """Ticks run after placing the ego at reset before the first observation (physics settles, frames catch up)."""
+    """Fewest ticks run after placing the ego at reset before the first observation (frames catch up)."""
+    settle_max_ticks: int = 40
+    """Most ticks run at reset waiting for the ego, spawned 0.5 m up, to rest on the road (40 x 0.05 s = 2 s)."""
     max_failures: int = 5
     """Tick timeouts or lost connections tolerated per env; one more stops training with a clear error."""
     reconnect_attempts: int = 5
@@ -93,4 +95,6 @@ class CarlaConfig:
             raise ValueError("carla.camera_mount must be (x, y, z, pitch)")
         if self.route_dense_spacing_m <= 0 or self.route_spacing_m <= 0:
             raise ValueError("carla.route_spacing_m and carla.route_dense_spacing_m must be positive")
+        if not 1 <= self.settle_ticks <= self.settle_max_ticks:
+            raise ValueError("carla.settle_ticks must be in 1..carla.settle_max_ticks")
         self.num_npcs()

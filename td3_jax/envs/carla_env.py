@@ -230,9 +230,7 @@ class CarlaEnv(gym.Env):
         session.place_ego(route.start)
         if fresh or cfg.respawn_npcs_every_reset:
             session.spawn_npcs(cfg.num_npcs(), self.np_random, route.start)
-        reading = None
-        for _ in range(max(cfg.settle_ticks, 1)):
-            reading = session.tick(carla.VehicleControl())
+        reading = self._settle(session)
         session.forget_events()
         self._route = route
         self._steps = 0
@@ -254,6 +252,22 @@ class CarlaEnv(gym.Env):
             "carla_failures": self._failures,
         }
         return obs, info
+
+    def _settle(self, session: CarlaSession) -> Reading:
+        """Ticks at rest until the ego, dropped from its lifted spawn pose, stands on the road.
+
+        The drop takes ~0.3 s; without waiting the first steps happen in the air.
+        """
+        cfg = self.config
+        heights, vertical_speeds = [], []
+        for tick in range(cfg.settle_max_ticks):
+            reading = session.tick(self._carla.VehicleControl())
+            heights.append(reading.height)
+            vertical_speeds.append(reading.vertical_speed)
+            if tick + 1 >= cfg.settle_ticks and logic.grounded(heights, vertical_speeds):
+                return reading
+        log.warning("the ego was not at rest on the road after %d ticks (carla.settle_max_ticks)", tick + 1)
+        return reading
 
     def _track(self, reading: Reading, projection: logic.RouteProjection) -> dict[str, float]:
         route = self._route

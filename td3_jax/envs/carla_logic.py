@@ -172,6 +172,27 @@ def is_leftover(
     return not pid_alive(int(owner_pid))
 
 
+# ----------------------------------------------------------------------------- reset
+
+
+def grounded(
+    heights: Sequence[float], vertical_speeds: Sequence[float], ticks: int = 2,
+    height_tolerance_m: float = 0.01, speed_tolerance_mps: float = 0.05,
+) -> bool:
+    """Whether a car has come to rest vertically: over its last `ticks` ticks z stayed put and vz ~ 0.
+
+    Args:
+      heights: z of the car at each tick so far, m.
+      vertical_speeds: its vertical velocity at each tick, m/s.
+    """
+    if len(heights) < ticks:
+        return False
+    recent = heights[-ticks:]
+    return max(recent) - min(recent) <= height_tolerance_m and all(
+        abs(v) <= speed_tolerance_mps for v in vertical_speeds[-ticks:]
+    )
+
+
 # ----------------------------------------------------------------------------- route
 
 

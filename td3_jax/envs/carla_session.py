@@ -163,6 +163,10 @@ class Reading(NamedTuple):
     position: np.ndarray
     """(2,) ego x, y."""
     yaw: float
+    height: float
+    """Ego z, m."""
+    vertical_speed: float
+    """Ego vertical velocity, m/s, positive up."""
     velocity: np.ndarray
     """(2,) ego planar velocity, m/s."""
     accel: float
@@ -396,6 +400,8 @@ class CarlaSession:
             gray=gray,
             position=np.array([x, y]),
             yaw=yaw,
+            height=tf.location.z,
+            vertical_speed=vel.z,
             velocity=np.array([vel.x, -vel.y]),
             accel=math.sqrt(acc.x**2 + acc.y**2 + acc.z**2),
             yaw_rate=-math.radians(state.get_angular_velocity().z),
