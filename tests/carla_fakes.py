@@ -8,6 +8,7 @@ only client, world, map, actors and batch commands are fakes. Build an env
 with ``CarlaEnv(..., carla_module=CarlaWithFakeCommands(), client_factory=FakeServer().client)``.
 """
 
+import threading
 from types import SimpleNamespace
 
 import carla
@@ -135,6 +136,8 @@ class FakeServer:
         self.hang_ticks = 0
         self.refuse_connections = 0
         self.collide_at: set[int] = set()
+        self.invade_at: set[int] = set()
+        self.event_delay_s = None  # seconds: events come from another thread this long after the tick
         self.fail_destroys = 0
         self.road_z = 0.0  # the ego falls from its spawn height with gravity until it reaches this
         self.clients = 0
@@ -183,8 +186,17 @@ class FakeServer:
                     pixel = bytes([frame % 256] * 3 + [255])
                     actor.callback(SimpleNamespace(frame=frame, width=8, height=6, raw_data=pixel * 48))
             elif actor.type_id == "sensor.other.collision" and self.frame in self.collide_at:
-                actor.callback(SimpleNamespace(frame=self.frame, normal_impulse=carla.Vector3D(300.0, 0.0, 0.0)))
+                self._report(actor.callback, SimpleNamespace(frame=self.frame, normal_impulse=carla.Vector3D(300.0, 0.0, 0.0)))
+            elif actor.type_id == "sensor.other.lane_invasion" and self.frame in self.invade_at:
+                self._report(actor.callback, SimpleNamespace(frame=self.frame, crossed_lane_markings=[]))
         return self.frame
+
+
+    def _report(self, callback, event):
+        if self.event_delay_s is None:
+            callback(event)
+        else:
+            threading.Timer(self.event_delay_s, callback, (event,)).start()
 
 
 class FakeWorld:

@@ -192,6 +192,18 @@ def test_collision_terminates():
         env.step(np.array([0.0, 0.0]))
 
 
+def test_events_that_arrive_after_the_tick_count_in_the_step_of_their_frame():
+    server = FakeServer()
+    server.event_delay_s = 0.02
+    env = make_env(server, event_wait_s=0.2)
+    env.reset()
+    server.invade_at, server.collide_at = {server.frame + 1}, {server.frame + 2}
+    _, _, terminated, _, info = env.step(np.array([0.0, 0.0]))
+    assert info["lane_invasion"] and not terminated
+    _, _, terminated, _, info = env.step(np.array([0.0, 0.0]))
+    assert terminated and info["termination_reason"] == "collision" and not info["lane_invasion"]
+
+
 def test_tick_timeout_truncates_marks_and_reconnects_with_fresh_actors():
     server = FakeServer()
     env = make_env(server, tick_timeout_s=3.0)

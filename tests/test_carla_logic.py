@@ -120,6 +120,31 @@ def test_events_of_later_frames_are_carried_to_the_next_step():
     assert carry == []
 
 
+def test_an_event_that_arrives_before_the_deadline_is_taken_and_the_wait_is_bounded():
+    now = [0.0]
+
+    class LateQueue(queue.Queue):
+        """Its one event comes 0.3 s into the wait; then nothing."""
+
+        def get(self, block=True, timeout=None):
+            if now[0] < 0.3 <= now[0] + timeout:
+                now[0] = 0.3
+                return SimpleNamespace(frame=4)
+            now[0] += timeout
+            raise queue.Empty
+
+    carry = []
+    assert [e.frame for e in logic.drain_events(LateQueue(), 4, carry, deadline=0.5, clock=lambda: now[0])] == [4]
+    assert now[0] == pytest.approx(0.5)
+
+
+def test_grounded_needs_a_still_height_and_no_vertical_speed_over_the_last_ticks():
+    assert not logic.grounded([0.5], [0.0])
+    assert not logic.grounded([0.5, 0.45], [-0.5, -1.0])
+    assert not logic.grounded([0.02, 0.0], [-0.9, 0.0])
+    assert logic.grounded([0.5, 0.0, 0.0], [-1.0, 0.0, 0.01])
+
+
 # ----------------------------------------------------------------------------- route geometry
 
 _polyline = st.lists(

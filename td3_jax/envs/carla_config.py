@@ -24,6 +24,8 @@ class CarlaConfig:
     """Client RPC timeout: the first connection fails with a clear error after this long."""
     tick_timeout_s: float = 10.0
     """How long one `world.tick` or one sensor frame may take before the step counts as a failure."""
+    event_wait_s: float = 0.01
+    """How long after a tick returned its collision and lane-invasion events are awaited (they may come late)."""
     map: str = "Town01"
     """Map loaded at connection if the server runs another one."""
     fixed_delta_seconds: float = 0.05
@@ -91,6 +93,8 @@ class CarlaConfig:
             )
         if self.connect_timeout_s <= 0 or self.tick_timeout_s <= 0:
             raise ValueError("carla.connect_timeout_s and carla.tick_timeout_s must be positive")
+        if self.event_wait_s < 0:
+            raise ValueError("carla.event_wait_s must be >= 0")
         if len(self.camera_mount) != 4:
             raise ValueError("carla.camera_mount must be (x, y, z, pitch)")
         if self.route_dense_spacing_m <= 0 or self.route_spacing_m <= 0:

@@ -114,25 +114,36 @@ def wait_for_frame(
         dropped += 1
 
 
-def drain_events(events: "queue.Queue[Any]", frame: int, carry: list) -> list:
-    """Event readings (collision, lane invasion) of ticks up to `frame`.
+def drain_events(
+    events: "queue.Queue[Any]",
+    frame: int,
+    carry: list,
+    deadline: float = -math.inf,
+    clock: Callable[[], float] = time.monotonic,
+) -> list:
+    """Event readings (collision, lane invasion) of ticks up to `frame`, waiting until `deadline` for late ones.
 
-    Event sensors report only when something happens, so there is nothing to
-    wait for; everything queued with `.frame <= frame` belongs to this step.
-    Readings of later frames (not produced in synchronous mode, kept for
-    safety) stay in `carry` for the next call. Host-side.
+    Event sensors report only when something happens, so there is no reading
+    to wait for; but their readings come on their own stream (collision) or
+    from the client's tick thread (lane invasion) and may arrive after
+    `world.tick()` returned. Everything that arrived by `deadline` with
+    `.frame <= frame` belongs to this tick (or an earlier one). Readings of
+    later frames (not produced in synchronous mode, kept for safety) stay in
+    `carry` for the next call. Host-side.
 
     Args:
       events: queue the sensor callback puts readings into.
       frame: the frame id of the current tick.
       carry: list of readings held back by the previous call; updated in place.
+      deadline: `clock()` time until which late readings are awaited; the default takes what is queued.
 
     Returns:
       The readings that belong to ticks <= `frame`, oldest first.
     """
     while True:
+        remaining = deadline - clock()
         try:
-            carry.append(events.get_nowait())
+            carry.append(events.get(timeout=remaining) if remaining > 0 else events.get_nowait())
         except queue.Empty:
             break
     now = [e for e in carry if e.frame <= frame]

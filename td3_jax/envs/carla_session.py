@@ -18,6 +18,7 @@ import math
 import os
 import queue
 import socket
+import time
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -369,16 +370,20 @@ class CarlaSession:
     def tick(self, control: Any) -> Reading:
         """Applies `control`, advances one fixed step and returns that step's readings.
 
+        Collision and lane-invasion events are those whose frame is this tick's
+        (or an earlier one's, if they came later than `event_wait_s`).
+
         Raises:
           RuntimeError: the tick or its camera frame did not come within `tick_timeout_s`.
         """
         timeout = self.config.tick_timeout_s
         self.ego.apply_control(control)
         frame = self.world.tick(timeout)
+        events_deadline = time.monotonic() + self.config.event_wait_s
         image, _ = logic.wait_for_frame(self._camera_q, frame, timeout)
         gray = logic.bgra_to_gray(image.raw_data, image.height, image.width)
-        collisions = logic.drain_events(self._collision_q, frame, self._collision_carry)
-        invasions = logic.drain_events(self._invasion_q, frame, self._invasion_carry)
+        collisions = logic.drain_events(self._collision_q, frame, self._collision_carry, events_deadline)
+        invasions = logic.drain_events(self._invasion_q, frame, self._invasion_carry, events_deadline)
         snapshot = self.world.get_snapshot()
         if snapshot.frame != frame:
             raise logic.SensorTimeout(f"world snapshot is frame {snapshot.frame}, ticked {frame}")
