@@ -97,6 +97,12 @@ def test_invalid_configs_are_rejected():
         CarlaConfig(fixed_delta_seconds=0.2)
     with pytest.raises(ValueError, match="scenario"):
         CarlaConfig(scenario=3)
+    with pytest.raises(ValueError, match="action_repeat"):
+        CarlaConfig(action_repeat=0)
+    with pytest.raises(ValueError, match="settle_ticks"):
+        CarlaConfig(settle_ticks=5, settle_max_ticks=4)
+    with pytest.raises(ValueError, match="event_wait_s"):
+        CarlaConfig(event_wait_s=-0.1)
     assert [CarlaConfig(scenario=k).num_npcs() for k in range(3)] == [20, 50, 100]
 
 

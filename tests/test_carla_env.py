@@ -204,6 +204,38 @@ def test_events_that_arrive_after_the_tick_count_in_the_step_of_their_frame():
     assert terminated and info["termination_reason"] == "collision" and not info["lane_invasion"]
 
 
+def test_action_repeat_equals_repeated_ticks_until_the_episode_ends():
+    held_server, single_server = FakeServer(), FakeServer()
+    held, single = make_env(held_server, action_repeat=3), make_env(single_server)
+    held.reset(), single.reset()
+    for server in (held_server, single_server):
+        server.invade_at, server.collide_at = {server.frame + 4}, {server.frame + 8}
+    for action, ticks_run in ((np.array([0.2, 0.5]), 3), (np.array([-0.1, 1.0]), 3), (np.array([0.0, 0.3]), 2)):
+        obs, reward, terminated, truncated, info = held.step(action)
+        total, components, invaded = 0.0, dict.fromkeys(info["reward_components"], 0.0), False
+        for _ in range(ticks_run):
+            single_obs, single_reward, single_terminated, _, single_info = single.step(action)
+            total += single_reward
+            components = {k: v + single_info["reward_components"][k] for k, v in components.items()}
+            invaded |= single_info["lane_invasion"]
+        assert reward == pytest.approx(total) and info["reward_components"] == pytest.approx(components)
+        assert info["lane_invasion"] == invaded and terminated == single_terminated
+        assert info["frame"] == single_info["frame"] and obs["image"][0, 0, -1] == info["frame"] % 256
+        np.testing.assert_allclose(obs["vector"], single_obs["vector"])
+    assert terminated and info["termination_reason"] == "collision" and ticks(held_server) == ticks(single_server)
+
+
+def test_the_time_limit_counts_env_steps_of_action_repeat_ticks():
+    server = FakeServer()
+    env = make_env(server, action_repeat=4, max_episode_steps=2)
+    env.reset()
+    start = ticks(server)
+    assert env.step(np.array([0.0, 0.3]))[2:4] == (False, False)
+    _, _, terminated, truncated, info = env.step(np.array([0.0, 0.3]))
+    assert (terminated, truncated, info["termination_reason"]) == (False, True, "time_limit")
+    assert ticks(server) - start == 8
+
+
 def test_tick_timeout_truncates_marks_and_reconnects_with_fresh_actors():
     server = FakeServer()
     env = make_env(server, tick_timeout_s=3.0)

@@ -62,8 +62,10 @@ class CarlaConfig:
     """At a junction follow the branch with the smallest heading change, or a seeded random branch."""
     goal_tolerance_m: float = 3.0
     """The route counts as completed within this arc length of its end."""
+    action_repeat: int = 1
+    """Ticks one env step holds its action for (1 = one decision per tick); rewards and events are summed over them."""
     max_episode_steps: int = 1000
-    """Steps after which an episode is truncated (1000 x 0.05 s = 50 simulated seconds)."""
+    """Env steps after which an episode is truncated (1000 x action_repeat x fixed_delta_seconds simulated s)."""
     offroad_limit_m: float = 2.5
     """An episode terminates when |lateral deviation from the route's lane centre| exceeds this."""
     settle_ticks: int = 2
@@ -93,6 +95,8 @@ class CarlaConfig:
             )
         if self.connect_timeout_s <= 0 or self.tick_timeout_s <= 0:
             raise ValueError("carla.connect_timeout_s and carla.tick_timeout_s must be positive")
+        if self.action_repeat < 1:
+            raise ValueError(f"carla.action_repeat must be >= 1, got {self.action_repeat}")
         if self.event_wait_s < 0:
             raise ValueError("carla.event_wait_s must be >= 0")
         if len(self.camera_mount) != 4:

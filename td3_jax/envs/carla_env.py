@@ -180,26 +180,45 @@ class CarlaEnv(gym.Env):
                 self._sleep(wait)
 
     def step(self, action: np.ndarray):
-        """Applies one action for one fixed step. Returns (obs, reward, terminated, truncated, info)."""
+        """Applies one action for `action_repeat` fixed steps. Returns (obs, reward, terminated, truncated, info).
+
+        The reward and its components are summed over the ticks up to and
+        including the one that ended the episode (the rest of the repeat is
+        not run); collision and lane invasion report whether one happened in
+        any of them; every other info entry, the termination reason and the
+        observation are those of the last tick run. `max_episode_steps`
+        counts env steps.
+        """
         if self._route is None:
             raise RuntimeError("call reset() before step(), and after an episode ends")
         control = vehicle_control(self._carla, action)
-        try:
-            reading = self._res.session.tick(control)
-        except RuntimeError as error:
-            return self._interrupted(error)
+        total, components, collided, invaded, impulse = 0.0, None, False, False, 0.0
+        for tick in range(self.config.action_repeat):
+            try:
+                reading = self._res.session.tick(control)
+            except RuntimeError as error:
+                return self._interrupted(error)
+            measurements, tracking = self._measure(reading)
+            tick_total, weighted = compute_reward(measurements, self.reward_config)
+            steps_done = self._steps + (tick == self.config.action_repeat - 1)  # the env step counts at its last tick
+            terminated, truncated, reason = termination(
+                reading.collided, tracking["lateral"], tracking["arc"], self._route.dense_arcs[-1], steps_done,
+                self.config,
+            )
+            tick_total, weighted = add_departure_penalty(tick_total, weighted, reason == "off_road", self.reward_config)
+            total += float(tick_total)
+            components = weighted if components is None else {k: components[k] + weighted[k] for k in components}
+            collided, invaded = collided or reading.collided, invaded or reading.lane_invasion
+            impulse += reading.collision_impulse
+            if terminated or truncated:
+                break
         self._steps += 1
-        measurements, tracking = self._measure(reading)
-        total, weighted = compute_reward(measurements, self.reward_config)
-        terminated, truncated, reason = termination(
-            reading.collided, tracking["lateral"], tracking["arc"], self._route.dense_arcs[-1], self._steps, self.config
-        )
-        total, weighted = add_departure_penalty(total, weighted, reason == "off_road", self.reward_config)
         obs = self._observe(reading, tracking, push=True)
-        info = self._info(reading, measurements, tracking, weighted, reason)
+        info = self._info(reading, measurements, tracking, components, reason)
+        info.update(collision=collided, lane_invasion=invaded, collision_impulse=impulse)
         if terminated or truncated:
             self._route = None
-        return obs, float(total), terminated, truncated, info
+        return obs, total, terminated, truncated, info
 
     def close(self) -> None:
         """Destroys the actors and restores the server's world settings."""
