@@ -1,6 +1,7 @@
 """What the env sends to CARLA, built with the real `carla` classes, and the real client with no server."""
 
 import socket
+import subprocess
 import time
 
 import carla
@@ -17,6 +18,7 @@ from td3_jax.envs.carla_session import (
     camera_transform,
     clone_settings,
     lifted,
+    process_alive,
     restore_settings,
     sync_settings,
     vehicle_control,
@@ -121,3 +123,15 @@ def test_no_server_gives_one_clear_line_within_the_timeout():
     assert f"127.0.0.1:{port}" in message and "CarlaUE4.sh -RenderOffScreen" in message
     assert "carlasim/carla:0.9.16" in message and "embedded simulator" in message and "\n" not in message
     env.close()
+
+
+def test_a_killed_process_is_not_alive_even_before_it_is_reaped():
+    child = subprocess.Popen(["sleep", "30"])
+    assert process_alive(child.pid)
+    child.kill()
+    deadline = time.monotonic() + 5.0
+    while process_alive(child.pid) and time.monotonic() < deadline:  # a zombie until wait()
+        time.sleep(0.01)
+    assert not process_alive(child.pid)
+    child.wait()
+    assert not process_alive(child.pid)

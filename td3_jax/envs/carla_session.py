@@ -37,14 +37,18 @@ _live_owners: set[str] = set()  # owners of the sessions of this process that ar
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this host is running (signal 0 checks without signalling)."""
+    """Whether a process of this host is running (signal 0 checks without signalling); a zombie is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:  # a killed worker its parent has not reaped yet still answers signal 0
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def destroy_leftovers(carla: Any, client: Any, world: Any) -> int:
