@@ -2,7 +2,12 @@
 
 The stand-in is a straight road along CARLA's +x axis, an ego that moves
 10 m/s x throttle forward and 0.5 m x steer to CARLA's right per tick, and a
-camera whose image is uniformly the tick's frame id (mod 256). Value objects
+camera whose image is uniformly the tick's frame id (mod 256). As a CARLA
+0.9.16 server: actors outlive the client that spawned them, a vehicle cannot
+spawn at an occupied spawn point, an actor's `get_transform` is the origin
+until the first tick after its spawn, the ego falls with gravity onto the road,
+and (with `event_delay_s`) collision and lane-invasion events come from
+another thread after the tick returned. Value objects
 (Transform, VehicleControl, WorldSettings, ...) are the real `carla` classes;
 only client, world, map, actors and batch commands are fakes. Build an env
 with ``CarlaEnv(..., carla_module=CarlaWithFakeCommands(), client_factory=FakeServer().client)``.
@@ -186,7 +191,8 @@ class FakeServer:
                     pixel = bytes([frame % 256] * 3 + [255])
                     actor.callback(SimpleNamespace(frame=frame, width=8, height=6, raw_data=pixel * 48))
             elif actor.type_id == "sensor.other.collision" and self.frame in self.collide_at:
-                self._report(actor.callback, SimpleNamespace(frame=self.frame, normal_impulse=carla.Vector3D(300.0, 0.0, 0.0)))
+                impulse = carla.Vector3D(300.0, 0.0, 0.0)
+                self._report(actor.callback, SimpleNamespace(frame=self.frame, normal_impulse=impulse))
             elif actor.type_id == "sensor.other.lane_invasion" and self.frame in self.invade_at:
                 self._report(actor.callback, SimpleNamespace(frame=self.frame, crossed_lane_markings=[]))
         return self.frame
@@ -272,7 +278,8 @@ class FakeClient:
             if command.kind == "spawn":
                 self.server.calls.append(("spawn_npc", command.then_command.port))
                 try:
-                    actor = self.server.spawn(command.blueprint.id, command.transform, None, command.blueprint.attributes)
+                    blueprint = command.blueprint
+                    actor = self.server.spawn(blueprint.id, command.transform, None, blueprint.attributes)
                 except RuntimeError as error:
                     responses.append(SimpleNamespace(error=str(error), actor_id=0))
                     continue

@@ -5,7 +5,10 @@ applies synchronous settings and a seeded synchronous Traffic Manager, spawns
 its actors once and NPCs once per connection, matches camera frames to tick
 ids (stale readings are queued before the current one on every tick), ends an
 episode as truncated and marked on a tick timeout, reconnects with backoff,
-stops after `max_failures`, and restores the world settings on close.
+stops after `max_failures`, restores the world settings on close, destroys
+leftovers of dead td3_jax sessions (and nothing else), keeps NPCs clear of the
+ego's spawn point, settles the dropped ego before the first observation,
+counts late events in the step of their frame, and repeats actions.
 
 What it does not prove: that a real CARLA server behaves like the stand-in
 (actor physics, sensor timing, Traffic Manager behaviour, what a hung server
@@ -87,7 +90,9 @@ def test_leftovers_of_a_killed_td3_jax_process_are_destroyed_on_connect_other_cl
     dead, live = f"{socket.gethostname()}/{finished.pid}/0", f"{socket.gethostname()}/{os.getppid()}/0"
     start = carla.Transform(carla.Location(x=0.0, y=0.0, z=0.5))  # where the env's ego will spawn
     killed_ego = server.spawn("vehicle.tesla.model3", start, None, {"role_name": f"td3_jax_ego@{dead}"})
-    killed_camera = server.spawn("sensor.camera.rgb", carla.Transform(), killed_ego, {"role_name": f"td3_jax_sensor@{dead}"})
+    killed_camera = server.spawn(
+        "sensor.camera.rgb", carla.Transform(), killed_ego, {"role_name": f"td3_jax_sensor@{dead}"}
+    )
     far = carla.Transform(carla.Location(x=1000.0, y=0.0, z=0.5))
     kept = [
         server.spawn("vehicle.a", far, None, {"role_name": "hero"}).id,
