@@ -11,8 +11,9 @@ CarlaUE4.sh starts the simulator binary.
 `FlakyCarlaEnv` is imported by spawn-started worker processes (so it lives
 at module level). Its observations encode (env, episode, step), it appends
 every step it returns to ``steps-<env>.log``, and it hangs forever or
-aborts at step 2 of an episode when ``fail-<env>-<n>`` says so (consumed in
-order of n, removed before it acts, so that the restarted worker runs on).
+aborts at step 2 of an episode when ``fail-<env>-<n>`` says so, or in a
+reset when ``reset-<env>-<n>`` does (consumed in order of n, removed before
+it acts, so that the restarted worker runs on).
 """
 
 from __future__ import annotations
@@ -94,13 +95,14 @@ class FlakyCarlaEnv(gymnasium.Env):
         return {"image": image, "vector": np.array([self.env_index, self.episode, self.t], np.float32)}
 
     def reset(self, *, seed=None, options=None):
+        self._fail_if_scripted("reset")
         self.episode += 1
         self.t = 0
         return self._obs(self._stack.reset(self._frame())), {}
 
     def step(self, action):
         if self.t == FAIL_AT_STEP:
-            self._fail_if_scripted()
+            self._fail_if_scripted("fail")
         self.t += 1
         reward = float(self.t) + 0.25 * self.env_index
         with open(self.script_dir / f"steps-{self.env_index}.log", "a") as log:
@@ -109,8 +111,8 @@ class FlakyCarlaEnv(gymnasium.Env):
         obs = self._obs(self._stack.push(self._frame()))
         return obs, reward, done and self.env_index % 2 == 0, done and self.env_index % 2 == 1, {}
 
-    def _fail_if_scripted(self) -> None:
-        markers = sorted(self.script_dir.glob(f"fail-{self.env_index}-*"), key=lambda p: int(p.name.split("-")[-1]))
+    def _fail_if_scripted(self, kind: str) -> None:
+        markers = sorted(self.script_dir.glob(f"{kind}-{self.env_index}-*"), key=lambda p: int(p.name.split("-")[-1]))
         if not markers:
             return
         mode = markers[0].read_text()

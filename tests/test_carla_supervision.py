@@ -136,6 +136,27 @@ def test_training_reaches_max_timesteps_through_hangs_and_aborts_storing_only_re
         assert not listening(port)
 
 
+def test_a_restarted_worker_whose_reset_hangs_is_killed_at_the_reset_deadline_and_restarted_again(tmp_path, caplog):
+    (tmp_path / "fail-0-0").write_text("abort")
+    config = EnvConfig(backend="carla", num_envs=1)
+    specs = workers_module.worker_specs(config, WorkersConfig())
+    env = workers_module.WorkerVecEnv(
+        specs, step_timeout_s=5.0, reset_timeout_s=1.0, env_factory=functools.partial(flaky_block, script_dir=str(tmp_path))
+    )
+    with caplog.at_level(logging.WARNING, logger="td3_jax.envs.workers"):
+        try:
+            env.reset(seed=0)
+            (tmp_path / "reset-0-0").write_text("hang")  # the first restart's reset
+            history = [env.step(np.zeros((1, 2), np.float32)) for _ in range(FAIL_AT_STEP + 2)]
+        finally:
+            env.close()
+    assert [bool(step[4]["worker_failure"][0]) for step in history] == [False, False, True, False]
+    assert history[-1][0]["vector"][0, 2] == 1  # the third worker process steps a new episode
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "td3_jax.envs.workers"]
+    assert "process died" in line and "restart 1 failed: no answer within reset_timeout_s" in line
+    assert line.endswith("restarted, restart 2 of 3")
+
+
 # ---------------------------------------------------------------- readiness
 
 

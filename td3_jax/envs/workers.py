@@ -351,13 +351,13 @@ class WorkerVecEnv(VectorEnv):
                 worker.reset_async(seed=block_seed, options=options)
                 started.append(index)
             except Exception as error:  # noqa: BLE001 - any worker error is handled the same way
-                self._recover(index, error, obs, parts)
+                self._recover(index, error, obs, parts, during="reset")
         for index in started:
             try:
                 with _worker_traceback_to_debug_log():
                     block_obs, info = self._workers[index].reset_wait(timeout=self._reset_timeout)
             except Exception as error:  # noqa: BLE001
-                self._recover(index, error, obs, parts)
+                self._recover(index, error, obs, parts, during="reset")
                 continue
             self._put(obs, index, block_obs)
             parts.append((self._slices[index], info["block"][0].value))
@@ -404,7 +404,7 @@ class WorkerVecEnv(VectorEnv):
         restart_parts = []
         for index, error in failed.items():
             failure[self._slices[index]] = True
-            self._recover(index, error, obs, restart_parts)
+            self._recover(index, error, obs, restart_parts, during="step")
         truncated |= failure
         info = merge_infos(parts, n)
         self._mark_failures(info, failure)
@@ -424,12 +424,13 @@ class WorkerVecEnv(VectorEnv):
             copy=False,
         )
 
-    def _recover(self, index: int, error: BaseException, obs: dict, parts: list) -> None:
-        """Closes a failed worker, then restarts it (its new first observations go into `obs`) or drops it."""
+    def _recover(self, index: int, error: BaseException, obs: dict, parts: list, *, during: str) -> None:
+        """Kills a worker whose `during` ("step" or "reset") failed, then restarts it (its new first
+        observations go into `obs`) or drops it."""
         spec = self._specs[index]
         where = f"env worker {index} (envs {spec.first}-{spec.first + spec.num_envs - 1})"
         self._terminate(index)
-        reason = _describe(error)
+        reason = _describe(error, during)
         while self._on_failure == "restart" and self._restarts[index] < self._max_restarts:
             self._restarts[index] += 1
             attempt = self._restarts[index]
@@ -445,7 +446,7 @@ class WorkerVecEnv(VectorEnv):
             except Exception as restart_error:  # noqa: BLE001
                 if worker is not None:
                     _kill(worker)
-                reason = f"{reason}; restart {attempt} failed: {_describe(restart_error)}"
+                reason = f"{reason}; restart {attempt} failed: {_describe(restart_error, 'reset')}"
                 continue
             self._workers[index] = worker
             self._put(obs, index, block_obs)
@@ -564,9 +565,9 @@ def _worker_traceback_to_debug_log():
                 logger.debug("worker report: %s", warning.message)
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException, during: str) -> str:
     if isinstance(error, multiprocessing.TimeoutError):
-        return "no answer within step_timeout_s"
+        return f"no answer within {during}_timeout_s"
     if isinstance(error, (EOFError, BrokenPipeError, ConnectionResetError)):
         return f"process died ({type(error).__name__})"
     text = str(error).strip().splitlines()
