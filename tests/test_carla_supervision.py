@@ -132,7 +132,7 @@ def test_training_reaches_max_timesteps_through_hangs_and_aborts_storing_only_re
     assert len(broken) >= 4  # the failed episodes end at their last real step
 
     # The servers training started are gone.
-    for port in (base, base + 10):
+    for port in (base + 10, base + 20):
         assert not listening(port)
 
 
@@ -198,7 +198,7 @@ def test_carla_is_supervised_by_default_and_lanesim_stays_in_process():
         EnvConfig(backend="carla", num_envs=2, carla=CarlaConfig(port=3000)),
         WorkersConfig(carla_server_command="CarlaUE4.sh -carla-rpc-port={port}"),
     )
-    assert [(s.config.carla.host, s.config.carla.port) for s in started] == [("127.0.0.1", 3000), ("127.0.0.1", 3010)]
+    assert [(s.config.carla.host, s.config.carla.port) for s in started] == [("127.0.0.1", 3010), ("127.0.0.1", 3020)]
 
 
 # ---------------------------------------------------------------- the launcher

@@ -204,7 +204,8 @@ class WorkersConfig:
     """Command that starts one CARLA server, with {port} (and optionally {streaming_port}, {primary_port}, {gpu},
     {index}); set, training starts one server per env on this machine, restarts it with its worker, and stops it."""
     carla_server_port_stride: int = 10
-    """Started server i listens on carla.port + i * this (and the next two ports: streaming, secondary)."""
+    """Started server i (from 0) listens on carla.port + (i + 1) * this, and on the next two ports (streaming,
+    secondary); carla.port stays for the evaluation env's server."""
     carla_server_gpus: tuple[int, ...] = ()
     """GPUs for started servers: server i gets gpus[i % len] as CUDA_VISIBLE_DEVICES and {gpu}; empty: inherited."""
     carla_server_ready_timeout_s: float = 60.0

@@ -112,7 +112,9 @@ def server_addresses(config: EnvConfig, workers: WorkersConfig, num_envs: int) -
     if workers.carla_servers:
         return [parse_server(server) for server in workers.carla_servers]
     if workers.carla_server_command is not None:
-        return [(LOOPBACK, config.carla.port + i * workers.carla_server_port_stride) for i in range(num_envs)]
+        # carla.port itself stays free for the evaluation env, which runs in the training process.
+        stride = workers.carla_server_port_stride
+        return [(LOOPBACK, config.carla.port + (i + 1) * stride) for i in range(num_envs)]
     return []
 
 
