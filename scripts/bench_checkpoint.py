@@ -1,6 +1,7 @@
 """Times `Checkpointer` save and restore of a default-size train state plus a replay buffer of incompressible frames.
 
     python scripts/bench_checkpoint.py --replay-mb 100 --json checkpoint_bench.json
+    python scripts/bench_checkpoint.py --replay-mb 100 --without-checksums   # the cost of checksums, by difference
 
 Prints a table, optionally writes JSON. Host-side I/O. Results: docs/checkpoints.md.
 """
@@ -14,11 +15,13 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from td3_jax import checkpoint_integrity
 from td3_jax.checkpoint import Checkpointer
 from td3_jax.hparams import TD3Config
 from td3_jax.replay import ReplayBuffer
@@ -32,8 +35,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed save/restore pairs (median reported)")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--without-checksums", action="store_true",
+                        help="skip writing and verifying the checksum manifest (to measure what it costs)")
     args = parser.parse_args(argv)
+    if args.without_checksums:
+        with (mock.patch.object(checkpoint_integrity, "write_manifest"),
+              mock.patch.object(checkpoint_integrity, "verify", return_value=True)):
+            return _run(args)
+    return _run(args)
 
+
+def _run(args: argparse.Namespace) -> dict:
+    """Saves and restores `args.repeats` times; returns the timings and sizes."""
     capacity = int(args.replay_mb * 1e6 / ReplayBuffer.estimate_bytes(1, vector_dim=53))
     buffer = ReplayBuffer(capacity, vector_dim=53)
     rng = np.random.default_rng(0)
@@ -64,10 +77,11 @@ def main(argv: list[str] | None = None) -> dict:
         "replay_mb": nbytes(replay_state) / 1e6,
         "seconds_median": {name: float(np.median(values)) for name, values in timings.items()},
         "seconds_all": timings,
+        "checksums": not args.without_checksums,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "orbax": ocp.__version__},
     }
     print(f"train state {results['train_state_mb']:.1f} MB, replay {results['replay_mb']:.1f} MB, "
-          f"{args.repeats} repeats, median seconds:")
+          f"{args.repeats} repeats, checksums {'off' if args.without_checksums else 'on'}, median seconds:")
     print(f"{'operation':<24}{'seconds':>9}{'MB/s':>9}")
     for name, seconds in results["seconds_median"].items():
         with_replay = name != "restore_without_replay"
@@ -76,7 +90,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
-
 
 
 if __name__ == "__main__":

@@ -30,15 +30,20 @@ checkpoint in charge. A save that raises first waits for orbax's writes
 still in flight, then deletes its leftovers, so it raises its own error and the
 same step can be saved again.
 
+Integrity. Right after the rename, ``CHECKSUMS.json`` records the size and
+BLAKE2b digest of every other file of the step (`checkpoint_integrity`);
+`restore` and `read_config` check them first. Steps without it still load.
+
 Errors. Problems with the checkpoint itself (missing, uncommitted, another
 format, an architecture that does not match the abstract target, unreadable
-files) raise `CheckpointError`, one line naming the path, the problem and
+or altered files) raise `CheckpointError`, one line naming the path, the problem and
 what to do. Anything else propagates unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -54,6 +59,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.path import atomicity
 
+from td3_jax import checkpoint_integrity
 from td3_jax.cli import UserError
 from td3_jax.td3 import TD3State
 
@@ -65,6 +71,7 @@ COMMIT_MARKER = "commit_success.txt"
 _TRAIN_STATE, _REPLAY, _HOST, _CONFIG, _META = "train_state", "replay", "host", "config", "meta"
 _FALLBACK = "move that step directory away to resume from the previous checkpoint"
 _LOG = logging.getLogger(__name__)
+_UNVERIFIED_WARNED: set[Path] = set()  # step directories without checksums, warned about once (eval reads twice)
 _FAILED_SAVE_WAIT_S = 60.0
 """How long a failed save waits for orbax's writes still in flight before giving up on cleaning up."""
 
@@ -93,33 +100,18 @@ class Restored(NamedTuple):
 
 
 class _DurableRenamePath(atomicity.AtomicRenameTemporaryPath):
-    """orbax's tmp-directory-then-rename commit, with the data fsynced before the rename."""
+    """orbax's tmp-directory-then-rename commit, with the data fsynced before the rename and checksummed after."""
 
     async def finalize(self, *args, **kwargs):
-        await asyncio.to_thread(_fsync_tree, Path(self.get()))
+        await asyncio.to_thread(checkpoint_integrity.fsync_tree, Path(self.get()))
         await super().finalize(*args, **kwargs)
         final = Path(self.get_final())
-        await asyncio.to_thread(_fsync_path, final / COMMIT_MARKER)
-        await asyncio.to_thread(_fsync_path, final.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        # Some platforms cannot fsync a directory; file data is synced regardless.
-        if not path.is_dir():
-            raise
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for directory, _, files in os.walk(root):
-        for name in files:
-            _fsync_path(Path(directory, name))
-        _fsync_path(Path(directory))
+        # Items are finalized into their step's temporary directory, the step itself into the checkpoints
+        # directory; after its rename it holds orbax's last writes (marker, commit time in _CHECKPOINT_METADATA).
+        if atomicity.TMP_DIR_SUFFIX not in final.parent.name:
+            await asyncio.to_thread(checkpoint_integrity.write_manifest, final)
+        for path in (final / COMMIT_MARKER, final, final.parent):
+            await asyncio.to_thread(checkpoint_integrity.fsync_path, path)
 
 
 def _quiet_orbax_logging() -> None:
@@ -127,6 +119,20 @@ def _quiet_orbax_logging() -> None:
     absl_logger = logging.getLogger("absl")
     if absl_logger.getEffectiveLevel() < logging.WARNING:
         absl_logger.setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _dropping_absl_errors(fragment: str):
+    """While the block runs, drops absl ERROR records whose message template contains `fragment`."""
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or fragment not in str(record.msg)
+
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(keep)
 
 
 class Checkpointer:
@@ -180,7 +186,9 @@ class Checkpointer:
         if not read_only:
             # orbax can do this too, but in a background thread that races a second manager's cleanup.
             self._remove_unfinished_saves()
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        # orbax reads every step's _CHECKPOINT_METADATA here and logs a garbled one; _verify reports it on restore.
+        with _dropping_absl_errors("Failed to json parse Metadata file"):
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -271,13 +279,15 @@ class Checkpointer:
             )
         self._remove_uncommitted(min_step=step)
         threads_before = set(threading.enumerate())
-        try:
-            if not self._manager.save(step, args=ocp.args.Composite(**items)):
-                raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
-            self._manager.wait_until_finished()
-        except Exception:
-            self._abandon_failed_save(step, threads_before)
-            raise
+        # Each of orbax's writer threads logs a failure with its traceback; this save raises it once.
+        with _dropping_absl_errors("_SignalingThread.run() raised an exception"):
+            try:
+                if not self._manager.save(step, args=ocp.args.Composite(**items)):
+                    raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
+                self._manager.wait_until_finished()
+            except Exception:
+                self._abandon_failed_save(step, threads_before)
+                raise
 
     def restore(
         self,
@@ -300,6 +310,7 @@ class Checkpointer:
             state that does not match `abstract_train_state`, or unreadable files.
         """
         step = self._committed_step(step)
+        self._verify(step, hash_skipped=() if with_replay else (_REPLAY,))
         where = self.directory / str(step)
         meta = self._read_json(step, _META)
         found = meta.get("format") if isinstance(meta, dict) else None
@@ -351,7 +362,21 @@ class Checkpointer:
 
     def read_config(self, step: int | None = None) -> dict:
         """The resolved run config of a committed checkpoint, without reading any array."""
-        return self._read_json(self._committed_step(step), _CONFIG)
+        step = self._committed_step(step)
+        self._verify(step, hash_skipped=(_TRAIN_STATE, _REPLAY))
+        return self._read_json(step, _CONFIG)
+
+    def _verify(self, step: int, hash_skipped: tuple[str, ...]) -> None:
+        """Checks the step's files against the checksums recorded at save (sizes of all, digests of the rest)."""
+        where = self.directory / str(step)
+        try:
+            verified = checkpoint_integrity.verify(where, hash_skipped)
+        except checkpoint_integrity.CorruptFile as error:
+            raise CheckpointError(f"checkpoint {where} is corrupt: {error}; {_FALLBACK}") from None
+        if not verified and where not in _UNVERIFIED_WARNED:
+            _UNVERIFIED_WARNED.add(where)
+            _LOG.warning("checkpoint %s has no %s (saved by an older td3_jax): its files cannot be verified",
+                         where, checkpoint_integrity.MANIFEST)
 
     def _is_committed(self, step: int) -> bool:
         return (self.directory / str(step) / COMMIT_MARKER).is_file()
@@ -393,9 +418,7 @@ class Checkpointer:
         removed = False
         for step in self._manager.all_steps():
             if step >= min_step and not self._is_committed(step):
-                _LOG.warning(
-                    "removing uncommitted checkpoint %s", self.directory / str(step)
-                )
+                _LOG.warning("removing uncommitted checkpoint %s", self.directory / str(step))
                 shutil.rmtree(self.directory / str(step))
                 removed = True
         if removed:

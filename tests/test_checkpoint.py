@@ -8,6 +8,7 @@ round trip that is equal but not bit-identical (-0.0, NaN payloads) fails.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -20,9 +21,12 @@ import pytest
 from conftest import TINY_VECTOR_DIM, random_batch, tiny_config
 
 import td3_jax
-from td3_jax import checkpoint
+from td3_jax import checkpoint_integrity, cli
+from td3_jax import config as config_lib
 from td3_jax.checkpoint import COMMIT_MARKER, CheckpointError, Checkpointer, load_config
+from td3_jax.checkpoint_integrity import MANIFEST
 from td3_jax.cli import UserError
+from td3_jax.envs import make_env
 from td3_jax.hparams import EncoderConfig, NetworkConfig
 from td3_jax.replay import ReplayBuffer
 
@@ -224,7 +228,7 @@ def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_pat
     def disk_full(root):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_fsync_tree", disk_full)
+    monkeypatch.setattr(checkpoint_integrity, "fsync_tree", disk_full)
     with Checkpointer(tmp_path) as checkpointer, pytest.raises(OSError, match="No space"):
         checkpointer.save(2, train_state=random_state(abstract, 1), host_state={}, config={}, replay_state=None)
     monkeypatch.undo()
@@ -343,6 +347,20 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+REPLAY = {"frames": np.random.default_rng(0).integers(0, 256, (64, 32, 32), dtype=np.uint8), "format": 1}
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _largest_data_file(step_directory: Path) -> str:
+    """The largest array chunk file of the train state, relative to the step directory."""
+    return _largest_file(step_directory / "train_state" / "ocdbt.process_0" / "d").relative_to(step_directory).as_posix()
+
+
 CORRUPTIONS = {
     "truncated train state": (lambda d: _truncate(_largest_file(d / "train_state")), "could not be read"),
     "truncated replay": (lambda d: _truncate(_largest_file(d / "replay")), "could not be read"),
@@ -355,10 +373,11 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
-def test_corrupt_checkpoint_is_a_clear_one_line_error(tmp_path, abstract, state, case):
+def test_corrupt_checkpoint_without_checksums_is_a_clear_one_line_error(tmp_path, abstract, state, case):
+    """Checkpoints saved before checksums existed: orbax's own failures still become one-line errors."""
     corrupt, message = CORRUPTIONS[case]
-    replay = {"frames": np.random.default_rng(0).integers(0, 256, (64, 32, 32), dtype=np.uint8), "format": 1}
-    save(tmp_path, 7, state, replay=replay)
+    save(tmp_path, 7, state, replay=REPLAY)
+    (tmp_path / "7" / MANIFEST).unlink()
     corrupt(tmp_path / "7")
     with Checkpointer(tmp_path, read_only=True) as checkpointer, pytest.raises(CheckpointError) as raised:
         checkpointer.restore(abstract_train_state=abstract)
@@ -386,6 +405,7 @@ def test_not_a_checkpoint_directory(tmp_path, abstract, state):
 def test_load_config_reads_no_arrays(tmp_path, state):
     save(tmp_path, 1, state)
     save(tmp_path, 2, state)
+    (tmp_path / "2" / MANIFEST).unlink()  # unverifiable, so only what orbax reads counts
     (tmp_path / "2" / "meta" / "metadata").write_text(json.dumps({"format": 1}))
     shutil.rmtree(tmp_path / "2" / "train_state")
     assert load_config(tmp_path) == CONFIG
@@ -404,3 +424,121 @@ def test_training_continues_identically_from_a_restored_state(tmp_path, rng):
     expected, expected_metrics = td3_jax.update(state, batches[1])
     assert_bit_identical(continued, expected)
     chex.assert_trees_all_equal(metrics, expected_metrics)
+
+
+# ------------------------------------------------------------ checksums
+
+
+def _checksum_corruptions() -> dict:
+    """case: (which file, relative to the step directory, or None for the largest array chunk; damage)."""
+    return {
+        "flipped array chunk": (None, _flip_byte),
+        "truncated array chunk": (None, _truncate),
+        "flipped host json": ("host/metadata", _flip_byte),
+        "flipped config json": ("config/metadata", _flip_byte),
+        "flipped ocdbt manifest": ("train_state/ocdbt.process_0/manifest.ocdbt", _flip_byte),
+        "flipped step metadata": ("_CHECKPOINT_METADATA", _flip_byte),
+        "flipped commit marker": (COMMIT_MARKER, _flip_byte),
+        "flipped replay chunk": ("replay", _flip_byte),
+        "flipped checksum manifest": (MANIFEST, _flip_byte),
+        "deleted ocdbt manifest": ("train_state/manifest.ocdbt", Path.unlink),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_checksum_corruptions()))
+def test_any_damaged_file_is_a_one_line_error_naming_it(tmp_path, abstract, state, case, caplog):
+    relative, damage = _checksum_corruptions()[case]
+    save(tmp_path, 7, state, replay=REPLAY)
+    step_directory = tmp_path / "7"
+    if relative is None:
+        relative = _largest_data_file(step_directory)
+    elif relative == "replay":
+        relative = _largest_file(step_directory / "replay").relative_to(step_directory).as_posix()
+    damage(step_directory / relative)
+    with Checkpointer(tmp_path, read_only=True) as checkpointer, pytest.raises(CheckpointError) as raised:
+        checkpointer.restore(abstract_train_state=abstract)
+    text = str(raised.value)
+    assert f"checkpoint {step_directory} is corrupt: {relative}: " in text, text
+    assert "move that step directory away" in text and "\n" not in text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_load_config_checks_json_files_and_sizes_but_hashes_no_array(tmp_path, state):
+    save(tmp_path, 1, state)
+    _flip_byte(tmp_path / "1" / _largest_data_file(tmp_path / "1"))
+    assert load_config(tmp_path) == CONFIG  # restore finds it; eval reads the config twice
+    for relative, damage in [("config/metadata", _flip_byte), (None, _truncate)]:
+        save(tmp_path, 2, state)
+        relative = relative or _largest_data_file(tmp_path / "2")
+        damage(tmp_path / "2" / relative)
+        with pytest.raises(CheckpointError, match=f"2 is corrupt: {relative}: "):
+            load_config(tmp_path)
+        shutil.rmtree(tmp_path / "2")
+
+
+def test_untouched_checkpoint_lists_every_file_and_restores_bit_identically(tmp_path, abstract, state, caplog):
+    save(tmp_path, 3, state, replay=REPLAY)
+    step_directory = tmp_path / "3"
+    listed = json.loads((step_directory / MANIFEST).read_text())["files"]
+    on_disk = {p.relative_to(step_directory).as_posix() for p in step_directory.rglob("*") if p.is_file()}
+    assert set(listed) == on_disk - {MANIFEST}
+    assert {COMMIT_MARKER, "_CHECKPOINT_METADATA", "host/metadata"} <= set(listed)
+    for _ in range(2):  # restoring rewrites nothing that is listed
+        with Checkpointer(tmp_path, read_only=True) as checkpointer:
+            restored = checkpointer.restore(abstract_train_state=abstract)
+        assert_bit_identical(restored.train_state, state)
+        assert restored.replay_state["frames"].tobytes() == REPLAY["frames"].tobytes()
+    save(tmp_path, 5, state)  # nor does saving a later step
+    assert checkpoint_integrity.verify(step_directory)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_checkpoint_without_checksums_loads_with_one_warning(tmp_path, abstract, state, caplog):
+    save(tmp_path, 4, state)
+    (tmp_path / "4" / MANIFEST).unlink()  # as saved before checksums existed
+    caplog.set_level(logging.WARNING, logger="td3_jax.checkpoint")
+    assert load_config(tmp_path) == CONFIG
+    with Checkpointer(tmp_path, read_only=True) as checkpointer:
+        assert_bit_identical(checkpointer.restore(abstract_train_state=abstract).train_state, state)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "td3_jax.checkpoint"]
+    assert len(warnings) == 1 and "cannot be verified" in warnings[0] and str(tmp_path / "4") in warnings[0]
+
+
+def test_failed_save_logs_no_orbax_thread_tracebacks(tmp_path, state, caplog):
+    """The save raises its cause once; orbax's writer threads would each log it with a traceback too."""
+    unstorable = {"frames": REPLAY["frames"], "names": np.array(["a", "b"]), "format": 1}  # orbax has no str dtype
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(ValueError, match="Unsupported data type"):
+        checkpointer.save(1, train_state=state, host_state={}, config=CONFIG, replay_state=unstorable)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert logging.getLogger("absl").filters == []  # only while saving
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory) -> Path:
+    """A run directory with one checkpoint of a small network that `td3-jax eval` can rebuild."""
+    run = config_lib.load(None, ["networks.cnn.features=8", "networks.actor.hidden_sizes=[8]",
+                                 "networks.critic.hidden_sizes=[8]"])[0]
+    env = make_env(run.env)
+    state = td3_jax.init_state(
+        config_lib.td3_config(run, env.action_space.shape[0]), jax.random.key(0),
+        image_shape=env.observation_space["image"].shape, vector_dim=env.observation_space["vector"].shape[0],
+    )
+    env.close()
+    directory = tmp_path_factory.mktemp("run")
+    with Checkpointer(directory / "checkpoints") as checkpointer:
+        checkpointer.save(1, train_state=state, host_state={}, config=config_lib.to_dict(run))
+    return directory
+
+
+@pytest.mark.parametrize("relative", [None, "_CHECKPOINT_METADATA"])
+def test_eval_of_a_corrupt_checkpoint_exits_2_with_one_line(eval_run, tmp_path, capsys, caplog, relative):
+    run = tmp_path / "run"
+    shutil.copytree(eval_run, run)
+    step_directory = run / "checkpoints" / "1"
+    relative = relative or _largest_data_file(step_directory)
+    _flip_byte(step_directory / relative)
+    code = cli.main(["eval", "--checkpoint", str(run), "--episodes", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{step_directory} is corrupt: {relative}: " in err
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
