@@ -128,7 +128,12 @@ class FlakyCarlaEnv(gymnasium.Env):
 
 
 def flaky_block(spec, script_dir: str):
-    """A worker's env: its block of `FlakyCarlaEnv` (what `make_block_env` builds from CARLA envs)."""
+    """A worker's env: its block of `FlakyCarlaEnv` (what `make_block_env` builds from CARLA envs).
+
+    Logs ``<first env> <Traffic Manager port>`` to ``tm-ports.log``, one line per build.
+    """
+    with open(Path(script_dir) / "tm-ports.log", "a") as log:
+        log.write(f"{spec.first} {spec.config.carla.tm_port}\n")
     from td3_jax.envs.workers import VecBlockEnv
 
     envs = [

@@ -104,6 +104,10 @@ def test_training_reaches_max_timesteps_through_hangs_and_aborts_storing_only_re
     assert sum("no answer within step_timeout_s" in line for line in lines) == 2
     assert sum("process died" in line for line in lines) == 2
     assert not list(script.glob("fail-*"))
+    # Every worker process of an env had a Traffic Manager port of its own: the first, then one per restart.
+    ports = {tuple(map(int, line.split())) for line in (script / "tm-ports.log").read_text().splitlines()}
+    tm_port = run.env.carla.tm_port
+    assert ports == {(env, tm_port + env + 2 * restart) for env in (0, 1) for restart in range(3)}
 
     # The buffer holds exactly the steps the envs returned, each once and unchanged.
     batch = stored_transitions(trainer.buffer)

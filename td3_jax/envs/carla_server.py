@@ -64,7 +64,7 @@ def wait_until_listening(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise CarlaServerUnavailableError(
-                f"no CARLA server at {host}:{port} (nothing listening after {timeout_s:g} s: {reason}); start one "
+                f"no CARLA server at {host}:{port} (nothing listening after {timeout_s:.3g} s: {reason}); start one "
                 f"with `CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}`, set env.workers.carla_server_command "
                 f"to let training start it, or raise env.workers.carla_server_ready_timeout_s (see docs/carla.md)"
             )
