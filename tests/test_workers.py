@@ -296,6 +296,13 @@ def test_every_worker_dropped_is_an_error(tmp_path):
 
 
 def test_config_rejects_bad_values():
-    for kwargs in ({"workers": -1}, {"max_restarts": -1}, {"step_timeout_s": 0.0}):
+    for kwargs in (
+        {"workers": -1}, {"max_restarts": -1}, {"step_timeout_s": 0.0}, {"reset_timeout_s": -1.0},
+        {"carla_server_ready_timeout_s": 0.0}, {"carla_server_port_stride": 2},
+        {"carla_server_command": "CarlaUE4.sh -RenderOffScreen"},
+        {"carla_server_command": "CarlaUE4.sh -carla-rpc-port={port}", "carla_servers": ("localhost:2000",)},
+    ):
         with pytest.raises(ValueError, match="env.workers"):
             dataclasses.replace(WorkersConfig(), **kwargs)
+    with pytest.raises(ValueError, match="not carla"):
+        worker_specs(EnvConfig(), WorkersConfig(carla_server_command="CarlaUE4.sh -carla-rpc-port={port}"))

@@ -196,11 +196,12 @@ class _Registry:
     def __init__(self):
         self._open: set[LaunchedServers] = set()
         self._installed = False
+        self._pid = os.getpid()
 
     def add(self, servers: LaunchedServers) -> None:
         self._open.add(servers)
         if not self._installed:
-            self._installed = True
+            self._installed, self._pid = True, os.getpid()
             atexit.register(self.close_all)
             self._chain_sigterm()
 
@@ -208,6 +209,8 @@ class _Registry:
         self._open.discard(servers)
 
     def close_all(self) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked worker inherited the registry: the servers are its parent's to stop
         for servers in list(self._open):
             servers.close()
 
