@@ -166,7 +166,14 @@ class LaunchedServers:
         env = dict(os.environ)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[index % len(self.gpus)])
-        self.processes[index] = subprocess.Popen(self.argv(index), env=env, start_new_session=True)
+        try:
+            self.processes[index] = subprocess.Popen(self.argv(index), env=env, start_new_session=True)
+        except OSError as error:
+            host, port = self.addresses[index]
+            raise CarlaServerUnavailableError(
+                f"could not start the CARLA server for {host}:{port}: {error} "
+                f"(env.workers.carla_server_command: {self.command!r})"
+            ) from None
 
     def _wait(self, index: int, timeout_s: float) -> None:
         host, port = self.addresses[index]
