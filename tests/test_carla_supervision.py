@@ -73,6 +73,7 @@ def stored_transitions(buffer):
 # ---------------------------------------------------------------- training
 
 
+@pytest.mark.slow  # about half of it is the Trainer's first JAX compilation in this process
 def test_training_reaches_max_timesteps_through_hangs_and_aborts_storing_only_real_steps(tmp_path, monkeypatch, caplog):
     script = tmp_path / "script"
     script.mkdir()
