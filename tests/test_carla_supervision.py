@@ -194,7 +194,9 @@ def test_readiness_polling_waits_for_a_booting_server_and_gives_up_in_one_line_n
 
 def test_carla_is_supervised_by_default_and_lanesim_stays_in_process():
     carla = workers_module.effective_workers(EnvConfig(backend="carla", num_envs=3), WorkersConfig())
-    assert carla.workers == 3 and carla.step_timeout_s == 30.0 and carla.reset_timeout_s is not None
+    assert carla.workers == 3 and 20.0 < carla.step_timeout_s < 40.0 and 60.0 < carla.reset_timeout_s < 600.0
+    repeated = workers_module.effective_workers(EnvConfig(backend="carla", carla=CarlaConfig(action_repeat=4)), WorkersConfig())
+    assert repeated.step_timeout_s > 4 * 20.0
     specs = workers_module.worker_specs(EnvConfig(backend="carla", num_envs=3), WorkersConfig())
     assert [(s.num_envs, s.config.carla.tm_port) for s in specs] == [(1, 8000), (1, 8001), (1, 8002)]
     lanesim = workers_module.effective_workers(EnvConfig(num_envs=3), WorkersConfig())

@@ -215,7 +215,8 @@ class WorkersConfig:
     max_restarts: int = 3
     """Restarts of one worker before it is dropped."""
     step_timeout_s: float | None = None
-    """A worker whose step takes longer counts as failed; null: 2 * carla.tick_timeout_s + 10 for carla, else no limit."""
+    """A worker whose step takes longer counts as failed; null: for carla
+    carla.action_repeat * (2 * carla.tick_timeout_s + carla.event_wait_s) + 10, else no limit."""
     reset_timeout_s: float | None = None
     """The same for a reset (and a restarted worker's start); null: the env's whole reconnection budget for carla
     (see docs/carla.md), else no limit."""

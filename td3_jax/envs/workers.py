@@ -79,13 +79,15 @@ class WorkerSpec(NamedTuple):
 
 
 def carla_step_deadline_s(carla: CarlaConfig) -> float:
-    """One step is one tick plus its camera frame, each bounded by `tick_timeout_s`; 10 s of slack."""
-    return 2 * carla.tick_timeout_s + 10.0
+    """A step is `action_repeat` ticks, each a tick and its camera frame bounded by `tick_timeout_s`, plus
+    the wait for late events; 10 s of slack also cover the next episode's reset (same-step autoreset) when healthy."""
+    return carla.action_repeat * (2 * carla.tick_timeout_s + carla.event_wait_s) + 10.0
 
 
 def carla_reset_deadline_s(carla: CarlaConfig) -> float:
-    """A reset may reconnect with backoff (docs/carla.md): its whole budget, plus a fresh worker's start."""
-    attempt_s = carla.connect_timeout_s + (carla.settle_ticks + 1) * carla.tick_timeout_s
+    """A reset may reconnect with backoff (docs/carla.md): per attempt a connection and two slow ticks, the
+    backoff waits, and a fresh worker's start with a map load."""
+    attempt_s = carla.connect_timeout_s + 2 * carla.tick_timeout_s
     backoff_s = carla.reconnect_backoff_s * (2**carla.reconnect_attempts - 1)
     return _WORKER_START_S + (carla.reconnect_attempts + 1) * attempt_s + backoff_s
 
