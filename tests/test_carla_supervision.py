@@ -200,7 +200,9 @@ def test_carla_is_supervised_by_default_and_lanesim_stays_in_process():
     specs = workers_module.worker_specs(EnvConfig(backend="carla", num_envs=3), WorkersConfig())
     assert [(s.num_envs, s.config.carla.tm_port) for s in specs] == [(1, 8000), (1, 8001), (1, 8002)]
     lanesim = workers_module.effective_workers(EnvConfig(num_envs=3), WorkersConfig())
-    assert lanesim.workers == 0 and lanesim.step_timeout_s is None and lanesim.reset_timeout_s is None
+    assert lanesim == WorkersConfig()
+    in_process = WorkersConfig(carla_in_process=True)
+    assert workers_module.effective_workers(EnvConfig(backend="carla", num_envs=3), in_process) == in_process
     started = workers_module.worker_specs(
         EnvConfig(backend="carla", num_envs=2, carla=CarlaConfig(port=3000)),
         WorkersConfig(carla_server_command="CarlaUE4.sh -carla-rpc-port={port}"),

@@ -301,6 +301,7 @@ def test_config_rejects_bad_values():
         {"carla_server_ready_timeout_s": 0.0}, {"carla_server_port_stride": 2},
         {"carla_server_command": "CarlaUE4.sh -RenderOffScreen"},
         {"carla_server_command": "CarlaUE4.sh -carla-rpc-port={port}", "carla_servers": ("localhost:2000",)},
+        {"carla_in_process": True, "workers": 2},
     ):
         with pytest.raises(ValueError, match="env.workers"):
             dataclasses.replace(WorkersConfig(), **kwargs)

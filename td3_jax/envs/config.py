@@ -196,8 +196,10 @@ def parse_server(server: str) -> tuple[str, int]:
 class WorkersConfig:
     """How envs are spread over processes and CARLA servers, and what a crash or a hang does."""
 
-    workers: int | None = None
-    """Env worker processes; 0 steps every env in the training process; null: 0, but one per env for carla."""
+    workers: int = 0
+    """Env worker processes; 0 steps every env in the training process, except carla envs: one worker each."""
+    carla_in_process: bool = False
+    """Step carla envs in the training process, unsupervised (debugging, in-process stand-ins of a server)."""
     carla_servers: tuple[str, ...] = ()
     """CARLA servers as "host:port", one env and worker each: env i uses servers[i] and TM port carla.tm_port + i."""
     carla_server_command: str | None = None
@@ -224,8 +226,8 @@ class WorkersConfig:
     """multiprocessing start method (fork is unsafe once JAX has started threads)."""
 
     def __post_init__(self):
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"env.workers.workers must be >= 0 or null, got {self.workers}")
+        if self.workers < 0:
+            raise ValueError(f"env.workers.workers must be >= 0, got {self.workers}")
         if self.max_restarts < 0:
             raise ValueError(f"env.workers.max_restarts must be >= 0, got {self.max_restarts}")
         for name in ("step_timeout_s", "reset_timeout_s"):
@@ -238,6 +240,11 @@ class WorkersConfig:
             )
         for server in self.carla_servers:
             parse_server(server)
+        if self.carla_in_process and (self.carla_servers or self.carla_server_command is not None or self.workers):
+            raise ValueError(
+                "env.workers.carla_in_process runs the envs in the training process: it excludes workers, "
+                "carla_servers and carla_server_command"
+            )
         if self.carla_server_command is not None:
             if self.carla_servers:
                 raise ValueError("set env.workers.carla_server_command or env.workers.carla_servers, not both")

@@ -8,7 +8,7 @@ gymnasium `AsyncVectorEnv` (shared-memory observations, pipes, error
 forwarding and timeouts are gymnasium's). A CARLA run with a list of servers
 gets one worker per server, so every env ticks its own server concurrently.
 
-CARLA envs always run supervised (`effective_workers`): without an explicit
+CARLA envs run supervised (`effective_workers`): without an explicit
 `workers` count every CARLA env gets its own worker, and steps and resets
 get finite deadlines, because a stuck Traffic Manager blocks `world.tick()`
 forever (carla#2809) and a dying server aborts its client process
@@ -95,15 +95,15 @@ def carla_reset_deadline_s(carla: CarlaConfig) -> float:
 def effective_workers(config: EnvConfig, workers: WorkersConfig) -> WorkersConfig:
     """`workers` with its defaults resolved for the backend.
 
-    CARLA: one worker per env unless `workers` is set, and finite step and
-    reset deadlines (`carla_step_deadline_s`, `carla_reset_deadline_s`)
-    unless set. Other backends: in-process unless `workers` is set, no deadlines.
+    CARLA (unless `carla_in_process`): one worker per env unless `workers` is
+    set, and finite step and reset deadlines (`carla_step_deadline_s`,
+    `carla_reset_deadline_s`) unless set. Other backends: as given.
     """
-    if config.backend != "carla":
-        return dataclasses.replace(workers, workers=workers.workers or 0)
+    if config.backend != "carla" or workers.carla_in_process:
+        return workers
     return dataclasses.replace(
         workers,
-        workers=config.num_envs if workers.workers is None else workers.workers,
+        workers=workers.workers or config.num_envs,
         step_timeout_s=workers.step_timeout_s or carla_step_deadline_s(config.carla),
         reset_timeout_s=workers.reset_timeout_s or carla_reset_deadline_s(config.carla),
     )
@@ -186,7 +186,7 @@ def make_worker_vec_env(
       config: the `env:` section.
       workers: processes, CARLA servers, failure handling, resolved by
         `effective_workers`. With zero workers and no servers (the default for
-        lanesim and gym) this is exactly `make_vec_env(config, num_envs, seed=seed)`.
+        lanesim and gym, and `carla_in_process`) this is exactly `make_vec_env(config, num_envs, seed=seed)`.
       num_envs: default `config.num_envs`.
       seed: default `config.seed`.
       env_factory: builds a worker's env from its `WorkerSpec` (default `make_block_env`).
