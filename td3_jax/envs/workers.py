@@ -15,8 +15,8 @@ forever (carla#2809) and a dying server aborts its client process
 (carla#4577). Before the workers start, and before a failed worker is
 restarted, its server must listen (`td3_jax.envs.carla_server`); a server
 this process started is restarted with its worker, and a restarted worker
-gets a fresh Traffic Manager port, since the server still lists the dead
-client's one.
+gets a fresh Traffic Manager port, so that it never meets one left over from
+a dead connection (carla#2789).
 
 `WorkerVecEnv` keeps gymnasium's SAME_STEP autoreset contract of
 `make_vec_env`: an ended episode's true last observation is in
