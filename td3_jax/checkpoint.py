@@ -438,7 +438,14 @@ class Checkpointer:
         deadline = time.monotonic() + _FAILED_SAVE_WAIT_S
         in_flight = set(threading.enumerate()) - threads_before
         for thread in in_flight:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while True:
+                try:
+                    thread.join(max(0.0, deadline - time.monotonic()))
+                    break
+                except RuntimeError:  # listed while still starting (threading's limbo): join it once it runs
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.01)
         if any(thread.is_alive() for thread in in_flight):
             _LOG.warning("a failed checkpoint save is still writing after %.0f s; its leftovers stay until the "
                          "next Checkpointer opens %s", _FAILED_SAVE_WAIT_S, self.directory)

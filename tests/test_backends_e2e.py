@@ -190,6 +190,7 @@ CARLA_SETTINGS = [
     "env.carla.camera_width=8",
     "env.carla.camera_height=6",
     f"env.carla.max_episode_steps={EPISODE_STEPS}",
+    "env.workers.carla_in_process=true",  # the stand-in server is patched into this process only
 ]
 
 
