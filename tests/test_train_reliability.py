@@ -336,3 +336,21 @@ def test_a_replay_buffer_too_large_for_memory_fails_before_the_slow_setup(tmp_pa
     monkeypatch.setattr("td3_jax.envs.make_env", never)
     with pytest.raises(UserError, match="algorithm.buffer_size"):
         Trainer(_config("algorithm.buffer_size=10000000000", "training.num_eval_episodes=1"), tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_checkpoint_save_lets_the_save_commit_then_stops(tmp_path, monkeypatch):
+    real_save = Checkpointer.save
+
+    def save(self, step, **items):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the save runs
+        return real_save(self, step, **items)
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    run_dir = tmp_path / "run"
+    trainer = Trainer(_config("training.max_timesteps=200", "training.checkpoint_freq=30"), run_dir)
+    assert trainer.train(resume=False) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    with Checkpointer(run_dir / "checkpoints", read_only=True) as checkpoints:
+        assert checkpoints.committed_steps() == [30]
+    assert Trainer(_config("training.max_timesteps=40"), run_dir).train(resume=True) == 0
