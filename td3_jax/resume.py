@@ -52,15 +52,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_changes(saved: dict, current: config_lib.RunConfig) -> list[tuple[str, Any, Any]]:
-    """(key, saved value, current value) for every key that differs, in config order.
-
-    Keys the saved config lacks (written before they existed) count as their defaults.
-    """
-    defaults = _flatten(config_lib.to_dict(config_lib.RunConfig()))
-    before = {**defaults, **_flatten(saved)}
+def config_changes(saved: config_lib.RunConfig, current: config_lib.RunConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every key that differs, in config order."""
+    before = _flatten(config_lib.to_dict(saved))
     after = _flatten(config_lib.to_dict(current))
-    return [(key, before.get(key), value) for key, value in after.items() if before.get(key) != value]
+    return [(key, before[key], value) for key, value in after.items() if before[key] != value]
 
 
 def check_changes(changes: list[tuple[str, Any, Any]], *, env_snapshot: bool, run_dir) -> None:

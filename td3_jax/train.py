@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from td3_jax import config as config_lib
@@ -216,7 +215,7 @@ class Trainer:
             )
         # The config is checked first: a refused change must not surface as a shape mismatch of the arrays.
         saved = config_lib.build(config_lib.RunConfig, self.checkpointer.read_config())
-        changes = resume.config_changes(config_lib.to_dict(saved), self.run)
+        changes = resume.config_changes(saved, self.run)
         resume.check_changes(changes, env_snapshot=_has_env_snapshot(saved), run_dir=self.run_dir)
         restored = self.checkpointer.restore(
             abstract_train_state=self.parallel.abstract_state(self.state), with_replay=True
@@ -299,7 +298,7 @@ class Trainer:
         log.add_update_metrics(metrics)
         # Checked at every update, not at the next log: a non-finite state must never be acted on,
         # evaluated or checkpointed.
-        if not bool(jnp.min(metrics["debug/all_finite"])):
+        if np.asarray(metrics["debug/all_finite"]).min() < 1:
             raise _Diverged(f"an update at step {self.env_step} produced non-finite values: the networks diverged")
 
     def _log(self, log: RunLog, interval_start: tuple[int, float]) -> None:
@@ -332,7 +331,7 @@ class Trainer:
                 log.scalars(self.env_step, alert_scalars(alerts))
             for alert in alerts:
                 log.line(f"[{alert.severity}] {alert.message}")
-            if not any(alert.severity == "critical" for alert in alerts) and _all_finite(self.state):
+            if not any(alert.severity == "critical" for alert in alerts):  # finite: `_train` checks every update
                 self._last_good_state = (self.env_step, self.state)
         status = {"sps": progress["progress/env_steps_per_sec"]}
         if self.recent_rewards:
@@ -547,16 +546,6 @@ def _has_env_snapshot(run: config_lib.RunConfig) -> bool:
 
 class _Diverged(Exception):
     """The policy produced non-finite actions: training cannot continue."""
-
-
-@jax.jit
-def _finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
-
-
-def _all_finite(state) -> bool:
-    """Whether every parameter of both networks and their targets is finite."""
-    return bool(_finite((state.actor_params, state.critic_params, state.actor_target_params, state.critic_target_params)))
 
 
 def _errno(error: BaseException) -> int | None:
