@@ -320,6 +320,10 @@ def _convert(annotation, value: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key} has the wrong type: {value!r}")
+    if origin is dict:  # a free-form mapping (env.gym.make_kwargs); its dataclass checks the entries
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return value
     if origin is tuple:
         args = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):

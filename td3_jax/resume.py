@@ -16,6 +16,7 @@ elsewhere cannot run code on resume.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import pickle
 import zlib
@@ -41,21 +42,26 @@ FIXED_KEYS = {
 """Keys a resumed run cannot change, with the reason."""
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(config, plain: dict, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: plain value} of every field of a config dataclass, `plain` being its `to_dict`.
+
+    Sections are followed by the dataclass, not by the dict, so that a free-form
+    mapping (env.gym.make_kwargs) is one value however its keys change.
+    """
     flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(_flatten(value, plain[field.name], f"{prefix}{field.name}."))
         else:
-            flat[name] = value
+            flat[prefix + field.name] = plain[field.name]
     return flat
 
 
 def config_changes(saved: config_lib.RunConfig, current: config_lib.RunConfig) -> list[tuple[str, Any, Any]]:
     """(key, saved value, current value) for every key that differs, in config order."""
-    before = _flatten(config_lib.to_dict(saved))
-    after = _flatten(config_lib.to_dict(current))
+    before = _flatten(saved, config_lib.to_dict(saved))
+    after = _flatten(current, config_lib.to_dict(current))
     return [(key, before[key], value) for key, value in after.items() if before[key] != value]
 
 

@@ -1,14 +1,17 @@
 """Settings of the driving environments: the embedded simulator and the backend choice.
 
-`LaneSimConfig` is the `lanesim:` section of a training config and `EnvConfig`
-the `env:` section; `RewardConfig` (in `reward.py`) is shared with CARLA.
-Defaults live only here; `docs/environment.md` explains the task they define.
+`LaneSimConfig` is the `lanesim:` section of a training config, `GymConfig`
+the `gym:` section and `EnvConfig` the `env:` section; `RewardConfig` (in
+`reward.py`) is shared with CARLA. Defaults live only here;
+`docs/environment.md` explains the task they define.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from td3_jax.envs.carla_config import CarlaConfig
 from td3_jax.envs.reward import RewardConfig
@@ -260,12 +263,139 @@ class WorkersConfig:
             )
 
 
+class FrozenDict(dict):
+    """A read-only, hashable dict, so that a free-form mapping can sit in a frozen config.
+
+    It is a dict for everything that reads one (`dataclasses.asdict`, JSON,
+    `gymnasium.make(**...)`); only the methods that change it are refused.
+    """
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a config mapping is read-only; build a new config with dataclasses.replace")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self):
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self):  # pickling would otherwise refill the dict item by item, through __setitem__
+        return type(self), (dict(self),)
+
+
+def _frozen(value: Any, key: str) -> Any:
+    """`value`, a mapping's entry, with mappings as FrozenDicts and lists as tuples; ValueError for anything
+    that would not come back unchanged from the YAML and JSON a run and its checkpoints store."""
+    if isinstance(value, Mapping):
+        for name in value:
+            if not isinstance(name, str):
+                raise ValueError(f"{key} must have string keys, got {name!r}")
+        return FrozenDict((name, _frozen(item, f"{key}.{name}")) for name, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(item, f"{key}[{i}]") for i, item in enumerate(value))
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise ValueError(
+        f"{key} must be a string, number, boolean, null, list or mapping, got {type(value).__name__} {value!r}"
+    )
+
+
+def _thawed(value: Any) -> Any:
+    """A fresh, mutable copy of a `_frozen` value: dicts for mappings, tuples for sequences.
+
+    Tuples, because YAML cannot say which an env wants and tuples are what
+    shapes need (highway-env computes `(stack_size,) + observation_shape`).
+    """
+    if isinstance(value, Mapping):
+        return {name: _thawed(item) for name, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_thawed(item) for item in value)
+    return value
+
+
+def split_gym_id(env_id: str) -> tuple[str | None, str]:
+    """(module or None, registered id) of a gymnasium id written `[module:]id`, e.g. "highway_env:racetrack-v0".
+
+    `gymnasium.make` imports the module before looking the id up, so the module's import registers the env.
+    """
+    module, sep, name = env_id.rpartition(":")
+    return (module if sep else None), name
+
+
+def _is_gym_backend(backend: str) -> bool:
+    """gym:<id> or gym:<module>:<id>, the module a dotted Python name (gymnasium splits the id at its one colon)."""
+    if not backend.startswith("gym:"):
+        return False
+    module, name = split_gym_id(backend.removeprefix("gym:"))
+    if not name or (module is not None and ":" in module):
+        return False
+    return module is None or all(part.isidentifier() for part in module.split("."))
+
+
+_MAKE_KWARGS_SET_ELSEWHERE = {
+    "id": "env.backend",
+    "stack": "env.stack",
+    "seed": "env.seed",
+    "layout": "env.gym.layout",
+    "value_range": "env.gym.value_range",
+    "image_key": "env.gym.image_key",
+    "vector_keys": "env.gym.vector_keys",
+}
+"""Arguments of `make_gym_env` itself: a key of the same name in make_kwargs could not reach `gymnasium.make`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GymConfig:
+    """A gym:<id> env: the arguments of gymnasium.make and how the adapter reads its observation (docs/gym_envs.md)."""
+
+    make_kwargs: dict[str, Any] = dataclasses.field(default_factory=FrozenDict)
+    """Keyword arguments of gymnasium.make, e.g. {continuous: true} for CarRacing or {config: {...}} for highway-env; mappings may nest, lists arrive as tuples."""
+    layout: str | None = None
+    """Axes of the image observation in the letters h, w, c, s, (sc), e.g. "chw" or "shw"; null: guessed from its shape."""
+    value_range: tuple[float, float] | None = None
+    """(low, high) of the raw image values, mapped to [0, 255]; null: [0, 255] for uint8 images, else the Box bounds."""
+    image_key: str | None = None
+    """The image entry of a Dict observation; null: the only image Box, or the first of image, pixels, rgb, camera, observation."""
+    vector_keys: tuple[str, ...] | None = None
+    """The Dict entries concatenated into the vector; null: every entry but the image (all must be Boxes)."""
+
+    def __post_init__(self):
+        sec = "env.gym"
+        if not isinstance(self.make_kwargs, Mapping):
+            raise ValueError(f"{sec}.make_kwargs must be a mapping of keyword arguments, got {self.make_kwargs!r}")
+        object.__setattr__(self, "make_kwargs", _frozen(self.make_kwargs, f"{sec}.make_kwargs"))
+        for name, where in _MAKE_KWARGS_SET_ELSEWHERE.items():
+            if name in self.make_kwargs:
+                raise ValueError(f"{sec}.make_kwargs cannot hold {name!r}: the adapter takes it from {where}; set that")
+        if self.layout is not None:
+            from td3_jax.envs.gym_adapter import parse_layout  # imports gymnasium: only when a layout is set
+
+            try:
+                parse_layout(self.layout)
+            except ValueError as error:
+                raise ValueError(f"{sec}.layout: {error}") from None
+        if self.value_range is not None:
+            pair = tuple(self.value_range)
+            if len(pair) != 2 or not all(math.isfinite(v) for v in pair) or not pair[0] < pair[1]:
+                raise ValueError(f"{sec}.value_range must be [low, high] with finite low < high, got {self.value_range}")
+            object.__setattr__(self, "value_range", pair)
+        if self.vector_keys is not None:
+            object.__setattr__(self, "vector_keys", tuple(self.vector_keys))
+            if len(set(self.vector_keys)) != len(self.vector_keys):
+                raise ValueError(f"{sec}.vector_keys names an entry twice: {list(self.vector_keys)}")
+            if self.image_key is not None and self.image_key in self.vector_keys:
+                raise ValueError(f"{sec}.vector_keys holds the image_key {self.image_key!r}")
+
+    def gymnasium_make_kwargs(self) -> dict[str, Any]:
+        """make_kwargs as a fresh dict for one `gymnasium.make`: an env may keep and change what it is given."""
+        return _thawed(self.make_kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
     """Which backend to drive and how its observations are stacked."""
 
     backend: str = "lanesim"
-    """"lanesim" (embedded simulator), "carla", or "gym:<id>" for a gymnasium env with images."""
+    """"lanesim" (embedded simulator), "carla", or "gym:<id>" / "gym:<module>:<id>" for a gymnasium env with images (the module is imported first, to register the id)."""
     stack: int = DEFAULT_STACK
     """Frames per observation (oldest first on the last image axis)."""
     seed: int = 0
@@ -280,12 +410,21 @@ class EnvConfig:
     """Settings of the CARLA backend."""
     workers: WorkersConfig = WorkersConfig()
     """Env worker processes, CARLA servers and crash handling (docs/scaling.md)."""
+    gym: GymConfig = GymConfig()
+    """gymnasium.make arguments and observation reading of a gym:<id> backend (docs/gym_envs.md)."""
 
     def __post_init__(self):
-        if self.backend not in ("lanesim", "carla") and not (
-            self.backend.startswith("gym:") and len(self.backend) > 4
-        ):
-            raise ValueError(f'env.backend must be "lanesim", "carla" or "gym:<id>", got {self.backend!r}')
+        if self.backend not in ("lanesim", "carla") and not _is_gym_backend(self.backend):
+            raise ValueError(
+                'env.backend must be "lanesim", "carla", "gym:<id>" or "gym:<module>:<id>" '
+                f"(e.g. gym:CarRacing-v3, gym:highway_env:racetrack-v0), got {self.backend!r}"
+            )
+        if not self.backend.startswith("gym:") and self.gym != GymConfig():
+            raise ValueError(
+                f"env.gym configures a gym:<id> backend, but env.backend is {self.backend!r}; "
+                "remove env.gym or set env.backend"
+            )
         _check_range("env", "stack", self.stack, 1, 16)
         _check_range("env", "seed", self.seed, 0, 2**63 - 1)
         _check_range("env", "num_envs", self.num_envs, 1, 4096)
+

@@ -36,7 +36,17 @@ def make_env(config: EnvConfig = EnvConfig(), *, seed: int | None = None) -> gym
         return make_carla_env(dataclasses.replace(config, seed=seed))
     from td3_jax.envs.gym_adapter import make_gym_env
 
-    return make_gym_env(config.backend.removeprefix("gym:"), stack=config.stack, seed=seed)
+    gym = config.gym
+    return make_gym_env(
+        config.backend.removeprefix("gym:"),
+        stack=config.stack,
+        seed=seed,
+        layout=gym.layout,
+        value_range=gym.value_range,
+        image_key=gym.image_key,
+        vector_keys=gym.vector_keys,
+        **gym.gymnasium_make_kwargs(),
+    )
 
 
 def make_vec_env(config: EnvConfig = EnvConfig(), num_envs: int | None = None, *, seed: int | None = None) -> VectorEnv:

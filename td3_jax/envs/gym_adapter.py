@@ -13,7 +13,9 @@ nearest (ties to even, `np.rint`) → uint8 → `FrameStack`. See
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,10 +25,13 @@ from gymnasium import spaces as gym_spaces
 
 from td3_jax.cli import UserError
 from td3_jax.envs import spaces
+from td3_jax.envs.config import split_gym_id
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114])
 """ITU-R BT.601 luma weights of (R, G, B)."""
 _PREFERRED_IMAGE_KEYS = ("image", "pixels", "rgb", "camera", "observation")
+_SIGNATURE_MISMATCH = re.compile(r"unexpected keyword argument|missing \d+ required")
+"""What Python's TypeError says when a call's arguments do not fit the function."""
 
 
 class GymAdapterError(UserError, ValueError):
@@ -349,7 +354,9 @@ def make_gym_env(
     """`gymnasium.make(env_id, **make_kwargs)` wrapped in `GymImageAdapter`.
 
     Args:
-      env_id: a registered gymnasium id, e.g. ``"CarRacing-v3"``.
+      env_id: a registered gymnasium id, e.g. ``"CarRacing-v3"``, or
+        ``"module:id"`` (e.g. ``"highway_env:racetrack-v0"``): the module is
+        imported first, so that it registers the id.
       stack: frames per observation.
       seed: seed of the first reset (later resets continue its RNG) and of
         ``action_space.sample()``.
@@ -368,9 +375,13 @@ def make_gym_env(
       uint8, "vector": (V,) float32}``, its actions ``(A,)`` float32 in [-1, 1].
 
     Raises:
-      GymAdapterError: unknown id, missing optional dependency, no image
+      GymAdapterError: unknown id, module that cannot be imported, missing
+        optional dependency, a keyword the env does not take, no image
         observation or no Box action space.
     """
+    module, _ = split_gym_id(env_id)
+    if module is not None:
+        _import_env_module(module, env_id)
     try:
         env = gymnasium.make(env_id, **make_kwargs)
     except gymnasium.error.DependencyNotInstalled as error:
@@ -380,7 +391,15 @@ def make_gym_env(
         ) from error
     except gymnasium.error.Error as error:
         raise GymAdapterError(
-            f"gym:{env_id}: {_first_line(error)}; use a registered gymnasium id, e.g. gym:CarRacing-v3"
+            f"gym:{env_id}: {_first_line(error)}; use a registered gymnasium id, e.g. gym:CarRacing-v3, "
+            "or gym:<module>:<id> with the module that registers it"
+        ) from error
+    except TypeError as error:
+        if not _SIGNATURE_MISMATCH.search(str(error)):  # a fault inside the env, not in what it was given
+            raise
+        raise GymAdapterError(
+            f"gym:{env_id} cannot be made with the keyword arguments given ({_first_line(error)}); "
+            "set them in env.gym.make_kwargs"
         ) from error
     try:
         return GymImageAdapter(
@@ -395,6 +414,22 @@ def make_gym_env(
     except GymAdapterError:
         env.close()
         raise
+
+
+def _import_env_module(module: str, env_id: str) -> None:
+    """Imports the module of a "module:id" id, which registers the id; GymAdapterError if it cannot be."""
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        missing = error.name  # the module not found; another name means the module's own imports failed
+        if missing and (module == missing or module.startswith(missing + ".")):
+            raise GymAdapterError(
+                f"gym:{env_id}: module {module!r}, which registers the env, is not installed; "
+                "pip install the package that provides it"
+            ) from error
+        raise GymAdapterError(
+            f"gym:{env_id}: importing module {module!r}, which registers the env, failed: {_first_line(error)}"
+        ) from error
 
 
 def _first_line(error: Exception) -> str:
