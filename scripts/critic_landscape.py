@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from td3_jax import checkpoint, config as config_lib, networks
+from td3_jax import checkpoint, config as config_lib, networks, td3
 from td3_jax.envs import make_env
 from td3_jax.cli import UserError
 from td3_jax.td3 import init_state
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             obs, _ = env.reset()
     image, vector = jnp.asarray(np.stack(images)), jnp.asarray(np.stack(vectors))
     actor, critic = networks.make_networks(td3_cfg.network)
-    policy = np.asarray(actor.apply({"params": state.actor_params}, image, vector))
+    policy = np.asarray(actor.apply({"params": td3.policy_params(state)}, image, vector))
     steers = np.linspace(-1.0, 1.0, args.steer_points)
     print(f"checkpoint {args.run_dir}/{restored.step}: policy mean action (steer, pedal) = "
           f"({policy[:, 0].mean():+.3f}, {policy[:, 1].mean():+.3f}) over {len(images)} states")

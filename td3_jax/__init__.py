@@ -8,7 +8,17 @@ See docs/api.md.
 from td3_jax.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
 from td3_jax.networks import Actor, Critic, Encoder, init_params, make_networks, param_labels
 from td3_jax.optim import make_optimizer
-from td3_jax.td3 import TD3State, act, actor_loss, critic_loss, init_state, td_target, update, update_many
+from td3_jax.td3 import (
+    TD3State,
+    act,
+    actor_loss,
+    critic_loss,
+    init_state,
+    policy_params,
+    td_target,
+    update,
+    update_many,
+)
 from td3_jax.types import Batch, PackedBatch, unpack
 
 __all__ = [
@@ -30,6 +40,7 @@ __all__ = [
     "make_networks",
     "make_optimizer",
     "param_labels",
+    "policy_params",
     "td_target",
     "unpack",
     "update",

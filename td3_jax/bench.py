@@ -335,7 +335,7 @@ def bench_act(plan: Plan) -> dict:
     key = jax.random.key(1)
 
     def act():
-        return np.asarray(td3.act(state.actor_params, image, vector, key, 0.1, network=config.network))
+        return np.asarray(td3.act(td3.policy_params(state), image, vector, key, 0.1, network=config.network))
 
     start = time.perf_counter()
     act()

@@ -145,6 +145,8 @@ class CnnConfig:
     """Encoder nonlinearity (leaky slope 0.01)."""
     conv_impl: Literal["auto", "xla", "matmul"] = "auto"
     """Convolution implementation (see td3_jax.conv); auto picks the fastest for the backend."""
+    shared: bool = False
+    """One encoder, the critic's, trained by the critic loss only; the actor reads its features without a gradient (DrQ-v2), and actor_cnn_lr has nothing to train. false: separate encoders (the original)."""
 
     def __post_init__(self):
         _check(self.actor_cnn_lr >= 0, "networks.cnn.actor_cnn_lr", ">= 0", self.actor_cnn_lr)
@@ -262,6 +264,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
             actor_trunk=nets.actor.trunk_features,
             critic_trunk=nets.critic.trunk_features,
             action_dim=action_dim,
+            shared_encoder=nets.cnn.shared,
         ),
         actor_optimizer=OptimizerConfig(
             max_grad_norm=algorithm.gradient_clipping.actor_max_norm,

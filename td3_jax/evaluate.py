@@ -234,7 +234,7 @@ def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | No
 
     from td3_jax import checkpoint, config as config_lib
     from td3_jax.cli import UserError
-    from td3_jax.td3 import init_state
+    from td3_jax.td3 import init_state, policy_params
 
     restored = None
     episodes = args.episodes if args.episodes is not None else run_config.training.num_eval_episodes
@@ -259,7 +259,7 @@ def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | No
         )
         with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
             restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
-        policy = td3_policy(restored.train_state.actor_params, td3_cfg.network)
+        policy = td3_policy(policy_params(restored.train_state), td3_cfg.network)
         source = f"checkpoint {directory}/{restored.step}"
     max_steps = (
         args.max_episode_steps or run_config.training.eval_max_episode_steps

@@ -42,6 +42,10 @@ class NetworkConfig:
     """Width of the critic's trunk, shared by both Q heads, before the action joins; 0: none (the original)."""
     action_dim: int = 2
     """Action size: (steer, throttle_brake)."""
+    shared_encoder: bool = False
+    """One image encoder, the critic's, trained by the critic loss only; the actor reads its features
+    under stop_gradient and the target actor the target critic's (DrQ-v2). False: each network has its
+    own encoder (the original)."""
 
 
 @dataclasses.dataclass(frozen=True)

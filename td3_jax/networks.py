@@ -7,10 +7,12 @@ per-element scale and bias, as the original's latest version, then the
 activation. Frames enter as uint8 NHWC and are scaled inside the network to
 [-1, 1], so only uint8 crosses the host-device boundary.
 
-Each network computes its own features from the observation. The critic's
+Each network computes its own features from the observation, unless
+`NetworkConfig.shared_encoder`: then the actor has no encoder of its own and reads
+the critic's features (DrQ-v2; `td3.policy_params` assembles what `act` needs). The critic's
 `q1_value` takes features the caller computed with the *critic's* encoder; the
 actor loss puts them under `stop_gradient` (see td3.py). Parameter trees:
-  actor:  {"encoder": ..., "head": ...}
+  actor:  {"encoder": ..., "trunk": ..., "head": ...}  (no "encoder" when shared)
   critic: {"encoder": ..., "q1": ..., "q2": ...}
 The "encoder" subtree is the optimizer's "cnn" group, the rest is "mlp".
 
@@ -137,7 +139,10 @@ class Actor(nn.Module):
 
     def preactivation(self, image: jax.Array, vector: jax.Array) -> jax.Array:
         """The head's output before tanh (what a saturation penalty acts on)."""
-        features = self.encoder(image)
+        return self.head_preactivation(self.encoder(image), vector)
+
+    def head_preactivation(self, features: jax.Array, vector: jax.Array) -> jax.Array:
+        """`preactivation` from encoder features computed elsewhere (the critic's, when shared)."""
         return self.head(self.trunk(jnp.concatenate([features, vector], axis=-1)))
 
 
@@ -203,6 +208,11 @@ def init_params(config: NetworkConfig, key: jax.Array, image_shape: tuple[int, .
     vector = jnp.zeros((1, vector_dim), jnp.float32)
     action = jnp.zeros((1, config.action_dim), jnp.float32)
     actor_key, critic_key = jax.random.split(key)
-    actor_params = actor.init(actor_key, image, vector)["params"]
+    if config.shared_encoder:
+        # The actor owns no encoder: `td3.policy_params` lends it the critic's to act.
+        features = jnp.zeros((1, config.encoder.features), jnp.float32)
+        actor_params = actor.init(actor_key, features, vector, method=actor.head_preactivation)["params"]
+    else:
+        actor_params = actor.init(actor_key, image, vector)["params"]
     critic_params = critic.init(critic_key, image, vector, action)["params"]
     return actor_params, critic_params

@@ -34,6 +34,7 @@ FIXED_KEYS = {
     "networks.cnn.features": "the checkpoint's arrays have this shape",
     "networks.cnn.layer_norm": "the checkpoint's arrays have this shape",
     "networks.cnn.activation": "the checkpoint's weights were trained with it",
+    "networks.cnn.shared": "the checkpoint's networks have one encoder or two",
     "networks.actor.hidden_sizes": "the checkpoint's arrays have this shape",
     "networks.actor.trunk_features": "the checkpoint's arrays have this shape",
     "networks.critic.hidden_sizes": "the checkpoint's arrays have this shape",

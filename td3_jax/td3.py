@@ -17,7 +17,10 @@ min-target, target-policy smoothing, a delayed actor, Polyak targets.
    features; the actor moves Q only through its action. (The original fed the
    actor CNN's features into the critic's state input and its actor loss
    exploded.) Then Polyak-average every target parameter with tau, as in
-   Fujimoto's code: targets move on actor steps. Optionally the first
+   Fujimoto's code: targets move on actor steps. With
+   `network.shared_encoder` (DrQ-v2) the actor owns no encoder: its head reads
+   the critic's detached features, the target actor the target critic's, and
+   the one encoder is trained by the critic loss and Polyak-averaged once. Optionally the first
    `actor_warmup_updates` updates train only the critic (its target still
    moves every `policy_freq` steps), so the actor does not chase a critic
    that has not yet seen what staying on the road is worth. Optionally
@@ -115,13 +118,24 @@ def td_target(
     For k-step transitions (`batch.discount` set) r is the discounted k-step reward sum, s' the
     state k steps later, and gamma^k comes per transition from the batch.
     """
-    next_action = actor.apply({"params": state.actor_target_params}, batch.next_image, batch.next_vector)
+    target_params = {"params": state.critic_target_params}
+    if config.network.shared_encoder:
+        # One target encoder pass serves the target actor and the target critic.
+        next_features = critic.apply(target_params, batch.next_image, method=critic.features)
+        next_action = jnp.tanh(
+            actor.apply(
+                {"params": state.actor_target_params}, next_features, batch.next_vector,
+                method=actor.head_preactivation,
+            )
+        )
+    else:
+        next_action = actor.apply({"params": state.actor_target_params}, batch.next_image, batch.next_vector)
     noise = jnp.clip(
         config.policy_noise * jax.random.normal(key, next_action.shape), -config.noise_clip, config.noise_clip
     )
     next_action = jnp.clip(next_action + noise, -1.0, 1.0)
-    target_params = {"params": state.critic_target_params}
-    next_features = critic.apply(target_params, batch.next_image, method=critic.features)
+    if not config.network.shared_encoder:
+        next_features = critic.apply(target_params, batch.next_image, method=critic.features)
     next_q1, next_q2 = critic.apply(
         target_params, next_features, batch.next_vector, next_action, method=critic.q_values
     )
@@ -151,14 +165,18 @@ def actor_loss(
 
     Differentiate with respect to `actor_params` only: the critic's features
     and parameters are constants here, so the actor reaches Q only through
-    the action it outputs. u is the actor's pre-tanh output: once tanh
+    the action it outputs. With a shared encoder the actor's head reads the same
+    detached features, so the actor loss never trains the encoder. u is the actor's pre-tanh output: once tanh
     saturates, dQ/du vanishes and only the penalty can pull the policy back
     (a saturated corner policy is how the original system's runs ended).
     """
-    preactivation = actor.apply({"params": actor_params}, batch.image, batch.vector, method=actor.preactivation)
-    action = jnp.tanh(preactivation)
     critic_vars = {"params": critic_params}
     features = jax.lax.stop_gradient(critic.apply(critic_vars, batch.image, method=critic.features))
+    if actor.config.shared_encoder:
+        preactivation = actor.apply({"params": actor_params}, features, batch.vector, method=actor.head_preactivation)
+    else:
+        preactivation = actor.apply({"params": actor_params}, batch.image, batch.vector, method=actor.preactivation)
+    action = jnp.tanh(preactivation)
     q1 = critic.apply(critic_vars, features, batch.vector, action, method=critic.q1_value)
     loss = -jnp.mean(q1) + preactivation_l2 * jnp.mean(jnp.square(preactivation))
     return loss, (q1, action, preactivation)
@@ -312,6 +330,13 @@ def update_many(state: TD3State, batches: Batch | PackedBatch) -> tuple[TD3State
     return jax.lax.scan(_update, state, batches)
 
 
+def policy_params(state: TD3State) -> Params:
+    """The parameters `act` takes: the actor's, plus the critic's encoder when the encoder is shared."""
+    if state.config.network.shared_encoder:
+        return {**state.actor_params, "encoder": state.critic_params["encoder"]}
+    return state.actor_params
+
+
 @functools.partial(jax.jit, static_argnames="network")
 def act(
     actor_params: Params,
@@ -325,7 +350,7 @@ def act(
     """Policy action with Gaussian exploration noise, clipped to [-1, 1].
 
     Args:
-      actor_params: `state.actor_params`.
+      actor_params: `policy_params(state)` (`state.actor_params` unless the encoder is shared).
       image: (B, H, W, S) uint8 frame stacks.
       vector: (B, V) float32 vector states.
       key: PRNG key for the noise.

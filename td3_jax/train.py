@@ -38,7 +38,7 @@ from td3_jax.replay import ReplayBuffer, ReplayMemoryError
 from td3_jax.run_log import RunLog
 from td3_jax.envs.workers import WorkerFailureError
 from td3_jax.parallel import DataParallel
-from td3_jax.td3 import act, init_state
+from td3_jax.td3 import act, init_state, policy_params
 
 EPISODE_HISTORY = 100  # episodes in the console's running mean
 
@@ -275,7 +275,7 @@ class Trainer:
         std = exploration_std(algorithm.exploration_noise, self.env_step - algorithm.learning_starts)
         self.act_key, key = jax.random.split(self.act_key)
         actions = act(
-            self.parallel.local_params(self.state.actor_params), self.obs["image"], self.obs["vector"], key, std,
+            self.parallel.local_params(policy_params(self.state)), self.obs["image"], self.obs["vector"], key, std,
             network=self.td3_config.network,
         )
         actions = np.asarray(actions)
@@ -344,7 +344,7 @@ class Trainer:
         if self.eval_env is None:
             return
         training = self.run.training
-        policy = td3_policy(self.parallel.local_params(self.state.actor_params), self.td3_config.network)
+        policy = td3_policy(self.parallel.local_params(policy_params(self.state)), self.td3_config.network)
         try:
             summary, _ = evaluate(
                 self.eval_env, policy, training.num_eval_episodes, training.eval_seed,

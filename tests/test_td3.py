@@ -440,3 +440,104 @@ def test_public_api_is_importable_from_the_package(name):
     import td3_jax
 
     assert hasattr(td3_jax, name)
+
+
+# --- shared encoder (DrQ-v2): one encoder, the critic's, trained by the critic loss only ---
+
+
+def _shared_state(seed=0, **overrides):
+    config = tiny_config(**overrides)
+    config = dataclasses.replace(config, network=dataclasses.replace(config.network, shared_encoder=True))
+    return _state(config, seed)
+
+
+def test_shared_encoder_actor_owns_no_encoder_and_acts_with_the_critics(rng):
+    state = _shared_state()
+    assert "encoder" not in state.actor_params and "encoder" not in state.actor_target_params
+    actor, critic = networks.make_networks(state.config.network)
+    batch = random_batch(rng)
+    features = critic.apply({"params": state.critic_params}, batch.image, method=critic.features)
+    expected = jnp.tanh(
+        actor.apply({"params": state.actor_params}, features, batch.vector, method=actor.head_preactivation)
+    )
+    acted = td3.act(td3.policy_params(state), batch.image, batch.vector, jax.random.key(0), network=state.config.network)
+    np.testing.assert_allclose(np.asarray(acted), np.asarray(expected), rtol=1e-6, atol=1e-6)
+
+
+def test_shared_encoder_actor_loss_gradients_never_reach_the_encoder(rng):
+    state = _shared_state()
+    actor, critic = networks.make_networks(state.config.network)
+    batch = random_batch(rng)
+    critic_grads = jax.grad(td3.actor_loss, argnums=1, has_aux=True)(
+        state.actor_params, state.critic_params, actor, critic, batch
+    )[0]
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(critic_grads["encoder"]))
+    # The full update: an actor step leaves the encoder exactly where the critic step put it.
+    with_actor, metrics_a = td3.update(state, batch)
+    without_actor, metrics_b = td3.update(state.replace(step=jnp.int32(1)), batch)
+    assert float(metrics_a["debug/actor_updated"]) == 1.0 and float(metrics_b["debug/actor_updated"]) == 0.0
+    chex.assert_trees_all_equal(with_actor.critic_params, without_actor.critic_params)
+    assert _tree_changed(with_actor.actor_params, state.actor_params)
+    assert float(metrics_a["debug/actor_cnn_grad_norm_BEFORE_clip"]) == 0.0
+
+
+def test_shared_encoder_actor_loss_is_minus_q1_on_the_critics_features(rng):
+    state = _shared_state(actor_preactivation_l2=0.5)
+    actor, critic = networks.make_networks(state.config.network)
+    batch = random_batch(rng)
+    loss, (q1, action, preactivation) = td3.actor_loss(
+        state.actor_params, state.critic_params, actor, critic, batch, 0.5
+    )
+    features = critic.apply({"params": state.critic_params}, batch.image, method=critic.features)
+    u = actor.apply({"params": state.actor_params}, features, batch.vector, method=actor.head_preactivation)
+    reference_q1, _ = critic.apply({"params": state.critic_params}, batch.image, batch.vector, jnp.tanh(u))
+    np.testing.assert_allclose(np.asarray(q1), np.asarray(reference_q1), rtol=1e-5, atol=1e-6)
+    expected = -jnp.mean(reference_q1) + 0.5 * jnp.mean(jnp.square(u))
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_shared_encoder_target_actor_reads_the_target_critics_encoder(rng):
+    """With zero smoothing noise the target action is the target head on the *target* encoder's features."""
+    state = _shared_state(policy_noise=0.0)
+    # Move the target encoder away from the online one: only the target's may enter y.
+    state = state.replace(
+        critic_target_params=dict(
+            state.critic_target_params,
+            encoder=jax.tree.map(lambda x: x * 1.5 + 0.01, state.critic_target_params["encoder"]),
+        )
+    )
+    actor, critic = networks.make_networks(state.config.network)
+    batch = random_batch(rng)
+    y = td3.td_target(state.config, actor, critic, state, batch, jax.random.key(3))
+    target_policy = {**state.actor_target_params, "encoder": state.critic_target_params["encoder"]}
+    next_action = actor.apply({"params": target_policy}, batch.next_image, batch.next_vector)
+    q1, q2 = critic.apply({"params": state.critic_target_params}, batch.next_image, batch.next_vector, next_action)
+    expected = batch.reward + state.config.discount * (1.0 - batch.terminated) * jnp.minimum(q1, q2)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_encoder_is_polyak_averaged_once_per_actor_step(rng):
+    state = _shared_state()
+    tau = state.config.tau
+    nudge = lambda tree: jax.tree.map(lambda x: x + 0.1, tree)
+    state = state.replace(
+        actor_target_params=nudge(state.actor_target_params), critic_target_params=nudge(state.critic_target_params)
+    )
+    new_state, metrics = td3.update(state, random_batch(rng))
+    assert float(metrics["debug/actor_updated"]) == 1.0
+    for online, old_target, new_target in [
+        (new_state.actor_params, state.actor_target_params, new_state.actor_target_params),
+        (new_state.critic_params, state.critic_target_params, new_state.critic_target_params),
+    ]:
+        expected = jax.tree.map(lambda o, t: tau * o + (1 - tau) * t, online, old_target)
+        chex.assert_trees_all_close(new_target, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_shared_encoder_update_many_equals_sequential_updates(rng):
+    state = _shared_state()
+    batches = [random_batch(rng) for _ in range(3)]
+    sequential = state
+    for batch in batches:
+        sequential, _ = td3.update(sequential, batch)
+    fused, _ = td3.update_many(state, jax.tree.map(lambda *xs: np.stack(xs), *batches))
+    chex.assert_trees_all_close(fused, sequential, rtol=1e-4, atol=1e-5)

@@ -49,18 +49,26 @@ def _final(run_dir: Path, run: config_lib.RunConfig):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n_step", ["algorithm.n_step=1", "algorithm.n_step=3"])  # both sampling paths
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, n_step):
+@pytest.mark.parametrize(
+    "variant",
+    [
+        # both sampling paths, and both network layouts (separate encoders, one shared encoder)
+        ("algorithm.n_step=1", "networks.cnn.shared=true"),
+        ("algorithm.n_step=3", "networks.cnn.shared=false"),
+    ],
+    ids=["n1-shared", "n3-separate"],
+)
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, variant, capsys):
     straight = tmp_path / "straight"
-    assert Trainer(_config("training.max_timesteps=120", n_step), straight).train(resume=False) == 0
+    assert Trainer(_config("training.max_timesteps=120", *variant), straight).train(resume=False) == 0
 
     split = tmp_path / "split"
-    assert Trainer(_config("training.max_timesteps=70", n_step), split).train(resume=False) == 0
-    resumed = Trainer(_config("training.max_timesteps=120", n_step), split)
+    assert Trainer(_config("training.max_timesteps=70", *variant), split).train(resume=False) == 0
+    resumed = Trainer(_config("training.max_timesteps=120", *variant), split)
     assert resumed.train(resume=True) == 0
 
-    a = _final(straight, _config("training.max_timesteps=120", n_step))
-    b = _final(split, _config("training.max_timesteps=120", n_step))
+    a = _final(straight, _config("training.max_timesteps=120", *variant))
+    b = _final(split, _config("training.max_timesteps=120", *variant))
     assert a.step == b.step == 120
     chex.assert_trees_all_equal(a.train_state, b.train_state)
     assert set(a.replay_state) == set(b.replay_state)
@@ -76,6 +84,12 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, n_step):
     for action in actions:
         out_a, out_b = env_a.step(action), env_b.step(action)
         chex.assert_trees_all_equal(out_a[:4], out_b[:4])
+
+    # The resumed run's policy evaluates from its checkpoint (the shared layout lends the critic's encoder).
+    from td3_jax.cli import main
+
+    assert main(["eval", "--checkpoint", str(split), "--episodes", "1"]) == 0
+    assert "eval/mean_reward" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
