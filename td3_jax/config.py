@@ -213,6 +213,8 @@ class TrainingConfig:
     """Include the replay buffer in checkpoints (needed for an exact resume)."""
     log_freq: int = 100
     """Write aggregated update metrics to TensorBoard every this many env steps."""
+    compare_baseline: bool = True
+    """At the end, also run the pure-pursuit + PID baseline on the final evaluation's episodes and print both side by side (embedded simulator only)."""
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     """Console progress: auto = a bar on a terminal, plain lines otherwise (and when CI=true)."""
     devices: str = "auto"

@@ -127,6 +127,27 @@ def summarize(episodes: list[EpisodeResult]) -> dict[str, float]:
     return summary
 
 
+COMPARISON_ROWS = (
+    ("success rate", "eval/success_rate", "{:.2f}"),
+    ("mean return", "eval/mean_reward", "{:.1f}"),
+    ("lateral RMSE (m)", "eval/lateral_rmse_m", "{:.3f}"),
+    ("collisions per route", "eval/avg_collisions", "{:.2f}"),
+    ("lane invasions per route", "eval/avg_lane_invasions", "{:.2f}"),
+    ("distance (m)", "eval/avg_distance_m", "{:.1f}"),
+    ("mean speed (km/h)", "eval/mean_speed_kmh", "{:.1f}"),
+)
+
+
+def comparison_table(columns: dict[str, dict[str, float]]) -> str:
+    """Evaluation summaries side by side, one column per policy, one row per headline metric."""
+    names = list(columns)
+    lines = [f"{'':26s}" + "".join(f"{name:>12s}" for name in names)]
+    for label, key, spec in COMPARISON_ROWS:
+        cells = [spec.format(columns[name][key]) if key in columns[name] else "-" for name in names]
+        lines.append(f"{label:26s}" + "".join(f"{cell:>12s}" for cell in cells))
+    return "\n".join(lines)
+
+
 def evaluate(
     env,
     policy: Policy,

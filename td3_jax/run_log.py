@@ -105,6 +105,16 @@ def _progress_mode(requested: str) -> str:
     return "bar"
 
 
+def format_duration(seconds: float) -> str:
+    """12s, 4m05s, 1h02m."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class RunLog:
     """One run's TensorBoard writer, metric aggregation and progress display."""
 
@@ -123,6 +133,7 @@ class RunLog:
         self._last_line = 0.0
         self._last_step = start_step
         self._last_time = time.perf_counter()
+        self._start = (start_step, self._last_time)
         self.status: dict[str, float] = {}
 
     def add_update_metrics(self, metrics: Mapping[str, jax.Array]) -> None:
@@ -155,9 +166,18 @@ class RunLog:
         elif self._mode == "lines":
             now = time.perf_counter()
             if now - self._last_line >= self.LINE_INTERVAL_S or step >= self._total:
-                self.line(f"step {step}/{self._total} " + " ".join(f"{k}={v:.4g}" for k, v in self.status.items()))
+                fields = " ".join(f"{k}={v:.4g}" for k, v in self.status.items())
+                self.line(f"step {step}/{self._total} {fields} elapsed={format_duration(now - self._start[1])} "
+                          f"eta={self.eta(step, now)}")
                 self._last_line = now
         self._last_step = step
+
+    def eta(self, step: int, now: float) -> str:
+        """Time left at the mean pace since this process started (evaluations and checkpoints included)."""
+        start_step, start_time = self._start
+        if step <= start_step:
+            return "?"
+        return format_duration((now - start_time) / (step - start_step) * max(self._total - step, 0))
 
     def line(self, message: str) -> None:
         """Prints a line without breaking the progress bar."""

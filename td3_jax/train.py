@@ -32,7 +32,14 @@ from td3_jax import config as config_lib
 from td3_jax import optim, parallel, resume
 from td3_jax.checkpoint import CheckpointError, Checkpointer
 from td3_jax.cli import UserError, ensure_writable_dir
-from td3_jax.evaluate import EvaluationStopped, episode_step_limit, evaluate, td3_policy
+from td3_jax.evaluate import (
+    BaselinePolicy,
+    EvaluationStopped,
+    comparison_table,
+    episode_step_limit,
+    evaluate,
+    td3_policy,
+)
 from td3_jax.guard import DivergenceGuard, alert_scalars
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
 from td3_jax.run_log import RunLog
@@ -435,6 +442,11 @@ class Trainer:
         if exit_code == 0:
             self._write_results()
             self._print_diagnosis()
+            comparison = self.results.get("final_comparison")
+            if comparison:
+                print(f"final evaluation at step {self.env_step}: {comparison['episodes']} episodes from seed "
+                      f"{comparison['first_seed']}, the same for both, deterministic policy")
+                print(comparison_table({"TD3": comparison["policy"], "baseline": comparison["baseline"]}))
         self.env.close()
         return exit_code
 
@@ -475,7 +487,29 @@ class Trainer:
         self._phase = "evaluation"
         if self._stop_signal is None and (not training.eval_freq or self.env_step % training.eval_freq):
             self._evaluate(log)
+        if self._stop_signal is None and training.compare_baseline and self.run.env.backend == "lanesim":
+            self._compare_with_baseline(log)
         return 0
+
+    def _compare_with_baseline(self, log: RunLog) -> None:
+        """The baseline on the final evaluation's episodes, kept for results.json and the closing table."""
+        evaluations = self.results["evaluations"]
+        if self.eval_env is None or not evaluations or evaluations[-1]["env_step"] != self.env_step:
+            return
+        training = self.run.training
+        log.line(f"baseline (pure pursuit + PID) on the same {training.num_eval_episodes} episodes")
+        try:
+            baseline, _ = evaluate(
+                self.eval_env, BaselinePolicy(self.run.env), training.num_eval_episodes, training.eval_seed,
+                max_steps=self.eval_max_steps, should_stop=lambda: self._stop_signal is not None,
+            )
+        except EvaluationStopped:
+            return
+        policy = {k: v for k, v in evaluations[-1].items() if k != "env_step"}
+        self.results["final_comparison"] = {
+            "episodes": training.num_eval_episodes, "first_seed": training.eval_seed,
+            "policy": policy, "baseline": baseline,
+        }
 
     def _save_after_failure(self) -> str:
         """After an exception: saves the state if it is consistent; says where the run can resume from."""
@@ -528,6 +562,7 @@ class Trainer:
             "final_eval_mean_reward": float(np.mean([e["eval/mean_reward"] for e in last])) if last else None,
             "final_eval_success_rate": float(np.mean([e["eval/success_rate"] for e in last])) if last else None,
             "evaluations": evaluations,
+            "final_comparison": self.results.get("final_comparison"),
         }
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
 

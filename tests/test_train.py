@@ -108,6 +108,11 @@ def test_training_writes_results_config_and_diagnosis(trained_run):
     # train_freq 2, gradient_steps 2, learning from step 40: updates at steps 40, 42, ..., 100
     assert results["total_updates"] == 2 * len(range(40, 101, 2))
     assert len(results["eval_rewards"]) == 2
+    # The baseline ran on the final evaluation's episodes; the policy column is that evaluation.
+    comparison = results["final_comparison"]
+    assert comparison["episodes"] == 2 and comparison["first_seed"] == run.training.eval_seed
+    assert comparison["policy"] == {k: v for k, v in results["evaluations"][-1].items() if k != "env_step"}
+    assert comparison["baseline"]["eval/lateral_rmse_m"] < 0.05  # pure pursuit follows the lane centre
     assert (run_dir / "diagnosis.json").is_file()
     reloaded, _ = config_lib.load(run_dir / "config.yaml")
     assert reloaded == run
@@ -240,3 +245,30 @@ def test_a_healthy_td3_jax_run_is_diagnosed_healthy(trained_run):
     assert diagnosis["verdict"] == "healthy", diagnosis["summary"]
     assert diagnosis["exit_code"] == 0
     assert not diagnosis["missing_signals"], diagnosis["missing_signals"]
+
+
+def test_comparison_table_puts_each_policy_in_a_column():
+    from td3_jax.evaluate import comparison_table
+
+    table = comparison_table({
+        "TD3": {"eval/success_rate": 0.9, "eval/lateral_rmse_m": 0.4},
+        "baseline": {"eval/success_rate": 1.0, "eval/lateral_rmse_m": 0.017},
+    }).splitlines()
+    assert table[0].split() == ["TD3", "baseline"]
+    assert table[1].split()[-2:] == ["0.90", "1.00"]
+    assert [line for line in table if line.startswith("lateral RMSE")][0].split()[-2:] == ["0.400", "0.017"]
+    assert [line for line in table if line.startswith("mean return")][0].split()[-2:] == ["-", "-"]
+
+
+def test_progress_lines_show_elapsed_time_and_an_eta(tmp_path, capsys, monkeypatch):
+    from td3_jax import run_log
+
+    clock = [100.0]
+    monkeypatch.setattr(run_log.time, "perf_counter", lambda: clock[0])
+    log = run_log.RunLog(tmp_path, total_steps=1000, start_step=200, progress="lines")
+    clock[0] = 160.0  # one progress line 60 s later
+    log.progress(400, sps=3.3)
+    log.close()
+    line = capsys.readouterr().out.strip()
+    # 200 steps in 60 s, 600 left: 3 minutes
+    assert line == "step 400/1000 sps=3.3 elapsed=1m00s eta=3m00s"
