@@ -201,12 +201,15 @@ def _gradient_metrics(prefix: str, opt_state, params, new_params, max_norm: floa
 
 def _parameter_metrics(prefix: str, params, opt_state) -> dict[str, jax.Array]:
     """Current parameter norms and applied learning rates per group (valid every step)."""
-    param_norms = optim.group_norms(params, networks.param_labels(params))
+    labels = networks.param_labels(params)
+    param_norms = optim.group_norms(params, labels)
     lrs = optim.learning_rates(opt_state)
+    present = set(jax.tree.leaves(labels))
     metrics = {}
     for group in optim.GROUPS:
         metrics[f"agent/{prefix}_{group}_param_norm"] = param_norms[group]
-        metrics[f"agent/{prefix}_{group}_lr"] = lrs[group]
+        # A group without parameters (the actor's encoder when it is shared) trains at rate 0.
+        metrics[f"agent/{prefix}_{group}_lr"] = lrs[group] if group in present else jnp.zeros_like(lrs[group])
     return metrics
 
 

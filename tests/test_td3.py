@@ -479,6 +479,7 @@ def test_shared_encoder_actor_loss_gradients_never_reach_the_encoder(rng):
     chex.assert_trees_all_equal(with_actor.critic_params, without_actor.critic_params)
     assert _tree_changed(with_actor.actor_params, state.actor_params)
     assert float(metrics_a["debug/actor_cnn_grad_norm_BEFORE_clip"]) == 0.0
+    assert float(metrics_a["agent/actor_cnn_lr"]) == float(metrics_a["agent/actor_cnn_param_norm"]) == 0.0
 
 
 def test_shared_encoder_actor_loss_is_minus_q1_on_the_critics_features(rng):
