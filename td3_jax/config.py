@@ -102,6 +102,8 @@ class AlgorithmConfig:
     """Critic-only updates before the first actor update (the critic target still tracks it); 0 is plain TD3."""
     image_shift_px: int = 0
     """Random-shift augmentation (DrQ) of the update's frame stacks by up to this many pixels per axis (DrQ uses 4); 0 is plain TD3."""
+    actor_reuses_critic_features: bool = False
+    """The actor step reads the critic features of this update's critic step (computed before that step, DrQ-v2): one encoder pass fewer per actor step; false: recomputed after it (Fujimoto's order)."""
     exploration_noise: ExplorationNoiseConfig = ExplorationNoiseConfig()
     """Gaussian exploration noise schedule."""
     gradient_clipping: GradientClippingConfig = GradientClippingConfig()
@@ -290,6 +292,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
         actor_preactivation_l2=algorithm.actor_preactivation_l2,
         actor_warmup_updates=algorithm.actor_warmup_updates,
         image_shift_px=algorithm.image_shift_px,
+        actor_reuses_critic_features=algorithm.actor_reuses_critic_features,
     )
 
 

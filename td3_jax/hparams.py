@@ -87,3 +87,7 @@ class TD3Config:
     """Critic-only updates before the first actor update (the critic target still tracks); 0 is plain TD3."""
     image_shift_px: int = 0
     """Random-shift augmentation (DrQ) of s and s' by up to this many pixels per axis; 0 is plain TD3."""
+    actor_reuses_critic_features: bool = False
+    """The actor step reads the critic features of this update's critic step (computed before it,
+    DrQ-v2) instead of recomputing them with the updated encoder: one encoder pass fewer per actor step.
+    False is Fujimoto's order (the actor loss sees the critic after this step's update)."""

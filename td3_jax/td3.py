@@ -144,13 +144,13 @@ def td_target(
 
 
 def critic_loss(critic_params: Params, critic: networks.Critic, batch: Batch, target: jax.Array):
-    """Twin MSE to the (constant) TD target; returns (loss, (q1, q2))."""
+    """Twin MSE to the (constant) TD target; returns (loss, (q1, q2, features))."""
     params = {"params": critic_params}
     features = critic.apply(params, batch.image, method=critic.features)
     q1, q2 = critic.apply(params, features, batch.vector, batch.action, method=critic.q_values)
     target = jax.lax.stop_gradient(target)
     loss = jnp.mean(jnp.square(q1 - target)) + jnp.mean(jnp.square(q2 - target))
-    return loss, (q1, q2)
+    return loss, (q1, q2, features)
 
 
 def actor_loss(
@@ -160,18 +160,23 @@ def actor_loss(
     critic: networks.Critic,
     batch: Batch,
     preactivation_l2: float = 0.0,
+    critic_features: jax.Array | None = None,
 ):
     """-mean Q1(stop_gradient(critic features), v, mu(s)) + l2 mean(u^2); returns (loss, (q1, action, u)).
 
     Differentiate with respect to `actor_params` only: the critic's features
     and parameters are constants here, so the actor reaches Q only through
     the action it outputs. With a shared encoder the actor's head reads the same
-    detached features, so the actor loss never trains the encoder. u is the actor's pre-tanh output: once tanh
+    detached features, so the actor loss never trains the encoder.
+    `critic_features` given (features of `batch.image` computed earlier, e.g.
+    before this update's critic step) saves the critic encoder's pass. u is the actor's pre-tanh output: once tanh
     saturates, dQ/du vanishes and only the penalty can pull the policy back
     (a saturated corner policy is how the original system's runs ended).
     """
     critic_vars = {"params": critic_params}
-    features = jax.lax.stop_gradient(critic.apply(critic_vars, batch.image, method=critic.features))
+    if critic_features is None:
+        critic_features = critic.apply(critic_vars, batch.image, method=critic.features)
+    features = jax.lax.stop_gradient(critic_features)
     if actor.config.shared_encoder:
         preactivation = actor.apply({"params": actor_params}, features, batch.vector, method=actor.head_preactivation)
     else:
@@ -226,7 +231,7 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
 
     # Critic step, every update.
     target = td_target(config, actor, critic, state, batch, noise_key)
-    (loss, (q1, q2)), critic_grads = jax.value_and_grad(critic_loss, has_aux=True)(
+    (loss, (q1, q2, critic_features)), critic_grads = jax.value_and_grad(critic_loss, has_aux=True)(
         state.critic_params, critic, batch, target
     )
     updates, critic_opt_state = critic_tx.update(critic_grads, state.critic_opt_state, state.critic_params)
@@ -256,7 +261,8 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
 
     def actor_step(_):
         (loss, (policy_q1, action, preactivation)), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-            state.actor_params, critic_params, actor, critic, batch, config.actor_preactivation_l2
+            state.actor_params, critic_params, actor, critic, batch, config.actor_preactivation_l2,
+            critic_features if config.actor_reuses_critic_features else None,
         )
         updates, actor_opt_state = actor_tx.update(actor_grads, state.actor_opt_state, state.actor_params)
         actor_params = optax.apply_updates(state.actor_params, updates)

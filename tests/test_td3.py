@@ -260,6 +260,26 @@ def test_actor_loss_is_minus_q1_at_the_updated_critic_plus_the_preactivation_pen
     )
 
 
+def test_reused_critic_features_are_the_pre_update_encoders_under_the_updated_heads(rng):
+    """actor_reuses_critic_features (DrQ-v2): the encoder pass of the critic step serves the actor step."""
+    state = _state(tiny_config(actor_reuses_critic_features=True))
+    batch = random_batch(rng)
+    new_state, metrics = td3.update(state, batch)
+    actor, critic = networks.make_networks(state.config.network)
+    action = actor.apply({"params": state.actor_params}, batch.image, batch.vector)
+    features = {
+        when: critic.apply({"params": params}, batch.image, method=critic.features)
+        for when, params in (("before", state.critic_params), ("after", new_state.critic_params))
+    }
+    q1 = {
+        when: critic.apply({"params": new_state.critic_params}, f, batch.vector, action, method=critic.q1_value)
+        for when, f in features.items()
+    }
+    logged = float(metrics["debug/actor_q_mean"])
+    error = {when: abs(logged - float(jnp.mean(q))) for when, q in q1.items()}
+    assert error["before"] < 1e-6 and error["before"] < error["after"] / 100, error
+
+
 def test_every_update_advances_the_key_so_smoothing_noise_is_fresh(rng):
     state = _state()
     keys = [np.asarray(state.key)]
