@@ -240,6 +240,8 @@ def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: flo
         "jax": (jax_single, plan.updates_per_round),
         "jax_fused": (jax_fused, max(1, plan.updates_per_round // fused) * fused),
     }
+    for name, variant in _cheaper_updates(config).items():
+        contenders[name] = (_single_update_rounds(variant, batch, plan.updates_per_round), plan.updates_per_round)
     if with_torch:
         contenders |= _torch_contenders(batch_size, plan.updates_per_round)
     for step, _ in contenders.values():  # warm-up: caches, allocator, first-call costs
@@ -270,10 +272,34 @@ def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: flo
         if other in seconds:
             # Per-round ratios against their faster thread setting: each compares timings taken seconds apart.
             theirs = [min(pair) for pair in zip(seconds[other], seconds[f"{other}_1thread"])]
-            ratios = [their / ours for ours, their in zip(seconds["jax"], theirs)]
             unit = "ratio (their s / our s; theirs at its faster thread setting)"
-            result[f"speedup_vs_{other}"] = {"value": statistics.median(ratios), "unit": unit}
+            for ours_name, suffix in (("jax", ""), *((name, name.removeprefix("jax")) for name in _cheaper_updates(config))):
+                ratios = [their / ours for ours, their in zip(seconds[ours_name], theirs)]
+                result[f"speedup{suffix}_vs_{other}"] = {"value": statistics.median(ratios), "unit": unit}
     return result
+
+
+def _cheaper_updates(config: TD3Config) -> dict[str, TD3Config]:
+    """The update's work-saving options: one shared encoder (DrQ-v2), and that plus reused critic features."""
+    shared = dataclasses.replace(config, network=dataclasses.replace(config.network, shared_encoder=True))
+    return {
+        "jax_shared_encoder": shared,
+        "jax_shared_encoder_reused_features": dataclasses.replace(shared, actor_reuses_critic_features=True),
+    }
+
+
+def _single_update_rounds(config: TD3Config, batch: PackedBatch, updates: int) -> Callable[[], None]:
+    """A timing round of `updates` single `td3.update` calls under `config` (compiled here, not in the round)."""
+    state = td3.init_state(config, jax.random.key(0), image_shape=IMAGE_SHAPE, vector_dim=VECTOR_DIM)
+    compiled = td3.update.lower(state, batch).compile()
+    holder = {"state": state}
+
+    def run_round():
+        for _ in range(updates):
+            holder["state"], _ = compiled(holder["state"], batch)
+        jax.block_until_ready(holder["state"])
+
+    return run_round
 
 
 def _torch_contenders(batch_size: int, updates: int) -> dict[str, tuple[Callable[[], None], int]]:

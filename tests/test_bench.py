@@ -17,7 +17,8 @@ def test_quick_bench_writes_every_figure_with_a_unit(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["machine"]["backend"] == "cpu"
     update = results[f"update_b{bench.QUICK.batch_sizes[0]}"]
-    for name in ("jax_updates_per_s", "jax_fused_updates_per_s", "compile_update", "jax_gflops"):
+    for name in ("jax_updates_per_s", "jax_fused_updates_per_s", "compile_update", "jax_gflops",
+                 "jax_shared_encoder_updates_per_s", "jax_shared_encoder_reused_features_updates_per_s"):
         assert update[name]["value"] > 0 and update[name]["unit"]
     assert results["act"]["latency_median"]["unit"] == "ms"
     assert any("--no-torch" in note for note in results["notes"])
