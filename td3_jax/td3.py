@@ -17,22 +17,26 @@ min-target, target-policy smoothing, a delayed actor, Polyak targets.
    features; the actor moves Q only through its action. (The original fed the
    actor CNN's features into the critic's state input and its actor loss
    exploded.) Then Polyak-average every target parameter with tau, as in
-   Fujimoto's code: targets move on actor steps. With
-   `network.shared_encoder` (DrQ-v2) the actor owns no encoder: its head reads
-   the critic's detached features, the target actor the target critic's, and
-   the one encoder is trained by the critic loss and Polyak-averaged once. Optionally the first
-   `actor_warmup_updates` updates train only the critic (its target still
-   moves every `policy_freq` steps), so the actor does not chase a critic
-   that has not yet seen what staying on the road is worth. Optionally
-   (`image_shift_px`) s and s' are randomly shifted first (DrQ, `augment`).
+   Fujimoto's code: targets move on actor steps.
+
+Options, all off by default (plain TD3):
+- `actor_warmup_updates`: the first N updates train only the critic (its
+  target still moves every `policy_freq` steps), so the actor does not chase
+  a critic that has not yet seen what staying on the road is worth;
+- `image_shift_px`: s and s' are randomly shifted first (DrQ, `augment`);
+- `network.shared_encoder` (DrQ-v2): the actor owns no encoder; its head reads
+  the critic's detached features, the target actor the target critic's, and
+  the one encoder is trained by the critic loss and Polyak-averaged once;
+- `actor_reuses_critic_features` (DrQ-v2): the actor step reads the critic
+  features computed before the critic step instead of a fresh pass.
 
 Metric keys are the TensorBoard tags (docs/metrics.md). Every key is present
 on every step; actor metrics are NaN on steps without an actor update and
 `debug/actor_updated` says which steps had one.
 
-Deliberate choices: the actor loss uses the critic *after* this step's
-update (as Fujimoto's code does), which costs one forward pass of the critic
-encoder on actor steps; the state is not donated, so callers may keep it.
+Deliberate choices: by default the actor loss uses the critic *after* this
+step's update (as Fujimoto's code does), which costs one forward pass of the
+critic encoder on actor steps; the state is not donated, so callers may keep it.
 """
 
 from __future__ import annotations
