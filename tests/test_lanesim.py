@@ -344,7 +344,10 @@ def test_make_env_dispatches_lazily_to_the_other_backends(monkeypatch):
     monkeypatch.setattr(gym_adapter, "make_gym_env", lambda env_id, **kw: calls.append((env_id, kw)) or "gym")
     monkeypatch.setattr(carla_env, "make_carla_env", lambda config: calls.append(config) or "carla")
     assert make_env(EnvConfig(backend="gym:CarRacing-v3", stack=3, seed=9)) == "gym"
-    assert calls[-1] == ("CarRacing-v3", {"stack": 3, "seed": 9})
+    env_id, kwargs = calls[-1]
+    assert env_id == "CarRacing-v3" and kwargs["stack"] == 3 and kwargs["seed"] == 9
+    # The adapter's options come from env.gym (all unset here).
+    assert all(kwargs[name] is None for name in ("layout", "value_range", "image_key", "vector_keys"))
     assert make_env(EnvConfig(backend="carla"), seed=4) == "carla"
     assert calls[-1].backend == "carla" and calls[-1].seed == 4
 
