@@ -215,6 +215,8 @@ class TrainingConfig:
     """Include the replay buffer in checkpoints (needed for an exact resume)."""
     log_freq: int = 100
     """Write aggregated update metrics to TensorBoard every this many env steps."""
+    prefetch_batches: bool = False
+    """Draw each update call's batches on a worker thread while the device finishes the previous update and the env steps (docs/scaling.md): the host's sampling leaves the critical path. Deterministic and resume-exact, but the draws come from the buffer as it was before the current env step, so they differ from false's."""
     compare_baseline: bool = True
     """At the end, also run the pure-pursuit + PID baseline on the final evaluation's episodes and print both side by side (embedded simulator only)."""
     progress: Literal["auto", "bar", "lines", "off"] = "auto"

@@ -291,6 +291,15 @@ class ReplayBuffer:
             raise ValueError(f"mask must have shape ({self.n_envs},), got {mask.shape}")
         self._needs_start = self._needs_start | mask
 
+    @property
+    def sampler_state(self) -> dict:
+        """A copy of the sampling RNG's state; setting it rewinds the draws (`batch_feed` cancels with it)."""
+        return json.loads(json.dumps(self._rng.bit_generator.state))
+
+    @sampler_state.setter
+    def sampler_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
+
     def sample(self, batch_size: int, *, n_step: int = 1, discount: float = 1.0) -> PackedBatch | Batch:
         """Draws `batch_size` transitions uniformly, with replacement.
 

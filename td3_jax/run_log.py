@@ -15,6 +15,7 @@ of killing a writer thread and blocking the loop on its queue forever.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import sys
@@ -113,6 +114,52 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class LoopClock:
+    """The training loop's main-thread wall time by phase, and the part of it spent waiting for the device.
+
+    The loop names its phase with `enter`; `wait` blocks on a device result and
+    books the time to the phase as device wait. What is left is host time: the
+    work that a faster accelerator cannot shorten.
+    """
+
+    STEP_PHASES = ("acting", "env step", "recording", "logging")
+    UPDATE_PHASES = ("sampling", "update")
+
+    def __init__(self):
+        self.phase = "setup"
+        self._since = time.perf_counter()
+        self._seconds: collections.Counter = collections.Counter()
+        self._waits: collections.Counter = collections.Counter()
+
+    def enter(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._seconds[self.phase] += now - self._since
+        self.phase, self._since = phase, now
+
+    def wait(self, value):
+        """`jax.block_until_ready(value)`, timed as device wait of the current phase."""
+        start = time.perf_counter()
+        value = jax.block_until_ready(value)
+        self._waits[self.phase] += time.perf_counter() - start
+        return value
+
+    def interval(self, env_steps: int, updates: int) -> dict[str, float]:
+        """This interval's host and device-wait figures (docs/metrics.md), then starts the next interval."""
+        self.enter(self.phase)  # books the current phase up to now
+        seconds, waits = self._seconds, self._waits
+        step_host = sum(seconds[p] - waits[p] for p in self.STEP_PHASES)
+        update_host = sum(seconds[p] - waits[p] for p in self.UPDATE_PHASES)
+        loop_waits = sum(waits[p] for p in self.STEP_PHASES + self.UPDATE_PHASES)
+        out = {}
+        if env_steps > 0:
+            out["progress/host_ms_per_env_step"] = 1000.0 * step_host / env_steps
+        if updates > 0:
+            out["progress/host_ms_per_update"] = 1000.0 * update_host / updates
+            out["progress/device_wait_ms_per_update"] = 1000.0 * loop_waits / updates
+        self._seconds, self._waits = collections.Counter(), collections.Counter()
+        return out
 
 
 class RunLog:

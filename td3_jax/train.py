@@ -30,6 +30,7 @@ import numpy as np
 
 from td3_jax import config as config_lib
 from td3_jax import optim, parallel, resume
+from td3_jax.batch_feed import BatchFeed
 from td3_jax.checkpoint import CheckpointError, Checkpointer
 from td3_jax.cli import UserError, ensure_writable_dir
 from td3_jax.evaluate import (
@@ -42,7 +43,7 @@ from td3_jax.evaluate import (
 )
 from td3_jax.guard import DivergenceGuard, alert_scalars
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
-from td3_jax.run_log import RunLog
+from td3_jax.run_log import LoopClock, RunLog
 from td3_jax.envs.workers import WorkerFailureError
 from td3_jax.parallel import DataParallel
 from td3_jax.td3 import act, init_state, policy_params
@@ -177,6 +178,12 @@ class Trainer:
             max_to_keep=run.training.keep_checkpoints,
             save_replay=run.training.save_replay_buffer,
         )
+        self.feed = BatchFeed(
+            self.buffer, self.parallel.place_batches, batch_size=algorithm.batch_size,
+            gradient_steps=algorithm.gradient_steps, n_step=algorithm.n_step, discount=algorithm.discount,
+            prefetch=run.training.prefetch_batches,
+        )
+        self.clock = LoopClock()
         self.guard = DivergenceGuard(run.guard)
         self.env_step = 0
         self.episodes = 0
@@ -186,7 +193,7 @@ class Trainer:
         self.results = {"training_rewards": [], "evaluations": []}
         self.obs = None
         self._stop_signal: int | None = None
-        self._phase = "setup"
+        self._unchecked_updates: list[tuple[int, jax.Array]] = []  # (env step, all_finite) not yet fetched
         self._policy_actions: list[np.ndarray] = []
         self._last_good_state = None
 
@@ -255,6 +262,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.checkpointer.latest_step() == self.env_step:
             return
+        self._check_updates_finite()
         replay = self.buffer.state_dict() if self.run.training.save_replay_buffer else None
         try:
             self.checkpointer.save(
@@ -285,30 +293,37 @@ class Trainer:
             self.parallel.local_params(policy_params(self.state)), self.obs["image"], self.obs["vector"], key, std,
             network=self.td3_config.network,
         )
-        actions = np.asarray(actions)
+        actions = np.asarray(self.clock.wait(actions))  # the one wait for the device per env step
+        self._check_updates_finite()
         if not np.isfinite(actions).all():
             raise _Diverged(f"the policy's actions are not finite at step {self.env_step}: the networks diverged")
         self._policy_actions.append(actions)
         return actions
 
     def _train(self, log: RunLog) -> None:
-        algorithm = self.run.algorithm
-        k, batch_size = algorithm.gradient_steps, algorithm.batch_size
-        start = time.perf_counter()
-        batch = self.buffer.sample(k * batch_size, n_step=algorithm.n_step, discount=algorithm.discount)
-        batches = jax.tree.map(lambda x: x.reshape(k, batch_size, *x.shape[1:]), batch)
+        self.clock.enter("sampling")
+        batches = self.feed.take()
+        self.clock.enter("update")
+        # Dispatched, not awaited: the host prepares the next step while the device updates.
         self.state, metrics = self.parallel.update_many(self.state, batches)
-        jax.block_until_ready(self.state.step)
-        self._update_seconds += time.perf_counter() - start
-        self._update_calls += 1
-        self.updates += k
+        self.updates += self.run.algorithm.gradient_steps
         log.add_update_metrics(metrics)
-        # Checked at every update, not at the next log: a non-finite state must never be acted on,
-        # evaluated or checkpointed.
-        if np.asarray(metrics["debug/all_finite"]).min() < 1:
-            raise _Diverged(f"an update at step {self.env_step} produced non-finite values: the networks diverged")
+        self._unchecked_updates.append((self.env_step, metrics["debug/all_finite"]))
 
-    def _log(self, log: RunLog, interval_start: tuple[int, float]) -> None:
+    def _check_updates_finite(self) -> None:
+        """Raises _Diverged when an update since the last check produced non-finite values.
+
+        Runs before every use of the state (acting on it, logging it as the last
+        good one, evaluating or checkpointing it), so a non-finite state is never
+        acted on, evaluated or saved.
+        """
+        unchecked, self._unchecked_updates = self._unchecked_updates, []
+        for step, all_finite in unchecked:
+            if np.asarray(self.clock.wait(all_finite)).min() < 1:
+                raise _Diverged(f"an update at step {step} produced non-finite values: the networks diverged")
+
+    def _log(self, log: RunLog, interval_start: tuple[int, float, int]) -> None:
+        self._check_updates_finite()
         values = log.flush_updates(self.env_step)
         now = time.perf_counter()
         steps, seconds = self.env_step - interval_start[0], now - interval_start[1]
@@ -319,8 +334,7 @@ class Trainer:
             "agent/is_training": float(self.env_step >= self.run.algorithm.learning_starts),
             "agent/buffer_utilization": len(self.buffer) / self.run.algorithm.buffer_size,
         }
-        if self._update_calls:
-            progress["progress/update_latency_ms"] = 1000.0 * self._update_seconds / self._update_calls
+        progress.update(self.clock.interval(steps, self.updates - interval_start[2]))
         if self.env_step >= self.run.algorithm.learning_starts:
             steps_since = self.env_step - self.run.algorithm.learning_starts
             progress["train/exploration_noise"] = exploration_std(self.run.algorithm.exploration_noise, steps_since)
@@ -331,7 +345,6 @@ class Trainer:
                 progress[f"debug/action_{name}_std"] = float(np.std(taken[:, index]))
         self._policy_actions = []
         log.scalars(self.env_step, progress)
-        self._update_seconds, self._update_calls = 0.0, 0
         if values:
             alerts = self.guard.check(self.env_step, values)
             if self.run.guard.mode != "off":
@@ -350,6 +363,7 @@ class Trainer:
     def _evaluate(self, log: RunLog) -> None:
         if self.eval_env is None:
             return
+        self._check_updates_finite()
         training = self.run.training
         policy = td3_policy(self.parallel.local_params(policy_params(self.state)), self.td3_config.network)
         try:
@@ -433,6 +447,7 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.feed.close()
             log.close(quiet=failed)
         if self._stop_signal is not None:
             print(f"stopped by signal {self._stop_signal} at step {self.env_step}; checkpoint saved. "
@@ -453,38 +468,38 @@ class Trainer:
     def _loop(self, log: RunLog) -> int:
         """Steps, trains, logs, evaluates and checkpoints until done or stopped; returns the exit code."""
         training, algorithm = self.run.training, self.run.algorithm
-        self._update_seconds, self._update_calls = 0.0, 0
-        interval_start = (self.env_step, time.perf_counter())
+        interval_start = (self.env_step, time.perf_counter(), self.updates)
         while self.env_step < training.max_timesteps and self._stop_signal is None:
-            self._phase = "acting"
-            actions = self._actions()
-            self._phase = "env step"
-            next_obs, reward, terminated, truncated, info = self.env.step(actions)
-            self._phase = "recording"  # the step is half stored until this phase ends: no checkpoint here
             before = self.env_step
+            update_calls = _update_calls(before, before + self.n_envs, algorithm.learning_starts, algorithm.train_freq)
+            self.feed.prepare(update_calls)  # with prefetch, drawn while the device updates and the env steps
+            self.clock.enter("acting")
+            actions = self._actions()
+            self.clock.enter("env step")
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            self.clock.enter("sampling")
+            self.feed.settle()
+            self.clock.enter("recording")  # the step is half stored until this phase ends: no checkpoint here
             self.env_step += self.n_envs
             self._record_step(log, actions, next_obs, reward, terminated, truncated, info)
-            self._phase = "update"
-            if self.env_step >= algorithm.learning_starts:
-                first = max(before, algorithm.learning_starts - 1)
-                for _ in range(self.env_step // algorithm.train_freq - first // algorithm.train_freq):
-                    self._train(log)
-            self._phase = "logging"
+            for _ in range(update_calls):
+                self._train(log)
+            self.clock.enter("logging")
             if _crossed(before, self.env_step, training.log_freq):
                 self._log(log, interval_start)
-                interval_start = (self.env_step, time.perf_counter())
+                interval_start = (self.env_step, time.perf_counter(), self.updates)
                 if self.guard.should_stop:
                     return self._divergence_stop(log, self.guard.stop_message)
-            self._phase = "evaluation"
+            self.clock.enter("evaluation")
             if training.eval_freq and _crossed(before, self.env_step, training.eval_freq):
                 self._evaluate(log)
-            self._phase = "checkpoint"
+            self.clock.enter("checkpoint")
             if training.checkpoint_freq and _crossed(before, self.env_step, training.checkpoint_freq):
                 self.save_checkpoint()
         # Saved before the final evaluation, so that a failing evaluation cannot lose the run.
-        self._phase = "checkpoint"
+        self.clock.enter("checkpoint")
         self.save_checkpoint()
-        self._phase = "evaluation"
+        self.clock.enter("evaluation")
         if self._stop_signal is None and (not training.eval_freq or self.env_step % training.eval_freq):
             self._evaluate(log)
         if self._stop_signal is None and training.compare_baseline and self.run.env.backend == "lanesim":
@@ -514,7 +529,8 @@ class Trainer:
     def _save_after_failure(self) -> str:
         """After an exception: saves the state if it is consistent; says where the run can resume from."""
         resume_hint = f"resume with: td3-jax train --resume {self.run_dir}"
-        if self._phase in ("acting", "env step", "update", "logging", "evaluation"):
+        self.feed.cancel()  # a batch drawn for the abandoned step must not advance the saved sampler
+        if self.clock.phase in ("acting", "env step", "sampling", "update", "logging", "evaluation"):
             try:
                 self.save_checkpoint()
                 return f"checkpoint saved at step {self.env_step}; {resume_hint}"
@@ -600,6 +616,14 @@ def _brief(error: BaseException) -> str:
     text = lines[0] if lines else ""
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _update_calls(before: int, after: int, learning_starts: int, train_freq: int) -> int:
+    """Update calls due when the env step counter moves from `before` to `after`: one per `train_freq` crossed."""
+    if after < learning_starts:
+        return 0
+    first = max(before, learning_starts - 1)
+    return after // train_freq - first // train_freq
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

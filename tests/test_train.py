@@ -52,11 +52,12 @@ def _final(run_dir: Path, run: config_lib.RunConfig):
 @pytest.mark.parametrize(
     "variant",
     [
-        # both sampling paths, and both network layouts (separate encoders, one shared encoder)
-        ("algorithm.n_step=1", "networks.cnn.shared=true"),
-        ("algorithm.n_step=3", "networks.cnn.shared=false"),
+        # both sampling paths, both network layouts (separate encoders, one shared encoder), and
+        # both batch feeds (in line, prefetched on a thread)
+        ("algorithm.n_step=1", "networks.cnn.shared=true", "training.prefetch_batches=false"),
+        ("algorithm.n_step=3", "networks.cnn.shared=false", "training.prefetch_batches=true"),
     ],
-    ids=["n1-shared", "n3-separate"],
+    ids=["n1-shared-inline", "n3-separate-prefetch"],
 )
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, variant, capsys):
     straight = tmp_path / "straight"
