@@ -5,7 +5,8 @@ Measures, in one process: TD3 update throughput (single `update` and fused
 update in PyTorch (same architecture and maths) and Stable-Baselines3's TD3
 CnnPolicy train step, timed in interleaved rounds so that their ratio survives
 a noisy shared machine; achieved GFLOP/s against the measured fp32 matmul
-peak; `act` latency; replay sampling; simulator steps/s; machine facts.
+peak; `act` latency; replay sampling; simulator steps/s; the training loop's
+host time per env step and per update (in line and prefetched); machine facts.
 Prints a table and optionally writes every figure with its unit as JSON.
 
     td3-jax bench [--json OUT] [--quick]
@@ -62,12 +63,17 @@ class Plan:
     """Timed simulator steps (single env; the vectorised env steps this many times in total)."""
     vec_envs: int
     """Envs of the vectorised simulator."""
+    loop_steps: int
+    """Env steps of the training loop's timed interval (after as many untimed ones: warm-up and compile)."""
+    loop_network: tuple[str, ...]
+    """Config overrides of the loop's networks (the smoke run shrinks them; the loop's host time does not depend on them)."""
 
 
 FULL = Plan((256, 32), rounds=3, updates_per_round=4, fused=8, matmul_size=2048, act_calls=200,
-            replay_capacity=20_000, env_steps=1000, vec_envs=16)
+            replay_capacity=20_000, env_steps=1000, vec_envs=16, loop_steps=100, loop_network=())
 QUICK = Plan((8,), rounds=1, updates_per_round=2, fused=2, matmul_size=256, act_calls=5,
-             replay_capacity=200, env_steps=20, vec_envs=2)
+             replay_capacity=200, env_steps=20, vec_envs=2, loop_steps=20,
+             loop_network=("networks.cnn.features=8", "networks.actor.hidden_sizes=[8]", "networks.critic.hidden_sizes=[8]"))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     results["act"] = bench_act(plan)
     results["replay"] = _optional(bench_replay, plan, notes, "replay buffer")
     results["env"] = _optional(bench_env, plan, notes, "simulator")
+    results["loop"] = _optional(bench_loop, plan, notes, "training loop")
     results["notes"] = notes
     print(format_table(results))
     if args.json:
@@ -429,6 +436,55 @@ def bench_env(plan: Plan) -> dict:
         steps = num_envs or 1
         result[f"{name}_steps_per_s"] = {"value": steps / wall, "unit": "env steps/s"}
         result[f"{name}_steps_per_cpu_s"] = {"value": steps / cpu, "unit": "env steps/CPU s"}
+    return result
+
+
+LOOP_FIGURES = {
+    "host_ms_per_env_step": "progress/host_ms_per_env_step",
+    "host_ms_per_update": "progress/host_ms_per_update",
+    "device_wait_ms_per_update": "progress/device_wait_ms_per_update",
+}
+
+
+def bench_loop(plan: Plan) -> dict:
+    """The real training loop's host time (`Trainer`, embedded simulator), in line and prefetched.
+
+    Each feed trains from scratch for 2 × `loop_steps` env steps at the
+    headline batch size, one update per 2 env steps, and logs once per
+    `loop_steps`: the second interval, after the first updates and the compile,
+    is the figure (the `progress/host_*` and `progress/device_wait_*` metrics,
+    docs/metrics.md). "per_env_step_and_update" is the host time of one env step
+    plus one update: at 500 updates/s with one update per env step a GPU
+    leaves 2 ms for it.
+    """
+    import contextlib
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from td3_jax import config as config_lib
+    from td3_jax.diagnose import read_scalars
+    from td3_jax.train import Trainer
+
+    steps = plan.loop_steps
+    result = {}
+    for feed in ("inline", "prefetch"):
+        overrides = [
+            f"algorithm.batch_size={plan.batch_sizes[0]}", f"algorithm.buffer_size={4 * steps}",
+            f"algorithm.learning_starts={steps // 2}", "algorithm.train_freq=2", "algorithm.gradient_steps=1",
+            f"training.max_timesteps={2 * steps}", f"training.log_freq={steps}", "training.eval_freq=0",
+            "training.num_eval_episodes=0", "training.checkpoint_freq=0", "training.save_replay_buffer=false",
+            "training.compare_baseline=false", "training.progress=off",
+            f"training.prefetch_batches={feed == 'prefetch'}", "env.lanesim.action_repeat=4", *plan.loop_network,
+        ]
+        run = config_lib.load(None, overrides)[0]
+        with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
+            if Trainer(run, Path(run_dir)).train(resume=False) != 0:
+                raise RuntimeError(f"the {feed} training loop did not finish")
+            scalars = read_scalars(run_dir)
+        figures = {name: float(scalars[tag].values[-1]) for name, tag in LOOP_FIGURES.items()}
+        figures["host_ms_per_env_step_and_update"] = figures["host_ms_per_env_step"] + figures["host_ms_per_update"]
+        result.update({f"{feed}_{name}": {"value": value, "unit": "ms"} for name, value in figures.items()})
     return result
 
 
