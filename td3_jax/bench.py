@@ -80,26 +80,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="write every figure (with units) to this JSON file")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run (tiny sizes, one round)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch and Stable-Baselines3 comparison")
+    parser.add_argument("--only", metavar="SECTIONS", type=_sections,
+                        help=f"measure only these comma-separated sections of {', '.join(SECTIONS)}")
+
+
+SECTIONS = ("update", "act", "replay", "env", "loop")
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    chosen = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown or text!r}; choose from {', '.join(SECTIONS)}")
+    return chosen
 
 
 def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")  # before the minutes of measuring, not after
     plan = QUICK if args.quick else FULL
+    sections = getattr(args, "only", None) or SECTIONS
     results: dict[str, dict] = {"machine": machine_facts()}
     notes: list[str] = []
-    results["matmul_peak"] = {"value": matmul_peak_gflops(plan.matmul_size), "unit": "GFLOP/s"}
-    torch_available = not args.no_torch and _torch_importable()
-    if not torch_available:
-        notes.append("PyTorch / Stable-Baselines3 skipped: " + (
-            "--no-torch" if args.no_torch else "install the bench extra: pip install 'td3-jax[bench]'"))
-    for batch_size in plan.batch_sizes:
-        peak = results["matmul_peak"]["value"]
-        results[f"update_b{batch_size}"] = bench_update(batch_size, plan, torch_available, peak)
-    results["act"] = bench_act(plan)
-    results["replay"] = _optional(bench_replay, plan, notes, "replay buffer")
-    results["env"] = _optional(bench_env, plan, notes, "simulator")
-    results["loop"] = _optional(bench_loop, plan, notes, "training loop")
+    if "update" in sections:
+        results["matmul_peak"] = {"value": matmul_peak_gflops(plan.matmul_size), "unit": "GFLOP/s"}
+        torch_available = not args.no_torch and _torch_importable()
+        if not torch_available:
+            notes.append("PyTorch / Stable-Baselines3 skipped: " + (
+                "--no-torch" if args.no_torch else "install the bench extra: pip install 'td3-jax[bench]'"))
+        for batch_size in plan.batch_sizes:
+            peak = results["matmul_peak"]["value"]
+            results[f"update_b{batch_size}"] = bench_update(batch_size, plan, torch_available, peak)
+    if "act" in sections:
+        results["act"] = bench_act(plan)
+    for name, bench, what in (("replay", bench_replay, "replay buffer"), ("env", bench_env, "simulator"),
+                              ("loop", bench_loop, "training loop")):
+        if name in sections:
+            results[name] = _optional(bench, plan, notes, what)
     results["notes"] = notes
     print(format_table(results))
     if args.json:

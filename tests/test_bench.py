@@ -48,3 +48,10 @@ def test_torch_reference_has_the_td3_jax_architecture():
     assert reference.parameter_counts() == bench._jax_parameter_counts()
     reference.update(*bench_torch.torch_batch(bench.random_batch(2)))
     assert all(math.isfinite(p.abs().sum().item()) for p in reference.actor.parameters())
+
+
+def test_only_measures_the_named_sections_and_refuses_unknown_ones(capsys):
+    assert bench._sections("loop, env") == ("loop", "env")
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--only", "update,gpu"])
+    assert "unknown section(s) ['gpu']" in capsys.readouterr().err
