@@ -468,8 +468,9 @@ def bench_loop(plan: Plan) -> dict:
 
     Two loop shapes, both at one update per 2 env steps and the headline batch
     size: one env with one update per call (the CPU recipe's loop), and
-    `vec_envs` envs stepped together with one batched `act` and
-    `vec_envs / 2` fused updates per call (a loop shaped for an accelerator).
+    `vec_envs` envs stepped together with one batched `act` and one call of
+    `vec_envs` fused updates every second vector step (a loop shaped for an
+    accelerator).
     Each run trains from scratch and logs twice: the second interval of
     `loop_steps` env steps, after the first updates and the compile, is the
     figure (the `progress/host_*` and `progress/device_wait_*` metrics,
