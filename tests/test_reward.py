@@ -93,6 +93,24 @@ def test_lane_keeping_falls_with_deviation_and_is_minus_one_on_invasion():
     assert safety(cruise(lane_invasion=True), CFG) == CFG.lane_invasion_penalty
 
 
+@given(st.floats(0.0, 1.5), st.floats(0.05, 1.0))
+def test_centering_bonus_adds_a_gaussian_of_the_deviation_to_lane_keeping(deviation, bonus):
+    centred = RewardConfig(centering_bonus=bonus, centering_width_m=0.3)
+    for d in (deviation, -deviation):
+        added = lane_keeping(cruise(lateral_deviation=d), centred) - lane_keeping(cruise(lateral_deviation=d), CFG)
+        assert added == pytest.approx(bonus * np.exp(-0.5 * (deviation / 0.3) ** 2), abs=1e-12)
+    assert lane_keeping(cruise(lane_invasion=True), centred) == -1.0
+    assert lane_keeping(cruise(speed=0.0), centred) == 0.0  # no bonus for standing on the centre line
+
+
+def test_centering_bonus_pays_for_the_last_half_metre():
+    """The original's linear term barely separates 0.4 m from the centre; the bonus makes it worth ~progress."""
+    centred = RewardConfig(centering_bonus=1.0)
+    step = {cfg: [float(compute_reward(cruise(lateral_deviation=d), cfg)[0]) for d in (0.0, 0.4)] for cfg in (CFG, centred)}
+    assert step[CFG][0] - step[CFG][1] == pytest.approx(0.16, abs=0.01)
+    assert step[centred][0] - step[centred][1] > 1.0
+
+
 @pytest.mark.parametrize("speed, expected", [(1.0, -5.0), (3.0, -25.0), (8.0, -100.0)])
 def test_collision_penalty_by_speed_band(speed, expected):
     assert safety(cruise(speed=speed, collision=True), CFG) == pytest.approx(expected)
