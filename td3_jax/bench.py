@@ -278,9 +278,18 @@ def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: flo
             seconds[name].append(wall / updates)
             cpu[name].append(used / updates)
 
+    dispatch = []  # host time until `update` returns, the device still computing: the loop's cost per call
+    for _ in range(plan.updates_per_round + 1):
+        jax.block_until_ready(holder["state"])
+        start = time.perf_counter()
+        holder["state"], _ = single(holder["state"], batch)
+        dispatch.append(time.perf_counter() - start)
+    jax.block_until_ready(holder["state"])
+
     flops = update_flops(config, batch_size)
     result: dict = {
         "batch_size": {"value": batch_size, "unit": "transitions"},
+        "update_dispatch_median": {"value": statistics.median(dispatch) * 1e3, "unit": "ms of host time per call"},
         "compile_update": {"value": compile_single, "unit": "s"},
         "compile_update_many": {"value": compile_fused, "unit": "s", "fused_k": fused},
         "flops_per_update": {"value": flops, "unit": "FLOP"},
