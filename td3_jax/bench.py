@@ -67,13 +67,17 @@ class Plan:
     """Env steps of the training loop's timed interval (after an untimed one of warm-up and compile)."""
     loop_network: tuple[str, ...]
     """Config overrides of the loop's networks (the smoke run shrinks them; the loop's host time does not depend on them)."""
+    loop_runs: tuple[tuple[str, str], ...] | None
+    """(loop shape, feed) pairs to run, e.g. ("vec", "prefetch"); None: every shape with every feed."""
 
 
 FULL = Plan((256, 32), rounds=3, updates_per_round=4, fused=8, matmul_size=2048, act_calls=200,
-            replay_capacity=20_000, env_steps=1000, vec_envs=16, loop_steps=64, loop_network=())
+            replay_capacity=20_000, env_steps=1000, vec_envs=16, loop_steps=64, loop_network=(),
+            loop_runs=None)
 QUICK = Plan((8,), rounds=1, updates_per_round=2, fused=2, matmul_size=256, act_calls=5,
              replay_capacity=200, env_steps=20, vec_envs=2, loop_steps=8,
-             loop_network=("networks.cnn.features=8", "networks.actor.hidden_sizes=[8]", "networks.critic.hidden_sizes=[8]"))
+             loop_network=("networks.cnn.features=8", "networks.actor.hidden_sizes=[8]", "networks.critic.hidden_sizes=[8]"),
+             loop_runs=(("single", "inline"), ("vec", "prefetch")))  # each shape and each feed once
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -498,27 +502,29 @@ def bench_loop(plan: Plan) -> dict:
 
     steps = plan.loop_steps
     result = {}
-    for shape, envs in (("1env", 1), (f"{plan.vec_envs}envs", plan.vec_envs)):
-        for feed in ("inline", "prefetch"):
-            overrides = [
-                f"env.num_envs={envs}", "env.lanesim.action_repeat=4",
-                f"algorithm.batch_size={plan.batch_sizes[0]}", f"algorithm.buffer_size={4 * steps * envs}",
-                f"algorithm.train_freq={2 * envs}", f"algorithm.gradient_steps={envs}",
-                f"algorithm.learning_starts={steps - envs}",  # one update call in the untimed interval
-                f"training.max_timesteps={2 * steps}", f"training.log_freq={steps}", "training.eval_freq=0",
-                "training.num_eval_episodes=0", "training.checkpoint_freq=0", "training.save_replay_buffer=false",
-                "training.compare_baseline=false", "training.progress=off",
-                f"training.prefetch_batches={feed == 'prefetch'}", *plan.loop_network,
-            ]
-            run = config_lib.load(None, overrides)[0]
-            with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
-                if Trainer(run, Path(run_dir)).train(resume=False) != 0:
-                    raise RuntimeError(f"the {shape} {feed} training loop did not finish")
-                scalars = read_scalars(run_dir)
-            figures = {name: float(scalars[tag].values[-1]) for name, tag in LOOP_FIGURES.items()}
-            figures["host_ms_per_env_step_and_update"] = (
-                figures["host_ms_per_env_step"] + figures["host_ms_per_update"])
-            result.update({f"{shape}_{feed}_{name}": {"value": value, "unit": "ms"} for name, value in figures.items()})
+    shapes = {"single": ("1env", 1), "vec": (f"{plan.vec_envs}envs", plan.vec_envs)}
+    runs = plan.loop_runs or [(shape, feed) for shape in shapes for feed in ("inline", "prefetch")]
+    for kind, feed in runs:
+        shape, envs = shapes[kind]
+        overrides = [
+            f"env.num_envs={envs}", "env.lanesim.action_repeat=4",
+            f"algorithm.batch_size={plan.batch_sizes[0]}", f"algorithm.buffer_size={4 * steps * envs}",
+            f"algorithm.train_freq={2 * envs}", f"algorithm.gradient_steps={envs}",
+            f"algorithm.learning_starts={steps - envs}",  # one update call in the untimed interval
+            f"training.max_timesteps={2 * steps}", f"training.log_freq={steps}", "training.eval_freq=0",
+            "training.num_eval_episodes=0", "training.checkpoint_freq=0", "training.save_replay_buffer=false",
+            "training.compare_baseline=false", "training.progress=off",
+            f"training.prefetch_batches={feed == 'prefetch'}", *plan.loop_network,
+        ]
+        run = config_lib.load(None, overrides)[0]
+        with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
+            if Trainer(run, Path(run_dir)).train(resume=False) != 0:
+                raise RuntimeError(f"the {shape} {feed} training loop did not finish")
+            scalars = read_scalars(run_dir)
+        figures = {name: float(scalars[tag].values[-1]) for name, tag in LOOP_FIGURES.items()}
+        figures["host_ms_per_env_step_and_update"] = (
+            figures["host_ms_per_env_step"] + figures["host_ms_per_update"])
+        result.update({f"{shape}_{feed}_{name}": {"value": value, "unit": "ms"} for name, value in figures.items()})
     return result
 
 
