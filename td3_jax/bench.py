@@ -67,16 +67,19 @@ class Plan:
     """Env steps of the training loop's timed interval (after an untimed one of warm-up and compile)."""
     loop_network: tuple[str, ...]
     """Config overrides of the loop's networks (the smoke run shrinks them; the loop's host time does not depend on them)."""
+    cheaper_updates: tuple[str, ...] | None
+    """Which work-saving update variants to time (names of `_cheaper_updates`); None: all."""
     loop_runs: tuple[tuple[str, str], ...] | None
     """(loop shape, feed) pairs to run, e.g. ("vec", "prefetch"); None: every shape with every feed."""
 
 
 FULL = Plan((256, 32), rounds=3, updates_per_round=4, fused=8, matmul_size=2048, act_calls=200,
             replay_capacity=20_000, env_steps=1000, vec_envs=16, loop_steps=64, loop_network=(),
-            loop_runs=None)
+            cheaper_updates=None, loop_runs=None)
 QUICK = Plan((8,), rounds=1, updates_per_round=2, fused=2, matmul_size=256, act_calls=5,
              replay_capacity=200, env_steps=20, vec_envs=2, loop_steps=8,
              loop_network=("networks.cnn.features=8", "networks.actor.hidden_sizes=[8]", "networks.critic.hidden_sizes=[8]"),
+             cheaper_updates=("jax_shared_encoder_reused_features",),  # both options in one compile
              loop_runs=(("single", "inline"), ("vec", "prefetch")))  # each shape and each feed once
 
 
@@ -268,7 +271,9 @@ def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: flo
         "jax": (jax_single, plan.updates_per_round),
         "jax_fused": (jax_fused, max(1, plan.updates_per_round // fused) * fused),
     }
-    for name, variant in _cheaper_updates(config).items():
+    cheaper = {name: variant for name, variant in _cheaper_updates(config).items()
+               if plan.cheaper_updates is None or name in plan.cheaper_updates}
+    for name, variant in cheaper.items():
         contenders[name] = (_single_update_rounds(variant, batch, plan.updates_per_round), plan.updates_per_round)
     if with_torch:
         contenders |= _torch_contenders(batch_size, plan.updates_per_round)
@@ -310,7 +315,7 @@ def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: flo
             # Per-round ratios against their faster thread setting: each compares timings taken seconds apart.
             theirs = [min(pair) for pair in zip(seconds[other], seconds[f"{other}_1thread"])]
             unit = "ratio (their s / our s; theirs at its faster thread setting)"
-            for ours_name, suffix in (("jax", ""), *((name, name.removeprefix("jax")) for name in _cheaper_updates(config))):
+            for ours_name, suffix in (("jax", ""), *((name, name.removeprefix("jax")) for name in cheaper)):
                 ratios = [their / ours for ours, their in zip(seconds[ours_name], theirs)]
                 result[f"speedup{suffix}_vs_{other}"] = {"value": statistics.median(ratios), "unit": unit}
     return result

@@ -18,7 +18,7 @@ def test_quick_bench_writes_every_figure_with_a_unit(tmp_path, capsys):
     assert results["machine"]["backend"] == "cpu"
     update = results[f"update_b{bench.QUICK.batch_sizes[0]}"]
     for name in ("jax_updates_per_s", "jax_fused_updates_per_s", "compile_update", "jax_gflops",
-                 "jax_shared_encoder_updates_per_s", "jax_shared_encoder_reused_features_updates_per_s"):
+                 "jax_shared_encoder_reused_features_updates_per_s", "update_dispatch_median"):
         assert update[name]["value"] > 0 and update[name]["unit"]
     assert results["act"]["latency_median"]["unit"] == "ms"
     assert any("--no-torch" in note for note in results["notes"])
