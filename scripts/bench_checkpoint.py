@@ -21,11 +21,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from td3_jax import checkpoint_integrity
-from td3_jax.checkpoint import Checkpointer
-from td3_jax.hparams import TD3Config
-from td3_jax.replay import ReplayBuffer
-from td3_jax.td3 import init_state
+from td3_jax.checkpoint import integrity as checkpoint_integrity
+from td3_jax.checkpoint.store import Checkpointer
+from td3_jax.core.hparams import TD3Config
+from td3_jax.core.td3 import init_state
+from td3_jax.replay.buffer import ReplayBuffer
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from td3_jax.envs.config import LaneSimConfig
-from td3_jax.envs.lanesim import LaneSimEnv, LaneSimVec
+from td3_jax.envs.lanesim.sim import LaneSimEnv, LaneSimVec
 
 
 def actions(rng: np.random.Generator, count: int, num_envs: int) -> np.ndarray:

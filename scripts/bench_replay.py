@@ -1,6 +1,6 @@
 """Memory, insert rate and sample latency of the replay buffer against a naive stacked one.
 
-Fills `td3_jax.replay.ReplayBuffer` and a naive buffer that stores the
+Fills `td3_jax.replay.buffer.ReplayBuffer` and a naive buffer that stores the
 observation and next observation as full uint8 stacks (SB3's layout without
 `optimize_memory_usage`), measures the resident-memory growth of each fill
 (every page written, so the figure is committed memory, not arithmetic), the
@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from td3_jax.envs.spaces import FrameStack
-from td3_jax.replay import ReplayBuffer
+from td3_jax.replay.buffer import ReplayBuffer
 
 
 class NaiveStackedBuffer:
@@ -126,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
 
     frame_once = measure(
-        "frame-once (td3_jax.replay)",
+        "frame-once (td3_jax.replay.buffer)",
         lambda: ReplayBuffer(args.capacity, stack=args.stack, vector_dim=args.vector_dim, seed=args.seed),
         args.capacity, args,
     )

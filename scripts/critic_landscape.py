@@ -21,10 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from td3_jax import checkpoint, config as config_lib, networks, td3
+from td3_jax.checkpoint import store as checkpoint
+
+from td3_jax.training import config as config_lib
+
+from td3_jax.core import networks
+
+from td3_jax.core import td3
+from td3_jax.core.td3 import init_state
 from td3_jax.envs import make_env
-from td3_jax.cli import UserError
-from td3_jax.td3 import init_state
+from td3_jax.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:

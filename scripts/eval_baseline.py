@@ -17,9 +17,9 @@ import json
 
 import numpy as np
 
-from td3_jax.envs.baseline import BaselineController, for_lanesim, run_episode
 from td3_jax.envs.config import LaneSimConfig
-from td3_jax.envs.lanesim import LaneSimEnv
+from td3_jax.envs.lanesim.baseline import BaselineController, for_lanesim, run_episode
+from td3_jax.envs.lanesim.sim import LaneSimEnv
 
 METRICS = ("success", "collision", "lane_invasions", "lateral_rmse_m", "mean_speed_mps", "return", "length")
 

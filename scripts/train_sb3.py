@@ -14,7 +14,7 @@ The point is a comparison on equal terms with `td3-jax train --config ... --seed
 - **SB3's own learner otherwise**: its `CnnPolicy` (NatureCNN features, its MLP sizes) and its
   learning rate, so the comparison is with SB3 as its users run it.
 - **The same evaluation.** Every `training.eval_freq` env steps, `training.num_eval_episodes`
-  deterministic episodes from seed `training.eval_seed` through `td3_jax.evaluate.evaluate`,
+  deterministic episodes from seed `training.eval_seed` through `td3_jax.training.evaluate.evaluate`,
   written as the same `eval/*` tags to a TensorBoard file in the run directory, so
   `python scripts/plot_run.py TD3_RUN SB3_RUN --out F` draws both.
 
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     from stable_baselines3.common.noise import NormalActionNoise
     from tensorboardX import SummaryWriter
 
-    from td3_jax import config as config_lib
     from td3_jax.envs import make_env
-    from td3_jax.evaluate import episode_step_limit, evaluate
+    from td3_jax.training import config as config_lib
+    from td3_jax.training.evaluate import episode_step_limit, evaluate
 
     overrides = [*args.set, f"training.seed={args.seed}", f"env.seed={args.seed}"]
     run, _ = config_lib.load(args.config, overrides)

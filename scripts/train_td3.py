@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device != "auto":  # must be set before JAX initialises its backends
         os.environ["JAX_PLATFORMS"] = args.device
-    from td3_jax import config as config_lib
-    from td3_jax import train
-    from td3_jax.cli import UserError
+    from td3_jax.errors import UserError
+    from td3_jax.training import config as config_lib
+    from td3_jax.training import train
 
     sets = list(args.set)
     for flag, key in (

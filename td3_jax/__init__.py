@@ -5,10 +5,10 @@
 See docs/api.md.
 """
 
-from td3_jax.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
-from td3_jax.networks import Actor, Critic, Encoder, init_params, make_networks, param_labels
-from td3_jax.optim import make_optimizer
-from td3_jax.td3 import (
+from td3_jax.core.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
+from td3_jax.core.networks import Actor, Critic, Encoder, init_params, make_networks, param_labels
+from td3_jax.core.optim import make_optimizer
+from td3_jax.core.td3 import (
     TD3State,
     act,
     actor_loss,
@@ -19,7 +19,7 @@ from td3_jax.td3 import (
     update,
     update_many,
 )
-from td3_jax.types import Batch, PackedBatch, unpack
+from td3_jax.core.types import Batch, PackedBatch, unpack
 
 __all__ = [
     "Actor",

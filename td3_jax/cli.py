@@ -14,69 +14,18 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import traceback
-from pathlib import Path
+
+from td3_jax.errors import UserError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("td3_jax.train", "train TD3 from a YAML config (embedded simulator by default)"),
-    "eval": ("td3_jax.evaluate", "evaluate a checkpoint's deterministic policy"),
-    "diagnose": ("td3_jax.diagnose", "is this TD3 run healthy? (reads TensorBoard event files)"),
-    "bench": ("td3_jax.bench", "measure update, act, replay and simulator speed"),
+    "train": ("td3_jax.training.train", "train TD3 from a YAML config (embedded simulator by default)"),
+    "eval": ("td3_jax.training.evaluate", "evaluate a checkpoint's deterministic policy"),
+    "diagnose": ("td3_jax.diagnose.diagnose", "is this TD3 run healthy? (reads TensorBoard event files)"),
+    "bench": ("td3_jax.bench.bench", "measure update, act, replay and simulator speed"),
     "env-preview": ("td3_jax.envs.preview", "write PNGs of the camera view and the route"),
 }
-
-
-class UserError(Exception):
-    """Bad user input: printed as one line, exit code 2, no traceback."""
-
-
-def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Creates directory `path` (and its parents) if needed and checks that files can be written in it.
-
-    Args:
-      path: the directory.
-      what: what it is for the message, e.g. "--run-dir".
-
-    Raises:
-      UserError: it cannot be created (a parent is a file, no permission, read-only disk) or written to.
-    """
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        # Only a real write tells for sure (os.access misjudges root, ACLs and some mounts).
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        under_a_file = isinstance(error, (FileExistsError, NotADirectoryError))
-        reason = "a part of it is a file" if under_a_file else error.strerror
-        raise UserError(
-            f"{what} {path} cannot be created or written to ({reason}); pick a writable directory"
-        ) from None
-    return path
-
-
-def check_output_file(path: str | os.PathLike, what: str) -> Path:
-    """Checks, before any long work, that file `path` can be written: its folder exists and is writable.
-
-    Nothing is created, so a refused run leaves no trace.
-
-    Raises:
-      UserError: the folder is missing or not writable, or `path` is a directory.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a directory; give a file name in it")
-    folder = path.parent
-    if not folder.is_dir():
-        raise UserError(f"{what} {path}: its folder {folder} does not exist; create it first")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UserError(f"{what} {path}: cannot write in {folder} ({error.strerror})") from None
-    return path
 
 
 def _drop_abandoned_checkpoint_reads() -> None:
@@ -153,6 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from td3_jax.cli import main as package_main  # the package's UserError, not __main__'s
-
-    sys.exit(package_main())
+    sys.exit(main())

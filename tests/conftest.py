@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from td3_jax.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
-from td3_jax.types import Batch
+from td3_jax.core.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
+from td3_jax.core.types import Batch
 
 TINY_VECTOR_DIM = 5
 

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_VECTOR_DIM, random_batch, tiny_config
-from td3_jax import augment, td3
-
-
+from td3_jax.core import augment
+from td3_jax.core import td3
 def edge_shifted(image: np.ndarray, pad: int, dy: int, dx: int) -> np.ndarray:
     height, width = image.shape[:2]
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")

@@ -29,10 +29,10 @@ import pytest
 from gymnasium import spaces
 from test_train import TINY
 
-from td3_jax import config as config_lib
-from td3_jax.checkpoint import Checkpointer
+from td3_jax.checkpoint.store import Checkpointer
 from td3_jax.cli import main
-from td3_jax.train import Trainer
+from td3_jax.training import config as config_lib
+from td3_jax.training.trainer import Trainer
 
 TINY_GYM_ID = "td3_jax_test/TinyImage-v0"
 EPISODE_STEPS = 10
@@ -201,8 +201,7 @@ def test_carla_env_against_a_stand_in_server_trains_resumes_and_evaluates(tmp_pa
     pytest.importorskip("carla")
     from carla_fakes import CarlaWithFakeCommands, FakeServer
 
-    from td3_jax.envs import carla_env
-
+    from td3_jax.envs.carla import env as carla_env
     server = FakeServer()
     monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
         carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,

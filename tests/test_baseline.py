@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from td3_jax.envs.baseline import BaselineConfig, BaselineController, for_lanesim, run_episode
 from td3_jax.envs.config import LaneSimConfig
-from td3_jax.envs.lanesim import LaneSimEnv
+from td3_jax.envs.lanesim.baseline import BaselineConfig, BaselineController, for_lanesim, run_episode
+from td3_jax.envs.lanesim.sim import LaneSimEnv
 
 
 def arc(curvature: float, count: int = 25, spacing: float = 2.0) -> np.ndarray:

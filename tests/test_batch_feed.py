@@ -8,10 +8,10 @@ import chex
 import numpy as np
 import pytest
 
-from td3_jax.batch_feed import BatchFeed
 from td3_jax.envs.spaces import FrameStack
-from td3_jax.replay import ReplayBuffer
-from td3_jax.train import _update_calls
+from td3_jax.replay.batch_feed import BatchFeed
+from td3_jax.replay.buffer import ReplayBuffer
+from td3_jax.training.schedule import update_calls
 
 STACK, SHAPE = 3, (4, 5)
 
@@ -140,7 +140,7 @@ def test_update_calls_come_once_per_train_freq_from_learning_starts(n_envs, trai
     steps = range(0, 60, n_envs)
     made_at = []
     for before in steps:
-        made_at += [before + n_envs] * _update_calls(before, before + n_envs, learning_starts, train_freq)
+        made_at += [before + n_envs] * update_calls(before, before + n_envs, learning_starts, train_freq)
     # One call per multiple of train_freq in [learning_starts, last step], at the vector step that reaches it.
     last = steps[-1] + n_envs
     multiples = [m for m in range(learning_starts, last + 1) if m % train_freq == 0]

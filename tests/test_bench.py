@@ -7,8 +7,10 @@ import math
 
 import pytest
 
-from td3_jax import bench, cli
-from td3_jax.hparams import TD3Config
+from td3_jax import cli
+
+from td3_jax.bench import bench
+from td3_jax.core.hparams import TD3Config
 
 
 def test_quick_bench_writes_every_figure_with_a_unit(tmp_path, capsys):
@@ -43,7 +45,7 @@ def test_update_flops_scale_with_batch_and_count_the_delayed_actor():
 
 
 def test_torch_reference_has_the_td3_jax_architecture():
-    bench_torch = pytest.importorskip("td3_jax.bench_torch")
+    bench_torch = pytest.importorskip("td3_jax.bench.torch_reference")
     reference = bench_torch.TorchTD3(TD3Config(), stack=bench.STACK, vector_dim=bench.VECTOR_DIM)
     assert reference.parameter_counts() == bench._jax_parameter_counts()
     reference.update(*bench_torch.torch_batch(bench.random_batch(2)))

@@ -10,10 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from td3_jax.cli import UserError
-from td3_jax.envs.carla_config import CarlaConfig
-from td3_jax.envs.carla_env import CarlaEnv, CarlaUnavailableError
-from td3_jax.envs.carla_session import (
+from td3_jax.envs.carla.config import CarlaConfig
+from td3_jax.envs.carla.env import CarlaEnv, CarlaUnavailableError
+from td3_jax.envs.carla.session import (
     camera_attributes,
     camera_transform,
     clone_settings,
@@ -23,6 +22,7 @@ from td3_jax.envs.carla_session import (
     sync_settings,
     vehicle_control,
 )
+from td3_jax.errors import UserError
 
 
 @given(st.floats(-2, 2), st.floats(-2, 2))

@@ -32,11 +32,11 @@ from carla_fakes import TIMEOUT_MESSAGE, CarlaWithFakeCommands, FakeServer
 
 import carla
 
-from td3_jax.envs.carla_config import CarlaConfig
-from td3_jax.envs.carla_env import CarlaEnv, CarlaFailureError, CarlaUnavailableError, make_carla_env
+from td3_jax.envs.carla.config import CarlaConfig
+from td3_jax.envs.carla.env import CarlaEnv, CarlaFailureError, CarlaUnavailableError, make_carla_env
 from td3_jax.envs.reward import COMPONENTS
 
-# The step info keys of the embedded simulator (td3_jax/envs/lanesim.py) that every backend reports.
+# The step info keys of the embedded simulator (td3_jax/envs/lanesim/sim.py) that every backend reports.
 SHARED_INFO_KEYS = {
     "termination_reason", "success", "collision", "lane_invasion", "offroad", "lateral_deviation_m",
     "heading_error_rad", "speed_mps", "distance_travelled_m", "route_progress", "distance_to_goal_m",

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from td3_jax.envs import carla_logic as logic
-from td3_jax.envs.carla_config import CarlaConfig
-from td3_jax.envs.carla_env import termination
+from td3_jax.envs.carla import logic
+from td3_jax.envs.carla.config import CarlaConfig
+from td3_jax.envs.carla.env import termination
 
 
 def _bgra(gray_rgb: np.ndarray) -> bytes:

@@ -24,12 +24,12 @@ import pytest
 from fake_carla_server import EPISODE_STEPS, FAIL_AT_STEP, flaky_block, frame_code, send
 from test_train import TINY
 
-from td3_jax import config as config_lib
 from td3_jax.envs import workers as workers_module
-from td3_jax.envs.carla_config import CarlaConfig
-from td3_jax.envs.carla_server import CarlaServerUnavailableError, LaunchedServers, wait_until_listening
+from td3_jax.envs.carla.config import CarlaConfig
+from td3_jax.envs.carla.server import CarlaServerUnavailableError, LaunchedServers, wait_until_listening
 from td3_jax.envs.config import EnvConfig, WorkersConfig
-from td3_jax.train import Trainer
+from td3_jax.training import config as config_lib
+from td3_jax.training.trainer import Trainer
 
 FAKE_SERVER = Path(__file__).with_name("fake_carla_server.py")
 SERVER_COMMAND = f"{sys.executable} {FAKE_SERVER} --port {{port}}"
@@ -240,7 +240,7 @@ def test_sigterm_stops_the_servers_a_process_started(tmp_path):
     base = free_port()
     code = (
         "import sys, time\n"
-        "from td3_jax.envs.carla_server import LaunchedServers\n"
+        "from td3_jax.envs.carla.server import LaunchedServers\n"
         f"servers = LaunchedServers({SERVER_COMMAND + ' --child'!r}, [{base}], ready_timeout_s=10.0)\n"
         "servers.start()\n"
         "print(servers.processes[0].pid, flush=True)\n"

@@ -21,14 +21,15 @@ import pytest
 from conftest import TINY_VECTOR_DIM, random_batch, tiny_config
 
 import td3_jax
-from td3_jax import checkpoint_integrity, cli
-from td3_jax import config as config_lib
-from td3_jax.checkpoint import COMMIT_MARKER, CheckpointError, Checkpointer, load_config
-from td3_jax.checkpoint_integrity import MANIFEST
-from td3_jax.cli import UserError
+from td3_jax import cli
+from td3_jax.checkpoint import integrity as checkpoint_integrity
+from td3_jax.checkpoint.integrity import MANIFEST
+from td3_jax.checkpoint.store import COMMIT_MARKER, CheckpointError, Checkpointer, load_config
+from td3_jax.core.hparams import EncoderConfig, NetworkConfig
 from td3_jax.envs import make_env
-from td3_jax.hparams import EncoderConfig, NetworkConfig
-from td3_jax.replay import ReplayBuffer
+from td3_jax.errors import UserError
+from td3_jax.replay.buffer import ReplayBuffer
+from td3_jax.training import config as config_lib
 
 SPECIALS = np.array([np.nan, -0.0, np.inf, -np.inf, 1e-45, np.finfo(np.float32).max], np.float32)
 FRAME_SHAPE = (6, 6)
@@ -496,11 +497,11 @@ def test_untouched_checkpoint_lists_every_file_and_restores_bit_identically(tmp_
 def test_checkpoint_without_checksums_loads_with_one_warning(tmp_path, abstract, state, caplog):
     save(tmp_path, 4, state)
     (tmp_path / "4" / MANIFEST).unlink()  # as saved before checksums existed
-    caplog.set_level(logging.WARNING, logger="td3_jax.checkpoint")
+    caplog.set_level(logging.WARNING, logger="td3_jax.checkpoint.store")
     assert load_config(tmp_path) == CONFIG
     with Checkpointer(tmp_path, read_only=True) as checkpointer:
         assert_bit_identical(checkpointer.restore(abstract_train_state=abstract).train_state, state)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "td3_jax.checkpoint"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "td3_jax.checkpoint.store"]
     assert len(warnings) == 1 and "cannot be verified" in warnings[0] and str(tmp_path / "4") in warnings[0]
 
 

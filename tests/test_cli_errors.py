@@ -13,11 +13,11 @@ from pathlib import Path
 import jax
 import pytest
 
-from td3_jax import cli
-from td3_jax import config as config_lib
-from td3_jax.checkpoint import Checkpointer
+from td3_jax import cli, errors
+from td3_jax.checkpoint.store import Checkpointer
+from td3_jax.core.td3 import init_state
 from td3_jax.envs import make_env
-from td3_jax.td3 import init_state
+from td3_jax.training import config as config_lib
 
 SMALL = [
     "algorithm.learning_starts=40",
@@ -176,14 +176,14 @@ def test_bad_gym_env_is_one_line_through_train(tmp_path, capsys, env_id, fragmen
 
 
 def test_ensure_writable_dir_creates_and_checks(tmp_path):
-    made = cli.ensure_writable_dir(tmp_path / "a" / "b", "--run-dir")
+    made = errors.ensure_writable_dir(tmp_path / "a" / "b", "--run-dir")
     assert made.is_dir() and not list(made.iterdir())  # the write probe leaves nothing behind
 
 
 def test_ensure_writable_dir_under_a_file_is_a_user_error(tmp_path):
     (tmp_path / "file").write_text("keep me")
-    with pytest.raises(cli.UserError, match=r"--run-dir .*file/run cannot be created .*a part of it is a file"):
-        cli.ensure_writable_dir(tmp_path / "file" / "run", "--run-dir")
+    with pytest.raises(errors.UserError, match=r"--run-dir .*file/run cannot be created .*a part of it is a file"):
+        errors.ensure_writable_dir(tmp_path / "file" / "run", "--run-dir")
     assert (tmp_path / "file").read_text() == "keep me"
 
 
@@ -194,7 +194,7 @@ def test_ensure_writable_dir_in_a_read_only_folder_is_a_user_error(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        with pytest.raises(cli.UserError, match="cannot be created"):
-            cli.ensure_writable_dir(locked / "run", "--run-dir")
+        with pytest.raises(errors.UserError, match="cannot be created"):
+            errors.ensure_writable_dir(locked / "run", "--run-dir")
     finally:
         locked.chmod(0o700)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from td3_jax import config as config_lib
-from td3_jax.config import ConfigError, RunConfig
+from td3_jax.training import config as config_lib
+from td3_jax.training.config import ConfigError, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,8 +73,9 @@ def test_every_training_config_field_is_read():
     reward weights, for instance, are read through getattr).
     """
     package = REPO / "td3_jax"
-    sources = "\n".join(p.read_text() for p in package.rglob("*.py") if p != package / "config.py")
-    sources += (package / "config.py").read_text().split("def td3_config")[1]
+    config_module = package / "training" / "config.py"
+    sources = "\n".join(p.read_text() for p in package.rglob("*.py") if p != config_module)
+    sources += config_module.read_text().split("def td3_config")[1]
 
     def walk(cls):
         for field in dataclasses.fields(cls):
@@ -101,10 +102,9 @@ def test_missing_config_file_is_one_line_and_exit_2(tmp_path):
 
 
 def test_config_reference_is_generated_and_complete():
-    from td3_jax import config_doc
-
+    from td3_jax.training import config_doc
     text = config_doc.markdown()
-    assert (REPO / "docs" / "config.md").read_text() == text, "regenerate: python -m td3_jax.config_doc > docs/config.md"
+    assert (REPO / "docs" / "config.md").read_text() == text, "regenerate: python -m td3_jax.training.config_doc > docs/config.md"
     undocumented = [line for line in text.splitlines() if line.startswith("| `") and line.endswith("|  |")]
     assert not undocumented, f"config fields without a docstring: {undocumented}"
 

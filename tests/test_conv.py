@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from jax import lax
 
-from td3_jax import conv, networks
-from td3_jax.hparams import EncoderConfig, NetworkConfig
+from td3_jax.core import conv
+
+from td3_jax.core import networks
+from td3_jax.core.hparams import EncoderConfig, NetworkConfig
 
 
 def _reference(x, kernel, stride):

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorboardX import SummaryWriter
 
-from td3_jax import cli
-from td3_jax.diagnose import diagnose_run, find_event_files, format_text, read_scalars, write_diagnosis
-from td3_jax.diagnose_report import diagnose_scalars
-from td3_jax.diagnose_signals import (
+from td3_jax import cli, errors
+from td3_jax.diagnose.diagnose import diagnose_run, find_event_files, format_text, read_scalars, write_diagnosis
+from td3_jax.diagnose.report import diagnose_scalars
+from td3_jax.diagnose.signals import (
     SIGNALS,
     Criteria,
     Series,
@@ -231,7 +231,7 @@ def test_a_folder_of_several_runs_is_refused_but_one_nested_run_is_found(tmp_pat
     assert len(find_event_files(tmp_path / "one")) == 1
     write_run(tmp_path / "two" / "a", {"x": [(1, 1.0)]})
     write_run(tmp_path / "two" / "b", {"x": [(1, 1.0)]})
-    with pytest.raises(cli.UserError, match="holds 2 runs"):
+    with pytest.raises(errors.UserError, match="holds 2 runs"):
         find_event_files(tmp_path / "two")
 
 

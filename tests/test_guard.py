@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from td3_jax.guard import (
+from td3_jax.training.guard import (
     ACTOR_LOSS_BOUND_TAG,
     ALERT_TAGS,
     NON_FINITE_TAG,
@@ -199,7 +199,7 @@ def test_ratio_vectorises_like_the_scalar_form():
 
 @pytest.mark.skipif(not REFERENCE_RUNS.is_dir(), reason="shared reference runs not present")
 def test_guard_stops_the_original_diverging_run_at_the_first_gap_crossing():
-    from td3_jax.diagnose import read_scalars
+    from td3_jax.diagnose.diagnose import read_scalars
 
     scalars = read_scalars(REFERENCE_RUNS / "day21-run2")
     guard = DivergenceGuard(GuardConfig(mode="stop"))

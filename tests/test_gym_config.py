@@ -16,14 +16,14 @@ import yaml
 from kwarg_image_env import BACKEND, EPISODE_STEPS, YAML_SECTION
 from test_train import TINY
 
-from td3_jax import checkpoint
-from td3_jax import config as config_lib
-from td3_jax.checkpoint import Checkpointer
+from td3_jax.checkpoint import store as checkpoint
+from td3_jax.checkpoint.store import Checkpointer
 from td3_jax.cli import main
-from td3_jax.config import ConfigError, RunConfig
 from td3_jax.envs import EnvConfig, make_env, make_vec_env
 from td3_jax.envs.gym_adapter import GymAdapterError
-from td3_jax.resume import config_changes
+from td3_jax.training import config as config_lib
+from td3_jax.training.config import ConfigError, RunConfig
+from td3_jax.training.resume import config_changes
 
 
 def _raw() -> dict:

@@ -7,9 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from td3_jax.envs import EnvConfig, make_env, make_vec_env, observation, roads, traffic
+from td3_jax.envs import EnvConfig, make_env, make_vec_env, observation
+
+from td3_jax.envs.lanesim import roads
+
 from td3_jax.envs.config import LaneSimConfig
-from td3_jax.envs.lanesim import LaneSimEnv, LaneSimVec, push_frames
+from td3_jax.envs.lanesim import traffic
+from td3_jax.envs.lanesim.sim import LaneSimEnv, LaneSimVec, push_frames
 from td3_jax.envs.reward import COMPONENTS
 
 SMALL = LaneSimConfig(route_length_m=60.0, road_margin_front_m=60.0, max_episode_steps=200)
@@ -337,7 +341,7 @@ def test_env_preview_writes_both_pngs(tmp_path):
 
 
 def test_make_env_dispatches_lazily_to_the_other_backends(monkeypatch):
-    import td3_jax.envs.carla_env as carla_env
+    import td3_jax.envs.carla.env as carla_env
     import td3_jax.envs.gym_adapter as gym_adapter
 
     calls = []
@@ -353,7 +357,7 @@ def test_make_env_dispatches_lazily_to_the_other_backends(monkeypatch):
 
 
 def test_camera_rays_hit_the_ground_where_a_pinhole_predicts():
-    from td3_jax.envs.camera import Camera
+    from td3_jax.envs.lanesim.camera import Camera
 
     cfg = LaneSimConfig()
     camera = Camera(cfg)

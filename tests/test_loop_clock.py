@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from td3_jax.run_log import LoopClock
+from td3_jax.training.run_log import LoopClock
 
 
 class SlowDeviceResult:

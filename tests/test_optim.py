@@ -11,8 +11,10 @@ import optax
 import pytest
 from hypothesis import given, settings
 
-from td3_jax import networks, optim
-from td3_jax.hparams import OptimizerConfig
+from td3_jax.core import networks
+
+from td3_jax.core import optim
+from td3_jax.core.hparams import OptimizerConfig
 
 PARAMS = {
     "encoder": {"conv": jnp.zeros((3, 3, 2, 4)), "bias": jnp.zeros((4,))},

@@ -22,8 +22,8 @@ import pytest
 from conftest import TINY_VECTOR_DIM, random_batch, tiny_config
 
 import td3_jax
-from td3_jax.checkpoint import Checkpointer
-from td3_jax.parallel import DATA_AXIS, DataParallel, select_devices
+from td3_jax.checkpoint.store import Checkpointer
+from td3_jax.training.parallel import DATA_AXIS, DataParallel, select_devices
 
 K, GLOBAL_BATCH = 2, 8
 # float32 sums in another order: per-shard partial sums, then an all-reduce.
@@ -116,7 +116,7 @@ import os
 import sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-from td3_jax.parallel import DataParallel, initialize_distributed
+from td3_jax.training.parallel import DataParallel, initialize_distributed
 process, port = int(sys.argv[1]), sys.argv[2]
 os.environ.update(JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process))
 assert initialize_distributed(coordinator_address="127.0.0.1:" + port) == (process, 2)

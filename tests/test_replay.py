@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
+from td3_jax.core.types import Batch, unpack
 from td3_jax.envs.spaces import FrameStack
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
-from td3_jax.types import Batch, unpack
 
 FRAME_SHAPE = (2, 3)  # six bytes: room for a unique little-endian id per frame
 VECTOR_DIM = 3

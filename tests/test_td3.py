@@ -15,9 +15,11 @@ import optax
 import pytest
 from conftest import TINY_VECTOR_DIM, random_batch, tiny_config
 
-from td3_jax import networks, td3
-from td3_jax.hparams import NetworkConfig, OptimizerConfig
-from td3_jax.types import Batch, PackedBatch
+from td3_jax.core import networks
+
+from td3_jax.core import td3
+from td3_jax.core.hparams import NetworkConfig, OptimizerConfig
+from td3_jax.core.types import Batch, PackedBatch
 
 
 def _state(config=None, seed=0):
@@ -443,20 +445,24 @@ def test_act_is_bounded_deterministic_without_noise_and_noise_never_recompiles(r
     assert _tree_changed(noisy, a)
 
 
-def test_core_modules_do_no_io():
-    """The jitted core imports only numerical libraries and project modules."""
+def test_core_modules_do_no_io_and_import_nothing_outside_the_core():
+    """The jitted core imports only numerical libraries and its own modules: no envs, loop, I/O or CLI."""
     forbidden = {"os", "sys", "time", "logging", "yaml", "tensorboardX", "orbax", "carla", "tqdm", "pathlib"}
-    package = pathlib.Path(td3.__file__).parent
-    for name in ("td3.py", "networks.py", "optim.py", "conv.py", "types.py", "hparams.py", "augment.py"):
-        tree = ast.parse((package / name).read_text())
-        for node in ast.walk(tree):
+    core = pathlib.Path(td3.__file__).parent
+    modules = sorted(core.glob("*.py"))
+    assert {"td3.py", "networks.py", "optim.py"} <= {path.name for path in modules}
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                roots = {alias.name.split(".")[0] for alias in node.names}
+                names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                roots = {(node.module or "").split(".")[0]}
+                names = [node.module or ""]
             else:
                 continue
-            assert not roots & forbidden, f"{name} imports {roots & forbidden}"
+            roots = {name.split(".")[0] for name in names}
+            assert not roots & forbidden, f"{path.name} imports {roots & forbidden}"
+            outside = [name for name in names if name.startswith("td3_jax") and not name.startswith("td3_jax.core")]
+            assert not outside, f"{path.name} imports {outside} from outside the core"
 
 
 @pytest.mark.parametrize("name", ["update", "update_many", "init_state", "act", "TD3Config", "make_networks"])

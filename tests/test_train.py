@@ -15,10 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from td3_jax import config as config_lib
-from td3_jax.checkpoint import Checkpointer
-from td3_jax.resume import unpack_snapshot
-from td3_jax.train import Trainer, exploration_std
+from td3_jax.checkpoint.store import Checkpointer
+from td3_jax.training import config as config_lib
+from td3_jax.training.resume import unpack_snapshot
+from td3_jax.training.schedule import exploration_std
+from td3_jax.training.trainer import Trainer
 
 TINY = [
     "algorithm.learning_starts=40",
@@ -249,7 +250,7 @@ def test_a_healthy_td3_jax_run_is_diagnosed_healthy(trained_run):
 
 
 def test_comparison_table_puts_each_policy_in_a_column():
-    from td3_jax.evaluate import comparison_table
+    from td3_jax.training.evaluate import comparison_table
 
     table = comparison_table({
         "TD3": {"eval/success_rate": 0.9, "eval/lateral_rmse_m": 0.4},
@@ -262,8 +263,7 @@ def test_comparison_table_puts_each_policy_in_a_column():
 
 
 def test_progress_lines_show_elapsed_time_and_an_eta(tmp_path, capsys, monkeypatch):
-    from td3_jax import run_log
-
+    from td3_jax.training import run_log
     clock = [100.0]
     monkeypatch.setattr(run_log.time, "perf_counter", lambda: clock[0])
     log = run_log.RunLog(tmp_path, total_steps=1000, start_step=200, progress="lines")

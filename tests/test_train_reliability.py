@@ -5,9 +5,12 @@ Every test drives the real `Trainer` (or the CLI) with the tiny settings of test
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
+import pickle
 import signal
+import zlib
 
 import gymnasium
 import jax
@@ -15,13 +18,17 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from td3_jax import config as config_lib
-from td3_jax import optim
-from td3_jax.checkpoint import Checkpointer
-from td3_jax.cli import UserError, main
-from td3_jax.evaluate import STEP_LIMIT_REASON
-from td3_jax.resume import pack_snapshot, unpack_snapshot
-from td3_jax.train import Trainer, random_streams
+from td3_jax.checkpoint.store import Checkpointer
+from td3_jax.cli import main
+from td3_jax.core import optim
+from td3_jax.envs.config import LaneSimConfig
+from td3_jax.envs.lanesim.sim import LaneSimEnv
+from td3_jax.errors import UserError
+from td3_jax.training import config as config_lib
+from td3_jax.training.evaluate import STEP_LIMIT_REASON
+from td3_jax.training.resume import pack_snapshot, unpack_snapshot
+from td3_jax.training.run_log import EpisodeStats
+from td3_jax.training.trainer import Trainer, random_streams
 from test_train import TINY
 
 NEVER_ENDING_ID = "td3test/NeverEnding-v0"
@@ -176,6 +183,24 @@ def test_a_snapshot_that_would_run_code_is_refused(tmp_path, monkeypatch):
     assert unpack_snapshot(pack_snapshot({"a": np.arange(3), "b": slice(1, 2)}), "here")["b"] == slice(1, 2)
 
 
+def test_a_snapshot_saved_under_the_old_module_names_still_resumes():
+    """Runs saved before the package was grouped by concern name `td3_jax.train` and `td3_jax.envs.lanesim`."""
+    env = LaneSimEnv(LaneSimConfig())
+    env.reset(seed=3)
+    stats = EpisodeStats(1)
+    stats.add(np.array([1.5]), {})
+    data = pickle.dumps((env, stats), protocol=3)  # protocol 3 names classes as plain text lines
+    for new, old in (("td3_jax.training.run_log", "td3_jax.train"), ("td3_jax.envs.lanesim.sim", "td3_jax.envs.lanesim"),
+                     ("td3_jax.envs.lanesim.roads", "td3_jax.envs.roads")):
+        assert f"c{new}\n".encode() in data
+        data = data.replace(f"c{new}\n".encode(), f"c{old}\n".encode())
+    old_snapshot = base64.b64encode(zlib.compress(data)).decode("ascii")
+    restored_env, restored_stats = unpack_snapshot(old_snapshot, "here")
+    assert type(restored_env) is LaneSimEnv and restored_stats.reward[0] == 1.5
+    np.testing.assert_array_equal(restored_env.step(np.zeros(2, np.float32))[0]["image"],
+                                  env.step(np.zeros(2, np.float32))[0]["image"])
+
+
 def test_a_garbled_snapshot_is_a_one_line_error():
     with pytest.raises(UserError, match="corrupt"):
         unpack_snapshot("not base64 at all!", "here")
@@ -327,12 +352,12 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
 
 
 def test_a_replay_buffer_too_large_for_memory_fails_before_the_slow_setup(tmp_path, monkeypatch):
-    import td3_jax.train as train_module
+    import td3_jax.training.trainer as trainer_module
 
     def never(*args, **kwargs):
         raise AssertionError("built the networks or the evaluation env before checking the buffer")
 
-    monkeypatch.setattr(train_module, "init_state", never)
+    monkeypatch.setattr(trainer_module, "init_state", never)
     monkeypatch.setattr("td3_jax.envs.make_env", never)
     with pytest.raises(UserError, match="algorithm.buffer_size"):
         Trainer(_config("algorithm.buffer_size=10000000000", "training.num_eval_episodes=1"), tmp_path / "run")

@@ -22,7 +22,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from td3_jax.envs import make_vec_env
 from td3_jax.envs.config import EnvConfig, LaneSimConfig
-from td3_jax.envs.lanesim import LaneSimVec
+from td3_jax.envs.lanesim.sim import LaneSimVec
 from td3_jax.envs.spaces import FrameStack
 from td3_jax.envs.workers import (
     VecBlockEnv,
@@ -35,7 +35,7 @@ from td3_jax.envs.workers import (
     parse_server,
     worker_specs,
 )
-from td3_jax.replay import ReplayBuffer
+from td3_jax.replay.buffer import ReplayBuffer
 
 FRAME = (4, 4)
 STACK = 2

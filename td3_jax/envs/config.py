@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from td3_jax.envs.carla_config import CarlaConfig
+from td3_jax.envs.carla.config import CarlaConfig
 from td3_jax.envs.reward import RewardConfig
 from td3_jax.envs.spaces import DEFAULT_STACK
 

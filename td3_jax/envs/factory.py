@@ -27,11 +27,11 @@ def make_env(config: EnvConfig = EnvConfig(), *, seed: int | None = None) -> gym
     """
     seed = config.seed if seed is None else seed
     if config.backend == "lanesim":
-        from td3_jax.envs.lanesim import LaneSimEnv
+        from td3_jax.envs.lanesim.sim import LaneSimEnv
 
         return LaneSimEnv(config.lanesim, config.reward, stack=config.stack, seed=seed)
     if config.backend == "carla":
-        from td3_jax.envs.carla_env import make_carla_env
+        from td3_jax.envs.carla.env import make_carla_env
 
         return make_carla_env(dataclasses.replace(config, seed=seed))
     from td3_jax.envs.gym_adapter import make_gym_env
@@ -60,7 +60,7 @@ def make_vec_env(config: EnvConfig = EnvConfig(), num_envs: int | None = None, *
     num_envs = config.num_envs if num_envs is None else num_envs
     seed = config.seed if seed is None else seed
     if config.backend == "lanesim":
-        from td3_jax.envs.lanesim import LaneSimVec
+        from td3_jax.envs.lanesim.sim import LaneSimVec
 
         return LaneSimVec(num_envs, config.lanesim, config.reward, stack=config.stack, seed=seed)
     return SyncVectorEnv(

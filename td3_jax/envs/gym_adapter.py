@@ -23,9 +23,9 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces as gym_spaces
 
-from td3_jax.cli import UserError
 from td3_jax.envs import spaces
 from td3_jax.envs.config import split_gym_id
+from td3_jax.errors import UserError
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114])
 """ITU-R BT.601 luma weights of (R, G, B)."""

@@ -14,11 +14,11 @@ import os
 
 import numpy as np
 
-from td3_jax.cli import UserError, ensure_writable_dir
-from td3_jax.envs.baseline import BaselineController, for_lanesim
 from td3_jax.envs.config import LaneSimConfig
-from td3_jax.envs.lanesim import LaneSimEnv
-from td3_jax.envs.roads import SAMPLE_M
+from td3_jax.envs.lanesim.baseline import BaselineController, for_lanesim
+from td3_jax.envs.lanesim.roads import SAMPLE_M
+from td3_jax.envs.lanesim.sim import LaneSimEnv
+from td3_jax.errors import UserError, ensure_writable_dir
 
 SCALE = 3
 """Nearest-neighbour upscaling of each 84x84 frame in camera.png."""

@@ -13,7 +13,7 @@ CARLA envs run supervised (`effective_workers`): without an explicit
 get finite deadlines, because a stuck Traffic Manager blocks `world.tick()`
 forever (carla#2809) and a dying server aborts its client process
 (carla#4577). Before the workers start, and before a failed worker is
-restarted, its server must listen (`td3_jax.envs.carla_server`); a server
+restarted, its server must listen (`td3_jax.envs.carla.server`); a server
 this process started is restarted with its worker, and a restarted worker
 gets a fresh Traffic Manager port, so that it never meets one left over from
 a dead connection (carla#2789).
@@ -52,8 +52,8 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from td3_jax.envs.carla_config import CarlaConfig
-from td3_jax.envs.carla_server import LOOPBACK, LaunchedServers, RemoteServers
+from td3_jax.envs.carla.config import CarlaConfig
+from td3_jax.envs.carla.server import LOOPBACK, LaunchedServers, RemoteServers
 from td3_jax.envs.config import EnvConfig, WorkersConfig, parse_server
 from td3_jax.envs.factory import make_vec_env
 

@@ -1,0 +1,93 @@
+"""Hyperparameters of the networks and of the TD3 update.
+
+Frozen, hashable dataclasses: they are static arguments of the jitted update,
+so changing one recompiles, while everything that moves during a run (step,
+key, learning rates inside the optimizer state) is traced. YAML loading and
+validation of user input live in `td3_jax.training.config`; this module only defines
+the structures and their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """The Nature-DQN image encoder shared in shape by actor and critic."""
+
+    features: int = 512
+    """Width of the encoder's output (dense layer after the three convs)."""
+    layer_norm: bool = True
+    """LayerNorm after every conv/dense layer (over C, H, W jointly, per-element affine)."""
+    activation: Literal["relu", "leaky_relu"] = "leaky_relu"
+    """Nonlinearity after each layer; leaky_relu uses slope 0.01."""
+    conv_impl: Literal["auto", "xla", "matmul"] = "auto"
+    """Convolution path (td3_jax.core.conv): xla = lax.conv; matmul = space-to-depth + matmul; auto = matmul on CPU."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Actor and critic architecture."""
+
+    encoder: EncoderConfig = EncoderConfig()
+    actor_hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the actor MLP head."""
+    critic_hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of each of the two Q heads."""
+    actor_trunk: int = 0
+    """Width of the actor's trunk (Dense + LayerNorm + tanh over [features, vector]); 0: none (the original)."""
+    critic_trunk: int = 0
+    """Width of the critic's trunk, shared by both Q heads, before the action joins; 0: none (the original)."""
+    action_dim: int = 2
+    """Action size: (steer, throttle_brake)."""
+    shared_encoder: bool = False
+    """One image encoder, the critic's, trained by the critic loss only; the actor reads its features
+    under stop_gradient and the target actor the target critic's (DrQ-v2). False: each network has its
+    own encoder (the original)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """One network's optimizer: global-norm clip, then Adam per parameter group."""
+
+    max_grad_norm: float = 1.0
+    """Global L2 norm the whole network's gradient is clipped to."""
+    cnn_lr: float = 1e-4
+    """Adam learning rate of the encoder ('cnn' group)."""
+    mlp_lr: float = 3e-4
+    """Adam learning rate of everything else ('mlp' group)."""
+    weight_decay: float = 0.0
+    """Coupled L2 (torch Adam style), added to the clipped gradient of both groups."""
+    adam_eps: float = 1e-8
+    """Adam's epsilon: gradients much smaller than it take proportionally smaller steps."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TD3Config:
+    """Everything the jitted update needs to know at compile time."""
+
+    network: NetworkConfig = NetworkConfig()
+    actor_optimizer: OptimizerConfig = OptimizerConfig(max_grad_norm=1.0)
+    critic_optimizer: OptimizerConfig = OptimizerConfig(max_grad_norm=10.0)
+    discount: float = 0.99
+    """Discount factor gamma."""
+    tau: float = 0.005
+    """Polyak rate of all target parameters (encoders included)."""
+    policy_noise: float = 0.2
+    """Std of the target-policy smoothing noise (action units, max_action = 1)."""
+    noise_clip: float = 0.5
+    """Target-policy smoothing noise is clipped to [-noise_clip, noise_clip]."""
+    policy_freq: int = 2
+    """Actor and targets update when step % policy_freq == 0."""
+    actor_preactivation_l2: float = 0.0
+    """Weight of mean(u^2) on the actor's pre-tanh outputs u in its loss; 0 is plain TD3."""
+    actor_warmup_updates: int = 0
+    """Critic-only updates before the first actor update (the critic target still tracks); 0 is plain TD3."""
+    image_shift_px: int = 0
+    """Random-shift augmentation (DrQ) of s and s' by up to this many pixels per axis; 0 is plain TD3."""
+    actor_reuses_critic_features: bool = False
+    """The actor step reads the critic features of this update's critic step (computed before it,
+    DrQ-v2) instead of recomputing them with the updated encoder: one encoder pass fewer per actor step.
+    False is Fujimoto's order (the actor loss sees the critic after this step's update)."""

@@ -1,0 +1,115 @@
+"""Replay batches for the training loop, drawn in line or one env step ahead on a thread. Host-side.
+
+On a GPU an update at batch 256 takes a few milliseconds, about what drawing and
+gathering its batch takes on the host, so a loop that samples in line leaves the
+device idle while it samples and the host idle while the device updates.
+
+With `prefetch` on, the loop announces before each env step how many update
+calls that step will make (`prepare`). A worker thread then draws those calls'
+batches from the buffer *as it is before the step's transitions are added*,
+gathers them and copies them to the device (uint8 frames), while the main thread
+waits for the previous update inside `act` and steps the env. `settle` joins the
+thread before the buffer changes; `take` hands out the batches in order.
+
+Both modes are deterministic given the buffer's seed and resume exactly: a
+prefetched draw always starts and ends within one loop iteration, and `cancel`
+puts the sampler's RNG back where it was when an iteration is abandoned. They
+differ in one thing: a prefetched batch cannot contain the transitions of the
+env step that triggers its update (one in `len(buffer)` draws would have).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+from typing import Any
+
+from td3_jax.replay.buffer import ReplayBuffer
+
+
+class BatchFeed:
+    """Stacked ``(K, B, ...)`` batches for `DataParallel.update_many`, in the loop or prefetched.
+
+    Args:
+      buffer: the replay buffer; only the main thread adds to it, and never
+        between `prepare` and `settle`.
+      place: puts a NumPy batch tree on the device(s) (`DataParallel.place_batches`).
+      batch_size: B, transitions per update.
+      gradient_steps: K, updates per call.
+      n_step, discount: as in `ReplayBuffer.sample`.
+      prefetch: draw one env step ahead on a worker thread.
+    """
+
+    def __init__(
+        self,
+        buffer: ReplayBuffer,
+        place,
+        *,
+        batch_size: int,
+        gradient_steps: int,
+        n_step: int,
+        discount: float,
+        prefetch: bool,
+    ):
+        self.buffer = buffer
+        self.place = place
+        self.batch_size, self.gradient_steps = batch_size, gradient_steps
+        self.n_step, self.discount = n_step, discount
+        self.prefetch = prefetch
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "batch-feed") if prefetch else None
+        self._pending: concurrent.futures.Future | None = None
+        self._rng_before: dict | None = None
+        self._ready: collections.deque = collections.deque()
+
+    def prepare(self, calls: int) -> None:
+        """Before an env step that will make `calls` update calls: with prefetch, starts drawing their batches.
+
+        An empty buffer has nothing to draw from yet; those calls are drawn in
+        line after the step's transitions are added.
+        """
+        if not self.prefetch or calls <= 0 or len(self.buffer) == 0:
+            return
+        if self._pending is not None or self._ready:
+            raise RuntimeError("prepare() called before the previous step's batches were taken")
+        self._rng_before = self.buffer.sampler_state
+        self._pending = self._executor.submit(lambda: [self._draw() for _ in range(calls)])
+
+    def settle(self) -> None:
+        """Waits for the worker: after it returns the buffer may change. Re-raises the worker's error."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        self._ready.extend(pending.result())
+
+    def take(self) -> Any:
+        """The next call's batches on the device: prefetched, or drawn now from the buffer as it is."""
+        self.settle()
+        if not self._ready:
+            return self._draw()
+        batches = self._ready.popleft()
+        if not self._ready:
+            self._rng_before = None  # every prefetched draw is delivered: nothing left to rewind
+        return batches
+
+    def cancel(self) -> None:
+        """Drops undelivered batches and rewinds the sampler's RNG to before their draw (an abandoned step)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # the draw is being thrown away, and so is its error
+                pass
+        if self._rng_before is not None:
+            self.buffer.sampler_state = self._rng_before
+            self._rng_before = None
+        self._ready.clear()
+
+    def close(self) -> None:
+        self.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _draw(self) -> Any:
+        k, b = self.gradient_steps, self.batch_size
+        batch = self.buffer.sample(k * b, n_step=self.n_step, discount=self.discount)
+        return self.place(type(batch)(*(x.reshape(k, b, *x.shape[1:]) for x in batch)))

@@ -1,0 +1,563 @@
+"""The host training loop (`Trainer`): acting, replay, updates, evaluation, checkpoints. Host-side.
+
+One loop drives a vector of envs (the embedded simulator by default), fills the
+frame-deduplicating replay buffer, and calls the jitted `update_many` every
+`train_freq` env steps with `gradient_steps` fused updates. Everything the
+update needs is in the `TD3State`; everything the loop needs to continue
+exactly (env step, episode counters, RNG states, the env itself for the
+embedded simulator, the replay buffer) goes into each checkpoint.
+
+One counter, `env_step`, gates exploration, training, logging, evaluation and
+checkpoints, so no gate can disagree with another (the original's even/odd
+logging bug). Transitions store `terminated` and `truncated` separately: a
+time limit bootstraps, a crash does not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from td3_jax.checkpoint.store import CheckpointError, Checkpointer
+from td3_jax.core import optim
+from td3_jax.core.td3 import act, init_state, policy_params
+from td3_jax.envs.workers import WorkerFailureError
+from td3_jax.errors import UserError
+from td3_jax.replay.batch_feed import BatchFeed
+from td3_jax.replay import ReplayBuffer, ReplayMemoryError
+from td3_jax.training import config as config_lib
+from td3_jax.training import resume
+from td3_jax.training.evaluate import (
+    BaselinePolicy,
+    EvaluationStopped,
+    comparison_table,
+    episode_step_limit,
+    evaluate,
+    td3_policy,
+)
+from td3_jax.training.guard import DivergenceGuard, alert_scalars
+from td3_jax.training.parallel import DataParallel
+from td3_jax.training.run_log import EpisodeStats, LoopClock, RunLog
+from td3_jax.training.schedule import crossed, exploration_std, update_calls
+
+EPISODE_HISTORY = 100  # episodes in the console's running mean
+
+
+def random_streams(seed: int, process_index: int) -> tuple[jax.Array, jax.Array, np.random.SeedSequence, int | list[int]]:
+    """(init key, act key, exploration seed, replay sampler seed) of one process of a run.
+
+    Every process initialises the same networks; exploration noise, random
+    actions and replay sampling are the process's own, or every host of a
+    multi-host run would explore alike. Process 0 keeps a single-process run's streams.
+    """
+    init_key, act_key = jax.random.split(jax.random.key(seed))
+    own = [process_index] if process_index else []
+    if process_index:
+        act_key = jax.random.fold_in(act_key, process_index)
+    return init_key, act_key, np.random.SeedSequence([seed, 1, *own]), [seed, *own] if own else seed
+
+
+class Trainer:
+    """One training run in `run_dir`. Host-side; see the module docstring."""
+
+    def __init__(self, run: config_lib.RunConfig, run_dir: Path, *, checkpoint_dir: Path | None = None):
+        from td3_jax.envs import make_env
+        from td3_jax.envs.workers import make_worker_vec_env
+
+        self.run = run
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        algorithm = run.algorithm
+        init_key, self.act_key, explore_seed, replay_seed = random_streams(run.training.seed, jax.process_index())
+        try:
+            self.parallel = DataParallel(run.training.devices)
+            self.parallel.check_batch_size(algorithm.batch_size)
+        except ValueError as error:
+            raise UserError(f"training.devices={run.training.devices!r}: {error}") from None
+        self.env = make_worker_vec_env(run.env, run.env.workers)
+        self.n_envs = self.env.num_envs
+        obs_space = self.env.single_observation_space
+        image_shape = obs_space["image"].shape
+        vector_dim = obs_space["vector"].shape[0]
+        self.action_dim = self.env.single_action_space.shape[0]
+        try:  # before the slow parts below, so that a buffer too large for memory fails at once
+            self.buffer = ReplayBuffer(
+                algorithm.buffer_size,
+                n_envs=self.n_envs,
+                stack=image_shape[-1],
+                frame_shape=image_shape[:2],
+                vector_dim=vector_dim,
+                action_dim=self.action_dim,
+                seed=replay_seed,
+            )
+        except ReplayMemoryError as error:
+            self.env.close()
+            raise UserError(f"algorithm.buffer_size={algorithm.buffer_size}: {error}") from None
+        self.eval_env = make_env(run.env) if run.training.num_eval_episodes > 0 else None
+        self.eval_max_steps = None
+        if self.eval_env is not None:
+            self.eval_max_steps = run.training.eval_max_episode_steps or episode_step_limit(run.env, self.eval_env)
+            if self.eval_max_steps is None:
+                raise UserError(
+                    f"{run.env.backend} has no time limit, so an evaluation episode might never end; "
+                    "set training.eval_max_episode_steps (or training.num_eval_episodes=0)"
+                )
+        self.td3_config = config_lib.td3_config(run, self.action_dim)
+        state = init_state(self.td3_config, init_key, image_shape=image_shape, vector_dim=vector_dim)
+        self.state = self.parallel.place_state(state)
+        self.explore_rng = np.random.default_rng(explore_seed)
+        if checkpoint_dir is not None and not (run_dir / "checkpoints").exists():
+            # The link lets `--resume RUN_DIR` and `td3-jax eval` find checkpoints kept elsewhere.
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "checkpoints").symlink_to(checkpoint_dir.absolute(), target_is_directory=True)
+        self.checkpointer = Checkpointer(
+            run_dir / "checkpoints",
+            max_to_keep=run.training.keep_checkpoints,
+            save_replay=run.training.save_replay_buffer,
+        )
+        self.feed = BatchFeed(
+            self.buffer, self.parallel.place_batches, batch_size=algorithm.batch_size,
+            gradient_steps=algorithm.gradient_steps, n_step=algorithm.n_step, discount=algorithm.discount,
+            prefetch=run.training.prefetch_batches,
+        )
+        self.clock = LoopClock()
+        self.guard = DivergenceGuard(run.guard)
+        self.env_step = 0
+        self.episodes = 0
+        self.updates = 0
+        self.episode_stats = EpisodeStats(self.n_envs)
+        self.recent_rewards: list[float] = []
+        self.results = {"training_rewards": [], "evaluations": []}
+        self.obs = None
+        self._stop_signal: int | None = None
+        self._unchecked_updates: list[tuple[int, jax.Array]] = []  # (env step, all_finite) not yet fetched
+        self._policy_actions: list[np.ndarray] = []
+        self._last_good_state = None
+
+    # ------------------------------------------------------------ state
+
+    def host_state(self) -> dict:
+        """JSON-able loop state for an exact resume."""
+        backend_snapshot = None
+        if _has_env_snapshot(self.run):
+            backend_snapshot = resume.pack_snapshot((self.env, self.obs, self.episode_stats))
+        return {
+            "env_step": self.env_step,
+            "episodes": self.episodes,
+            "updates": self.updates,
+            "explore_rng": self.explore_rng.bit_generator.state,
+            "act_key": [int(x) for x in np.asarray(jax.random.key_data(self.act_key))],
+            "guard": self.guard.state_dict(),
+            "recent_rewards": list(self.recent_rewards),
+            "results": self.results,
+            "env_snapshot": backend_snapshot,
+        }
+
+    def restore(self) -> list[str]:
+        """Continues from the latest checkpoint of this run; returns a log line per config change applied.
+
+        Raises:
+          UserError: the config changes a key that a resume cannot change (`resume.FIXED_KEYS`).
+        """
+        if self.checkpointer.latest_step() is None:
+            raise UserError(
+                f"the run in {self.run_dir} stopped before its first checkpoint, so there is nothing to resume; "
+                f"start it again with a new --run-dir (or delete {self.run_dir})"
+            )
+        # The config is checked first: a refused change must not surface as a shape mismatch of the arrays.
+        saved = config_lib.build(config_lib.RunConfig, self.checkpointer.read_config())
+        changes = resume.config_changes(saved, self.run)
+        resume.check_changes(changes, env_snapshot=_has_env_snapshot(saved), run_dir=self.run_dir)
+        restored = self.checkpointer.restore(
+            abstract_train_state=self.parallel.abstract_state(self.state), with_replay=True
+        )
+        host = restored.host_state
+        # The restored optimizer states hold the learning rates, weight decay and eps they were saved with.
+        state = restored.train_state
+        self.state = state.replace(
+            actor_opt_state=optim.with_hyperparams(state.actor_opt_state, state.config.actor_optimizer),
+            critic_opt_state=optim.with_hyperparams(state.critic_opt_state, state.config.critic_optimizer),
+        )
+        if restored.replay_state is not None:
+            self.buffer.load_state_dict(restored.replay_state)
+        self.env_step, self.episodes, self.updates = host["env_step"], host["episodes"], host["updates"]
+        self.explore_rng.bit_generator.state = host["explore_rng"]
+        self.act_key = jax.random.wrap_key_data(np.asarray(host["act_key"], np.uint32))
+        self.guard.load_state_dict(host["guard"])
+        self.recent_rewards = list(host["recent_rewards"])
+        self.results = host["results"]
+        if host["env_snapshot"] is not None:
+            snapshot = resume.unpack_snapshot(host["env_snapshot"], self.checkpointer.directory / str(restored.step))
+            self.env.close()
+            self.env, self.obs, self.episode_stats = snapshot
+        else:  # CARLA or gym: a new episode starts; the buffer must not bridge it
+            self.obs, _ = self.env.reset(seed=self.run.env.seed + self.episodes)
+            self.buffer.end_episodes(np.ones(self.n_envs, bool))
+            self.episode_stats = EpisodeStats(self.n_envs)
+        return resume.describe_changes(changes)
+
+    def save_checkpoint(self) -> None:
+        if self.checkpointer.latest_step() == self.env_step:
+            return
+        self._check_updates_finite()
+        replay = self.buffer.state_dict() if self.run.training.save_replay_buffer else None
+        try:
+            self.checkpointer.save(
+                self.env_step,
+                train_state=self.state,
+                host_state=self.host_state(),
+                config=config_lib.to_dict(self.run),
+                replay_state=replay,
+            )
+        except (OSError, ValueError) as error:  # how orbax and tensorstore report a full disk or lost permissions
+            hint = "; free disk space or fix permissions" if _errno(error) is not None else ""
+            raise CheckpointError(
+                f"could not write checkpoint {self.env_step} in {self.checkpointer.directory} ({_brief(error)}){hint}"
+            ) from None
+
+    # ------------------------------------------------------------ loop
+
+    def _request_stop(self, signum, _frame) -> None:
+        self._stop_signal = signum
+
+    def _actions(self) -> np.ndarray:
+        algorithm = self.run.algorithm
+        if self.env_step < algorithm.learning_starts:
+            return self.explore_rng.uniform(-1.0, 1.0, (self.n_envs, self.action_dim)).astype(np.float32)
+        std = exploration_std(algorithm.exploration_noise, self.env_step - algorithm.learning_starts)
+        self.act_key, key = jax.random.split(self.act_key)
+        actions = act(
+            self.parallel.local_params(policy_params(self.state)), self.obs["image"], self.obs["vector"], key, std,
+            network=self.td3_config.network,
+        )
+        actions = np.asarray(self.clock.wait(actions))  # the one wait for the device per env step
+        self._check_updates_finite()
+        if not np.isfinite(actions).all():
+            raise _Diverged(f"the policy's actions are not finite at step {self.env_step}: the networks diverged")
+        self._policy_actions.append(actions)
+        return actions
+
+    def _train(self, log: RunLog) -> None:
+        self.clock.enter("sampling")
+        batches = self.feed.take()
+        self.clock.enter("update")
+        # Dispatched, not awaited: the host prepares the next step while the device updates.
+        self.state, metrics = self.parallel.update_many(self.state, batches)
+        self.updates += self.run.algorithm.gradient_steps
+        log.add_update_metrics(metrics)
+        self._unchecked_updates.append((self.env_step, metrics["debug/all_finite"]))
+
+    def _check_updates_finite(self) -> None:
+        """Raises _Diverged when an update since the last check produced non-finite values.
+
+        Runs before every use of the state (acting on it, logging it as the last
+        good one, evaluating or checkpointing it), so a non-finite state is never
+        acted on, evaluated or saved.
+        """
+        unchecked, self._unchecked_updates = self._unchecked_updates, []
+        for step, all_finite in unchecked:
+            if np.asarray(self.clock.wait(all_finite)).min() < 1:
+                raise _Diverged(f"an update at step {step} produced non-finite values: the networks diverged")
+
+    def _log(self, log: RunLog, interval_start: tuple[int, float, int]) -> None:
+        self._check_updates_finite()
+        values = log.flush_updates(self.env_step)
+        now = time.perf_counter()
+        steps, seconds = self.env_step - interval_start[0], now - interval_start[1]
+        progress = {
+            "progress/env_steps_per_sec": steps / seconds if seconds > 0 else math.nan,
+            "progress/buffer_size": float(len(self.buffer)),
+            "agent/total_iterations": float(self.updates),
+            "agent/is_training": float(self.env_step >= self.run.algorithm.learning_starts),
+            "agent/buffer_utilization": len(self.buffer) / self.run.algorithm.buffer_size,
+        }
+        progress.update(self.clock.interval(steps, self.updates - interval_start[2]))
+        if self.env_step >= self.run.algorithm.learning_starts:
+            steps_since = self.env_step - self.run.algorithm.learning_starts
+            progress["train/exploration_noise"] = exploration_std(self.run.algorithm.exploration_noise, steps_since)
+        if self._policy_actions and self.action_dim == 2:  # (steer, throttle_brake), as the original logged
+            taken = np.concatenate(self._policy_actions)
+            for index, name in enumerate(("steering", "throttle")):
+                progress[f"debug/action_{name}_mean"] = float(np.mean(taken[:, index]))
+                progress[f"debug/action_{name}_std"] = float(np.std(taken[:, index]))
+        self._policy_actions = []
+        log.scalars(self.env_step, progress)
+        if values:
+            alerts = self.guard.check(self.env_step, values)
+            if self.run.guard.mode != "off":
+                log.scalars(self.env_step, alert_scalars(alerts))
+            for alert in alerts:
+                log.line(f"[{alert.severity}] {alert.message}")
+            if not any(alert.severity == "critical" for alert in alerts):  # finite: `_train` checks every update
+                self._last_good_state = (self.env_step, self.state)
+        status = {"sps": progress["progress/env_steps_per_sec"]}
+        if self.recent_rewards:
+            status["ep_return"] = float(np.mean(self.recent_rewards))
+        if "train/q1_value" in values:
+            status["q"] = values["train/q1_value"]
+        log.progress(self.env_step, **status)
+
+    def _evaluate(self, log: RunLog) -> None:
+        if self.eval_env is None:
+            return
+        self._check_updates_finite()
+        training = self.run.training
+        policy = td3_policy(self.parallel.local_params(policy_params(self.state)), self.td3_config.network)
+        try:
+            summary, _ = evaluate(
+                self.eval_env, policy, training.num_eval_episodes, training.eval_seed,
+                max_steps=self.eval_max_steps, should_stop=lambda: self._stop_signal is not None,
+            )
+        except EvaluationStopped:
+            log.line(f"evaluation at step {self.env_step} abandoned: stop requested")
+            return
+        log.scalars(self.env_step, summary)
+        self.results["evaluations"].append({"env_step": self.env_step, **summary})
+        log.line(
+            f"eval @ {self.env_step}: return {summary['eval/mean_reward']:.1f}, "
+            f"success {summary['eval/success_rate']:.2f}, lateral RMSE {summary['eval/lateral_rmse_m']:.2f} m"
+        )
+
+    def _record_step(self, log: RunLog, actions, next_obs, reward, terminated, truncated, info) -> None:
+        done = np.asarray(terminated) | np.asarray(truncated)
+        no_failure = np.zeros(self.n_envs, bool)
+        failed = np.asarray(info.get("carla_failure", no_failure), bool) | np.asarray(
+            info.get("worker_failure", no_failure), bool
+        )
+        real_next = {key: np.array(value, copy=True) for key, value in next_obs.items()}
+        if done.any():
+            for i in np.flatnonzero(done & info.get("_final_obs", done)):
+                for key in real_next:
+                    real_next[key][i] = info["final_obs"][i][key]
+        # A simulator failure's step is not a real transition: skip it, and its episode ends there.
+        self.buffer.add(
+            self.obs["image"], self.obs["vector"], actions, reward,
+            real_next["image"], real_next["vector"], terminated, truncated, skip=failed,
+        )
+        self.episode_stats.add(np.where(failed, 0.0, reward), info)
+        for i in np.flatnonzero(done):
+            values = self.episode_stats.finish(i)
+            if failed[i]:
+                continue
+            self.episodes += 1
+            log.scalars(self.env_step, values)
+            self.results["training_rewards"].append(values["train/episode_reward"])
+            self.recent_rewards = (self.recent_rewards + [values["train/episode_reward"]])[-EPISODE_HISTORY:]
+        self.obs = next_obs
+
+    def train(self, *, resume: bool) -> int:
+        """Runs until `max_timesteps`; returns the process exit code.
+
+        0 when done, 1 when the guard or a diverged policy stopped the run, and
+        128 + the signal's number after SIGINT/SIGTERM (a checkpoint saved
+        first). Any exception leaves a checkpoint of the last consistent state
+        behind when it can (the exception's last line says which).
+        """
+        training, algorithm = self.run.training, self.run.algorithm
+        changes = self.restore() if resume else []
+        if not resume:
+            self.obs, _ = self.env.reset(seed=self.run.env.seed)
+        config_lib.dump(self.run, self.run_dir / "config.yaml")
+        log = RunLog(self.run_dir, total_steps=training.max_timesteps, start_step=self.env_step, progress=training.progress)
+        if self.env_step == 0:
+            log.scalars(0, {
+                "agent/actor_max_grad_norm": algorithm.gradient_clipping.actor_max_norm,
+                "agent/critic_max_grad_norm": algorithm.gradient_clipping.critic_max_norm,
+            })
+            log.text("config", "```\n" + (self.run_dir / "config.yaml").read_text() + "\n```", 0)
+        for line in changes:
+            log.line(line)
+        log.line(f"run directory {self.run_dir}; {self.buffer.summary()}")
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        failed = True
+        try:
+            try:
+                exit_code = self._loop(log)
+            except _Diverged as diverged:
+                exit_code = self._divergence_stop(log, str(diverged))
+            failed = False
+        except (UserError, WorkerFailureError) as error:
+            raise UserError(f"{error}; {self._save_after_failure()}") from None
+        except Exception as error:
+            error.add_note(self._save_after_failure())
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.feed.close()
+            log.close(quiet=failed)
+        if self._stop_signal is not None:
+            print(f"stopped by signal {self._stop_signal} at step {self.env_step}; checkpoint saved. "
+                  f"Resume with: td3-jax train --resume {self.run_dir}")
+            self.env.close()
+            return 128 + self._stop_signal
+        if exit_code == 0:
+            self._write_results()
+            self._print_diagnosis()
+            comparison = self.results.get("final_comparison")
+            if comparison:
+                print(f"final evaluation at step {self.env_step}: {comparison['episodes']} episodes from seed "
+                      f"{comparison['first_seed']}, the same for both, deterministic policy")
+                print(comparison_table({"TD3": comparison["policy"], "baseline": comparison["baseline"]}))
+        self.env.close()
+        return exit_code
+
+    def _loop(self, log: RunLog) -> int:
+        """Steps, trains, logs, evaluates and checkpoints until done or stopped; returns the exit code."""
+        training, algorithm = self.run.training, self.run.algorithm
+        interval_start = (self.env_step, time.perf_counter(), self.updates)
+        while self.env_step < training.max_timesteps and self._stop_signal is None:
+            before = self.env_step
+            calls = update_calls(before, before + self.n_envs, algorithm.learning_starts, algorithm.train_freq)
+            self.feed.prepare(calls)  # with prefetch, drawn while the device updates and the env steps
+            self.clock.enter("acting")
+            actions = self._actions()
+            self.clock.enter("env step")
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            self.clock.enter("sampling")
+            self.feed.settle()
+            self.clock.enter("recording")  # the step is half stored until this phase ends: no checkpoint here
+            self.env_step += self.n_envs
+            self._record_step(log, actions, next_obs, reward, terminated, truncated, info)
+            for _ in range(calls):
+                self._train(log)
+            self.clock.enter("logging")
+            if crossed(before, self.env_step, training.log_freq):
+                self._log(log, interval_start)
+                interval_start = (self.env_step, time.perf_counter(), self.updates)
+                if self.guard.should_stop:
+                    return self._divergence_stop(log, self.guard.stop_message)
+            self.clock.enter("evaluation")
+            if training.eval_freq and crossed(before, self.env_step, training.eval_freq):
+                self._evaluate(log)
+            self.clock.enter("checkpoint")
+            if training.checkpoint_freq and crossed(before, self.env_step, training.checkpoint_freq):
+                self.save_checkpoint()
+        # Saved before the final evaluation, so that a failing evaluation cannot lose the run.
+        self.clock.enter("checkpoint")
+        self.save_checkpoint()
+        self.clock.enter("evaluation")
+        if self._stop_signal is None and (not training.eval_freq or self.env_step % training.eval_freq):
+            self._evaluate(log)
+        if self._stop_signal is None and training.compare_baseline and self.run.env.backend == "lanesim":
+            self._compare_with_baseline(log)
+        return 0
+
+    def _compare_with_baseline(self, log: RunLog) -> None:
+        """The baseline on the final evaluation's episodes, kept for results.json and the closing table."""
+        evaluations = self.results["evaluations"]
+        if self.eval_env is None or not evaluations or evaluations[-1]["env_step"] != self.env_step:
+            return
+        training = self.run.training
+        log.line(f"baseline (pure pursuit + PID) on the same {training.num_eval_episodes} episodes")
+        try:
+            baseline, _ = evaluate(
+                self.eval_env, BaselinePolicy(self.run.env), training.num_eval_episodes, training.eval_seed,
+                max_steps=self.eval_max_steps, should_stop=lambda: self._stop_signal is not None,
+            )
+        except EvaluationStopped:
+            return
+        policy = {k: v for k, v in evaluations[-1].items() if k != "env_step"}
+        self.results["final_comparison"] = {
+            "episodes": training.num_eval_episodes, "first_seed": training.eval_seed,
+            "policy": policy, "baseline": baseline,
+        }
+
+    def _save_after_failure(self) -> str:
+        """After an exception: saves the state if it is consistent; says where the run can resume from."""
+        resume_hint = f"resume with: td3-jax train --resume {self.run_dir}"
+        self.feed.cancel()  # a batch drawn for the abandoned step must not advance the saved sampler
+        if self.clock.phase in ("acting", "env step", "sampling", "update", "logging", "evaluation"):
+            try:
+                self.save_checkpoint()
+                return f"checkpoint saved at step {self.env_step}; {resume_hint}"
+            except Exception as error:  # the first failure is the one to report
+                reason = f"saving a checkpoint failed too ({_brief(error)}); "
+        else:
+            reason = ""  # mid-step or mid-save: the state is not one to save
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return f"{reason}the run has no checkpoint"
+        return f"{reason}the last checkpoint is step {latest}: {resume_hint}"
+
+    def _divergence_stop(self, log: RunLog, message: str) -> int:
+        """Saves the last state known to be healthy and finite in last_good/; returns exit code 1."""
+        if self._last_good_state is None:
+            where = "no healthy state was recorded, so last_good/ was not written"
+        else:
+            step, state = self._last_good_state
+            with Checkpointer(self.run_dir / "last_good", max_to_keep=1, save_replay=False) as last_good:
+                last_good.save(step, train_state=state, host_state={"env_step": step},
+                               config=config_lib.to_dict(self.run))
+            where = f"last good state (step {step}) saved in {self.run_dir / 'last_good'}"
+        log.flush_updates(self.env_step)  # the non-finite values belong in the run's record
+        self._write_results()
+        self._print_diagnosis()
+        print(f"{message}; {where}")
+        return 1
+
+    def _write_results(self) -> None:
+        evaluations = self.results["evaluations"]
+        last = evaluations[-5:]
+        results = {
+            "scenario": {"lanesim": self.run.env.lanesim.scenario, "carla": self.run.env.carla.scenario}.get(
+                self.run.env.backend),  # a gymnasium env has none
+            "backend": self.run.env.backend,
+            "seed": self.run.training.seed,
+            "total_timesteps": self.env_step,
+            "total_updates": self.updates,
+            "total_episodes": self.episodes,
+            "training_rewards": self.results["training_rewards"],
+            "eval_rewards": [e["eval/mean_reward"] for e in evaluations],
+            "eval_success_rates": [e["eval/success_rate"] for e in evaluations],
+            "eval_collisions": [e["eval/avg_collisions"] for e in evaluations],
+            "eval_lane_invasions": [e["eval/avg_lane_invasions"] for e in evaluations],
+            "final_eval_mean_reward": float(np.mean([e["eval/mean_reward"] for e in last])) if last else None,
+            "final_eval_success_rate": float(np.mean([e["eval/success_rate"] for e in last])) if last else None,
+            "evaluations": evaluations,
+            "final_comparison": self.results.get("final_comparison"),
+        }
+        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+
+    def _print_diagnosis(self) -> None:
+        from td3_jax.diagnose.diagnose import diagnose_run, format_text, write_diagnosis
+
+        diagnosis = diagnose_run(self.run_dir)
+        write_diagnosis(diagnosis, self.run_dir)
+        print(format_text(diagnosis))
+
+
+def _has_env_snapshot(run: config_lib.RunConfig) -> bool:
+    """The in-process embedded simulator is saved mid-episode; worker processes and other backends are not."""
+    return run.env.backend == "lanesim" and run.env.workers.workers == 0
+
+
+class _Diverged(Exception):
+    """The policy produced non-finite actions: training cannot continue."""
+
+
+def _errno(error: BaseException) -> int | None:
+    """The OS error number behind an exception, also in tensorstore's form (`[os_error_code='28']`)."""
+    if getattr(error, "errno", None) is not None:
+        return error.errno
+    found = re.search(r"os_error_code='(\d+)'", str(error))
+    return int(found.group(1)) if found else None
+
+
+def _brief(error: BaseException) -> str:
+    """An exception's type and first line, capped, for one-line messages; an OS error by its errno text."""
+    code = _errno(error)
+    if code is not None:
+        return f"{os.strerror(code)} (errno {code})"
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
