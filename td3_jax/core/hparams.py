@@ -25,6 +25,9 @@ class EncoderConfig:
     """Nonlinearity after each layer; leaky_relu uses slope 0.01."""
     conv_impl: Literal["auto", "xla", "matmul"] = "auto"
     """Convolution path (td3_jax.core.conv): xla = lax.conv; matmul = space-to-depth + matmul; auto = matmul on CPU."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the encoder's convolutions and dense layer. bfloat16: parameters, gradients and optimizer
+    state stay float32, LayerNorm statistics are computed in float32, and the features leave as float32."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,35 +62,41 @@ class Conv2D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Computes in `x`'s dtype; the parameters are float32 and cast to it."""
         in_features = x.shape[-1]
         kernel = self.param(
             "kernel", _conv_kernel_init, (self.kernel_size, self.kernel_size, in_features, self.features)
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv.conv2d(x, kernel, self.stride, self.impl) + bias
+        return conv.conv2d(x, kernel.astype(x.dtype), self.stride, self.impl) + bias.astype(x.dtype)
 
 
 class Encoder(nn.Module):
-    """uint8 frames (B, H, W, S) -> features (B, config.features) float32."""
+    """uint8 frames (B, H, W, S) -> features (B, config.features) float32.
+
+    With `compute_dtype` bfloat16 the layers compute in bfloat16 from float32
+    parameters (mixed precision); flax's LayerNorm takes its statistics in float32.
+    """
 
     config: EncoderConfig
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
         activation = _activation(self.config.activation)
-        x = image.astype(jnp.float32) / 127.5 - 1.0  # ((x / 255) - 0.5) / 0.5
+        dtype = jnp.dtype(self.config.compute_dtype)
+        x = image.astype(dtype) / 127.5 - 1.0  # ((x / 255) - 0.5) / 0.5; 0..255 are exact in bfloat16
         for features, kernel, stride in CONV_LAYERS:
             x = Conv2D(features, kernel, stride, self.config.conv_impl)(x)
             if self.config.layer_norm:
                 x = nn.LayerNorm(
-                    epsilon=LAYER_NORM_EPSILON, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1)
+                    epsilon=LAYER_NORM_EPSILON, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1), dtype=dtype
                 )(x)
             x = activation(x)
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(self.config.features, kernel_init=_dense_kernel_init)(x)
+        x = nn.Dense(self.config.features, kernel_init=_dense_kernel_init, dtype=dtype)(x)
         if self.config.layer_norm:
-            x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON)(x)
-        return activation(x)
+            x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype)(x)
+        return activation(x).astype(jnp.float32)
 
 
 class MLP(nn.Module):

@@ -147,6 +147,8 @@ class CnnConfig:
     """Encoder nonlinearity (leaky slope 0.01)."""
     conv_impl: Literal["auto", "xla", "matmul"] = "auto"
     """Convolution implementation (see td3_jax.core.conv); auto picks the fastest for the backend."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the encoders' matrix work. bfloat16 (mixed precision): parameters, gradients and optimizer state stay float32; the heads and losses run in float32. Pays only on hardware with fast bfloat16 (GPUs; docs/benchmarks.md)."""
     shared: bool = False
     """One encoder, the critic's, trained by the critic loss only; the actor reads its features without a gradient (DrQ-v2), and actor_cnn_lr has nothing to train. false: separate encoders (the original)."""
 
@@ -264,6 +266,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
                 layer_norm=nets.cnn.layer_norm,
                 activation=nets.cnn.activation,
                 conv_impl=nets.cnn.conv_impl,
+                compute_dtype=nets.cnn.compute_dtype,
             ),
             actor_hidden=tuple(nets.actor.hidden_sizes),
             critic_hidden=tuple(nets.critic.hidden_sizes),
