@@ -32,7 +32,7 @@ import numpy as np
 from td3_jax.core import conv
 
 from td3_jax.core import td3
-from td3_jax.core.hparams import NetworkConfig, TD3Config
+from td3_jax.core.hparams import EncoderConfig, NetworkConfig, TD3Config
 from td3_jax.core.networks import CONV_LAYERS
 from td3_jax.core.types import PackedBatch
 from td3_jax.errors import check_output_file
@@ -89,6 +89,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="write every figure (with units) to this JSON file")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run (tiny sizes, one round)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch and Stable-Baselines3 comparison")
+    parser.add_argument("--conv-impl", choices=conv.IMPLS, default="auto",
+                        help="convolution path of the timed td3_jax updates (default: auto, the backend's choice)")
     parser.add_argument("--only", metavar="SECTIONS", type=_sections,
                         help=f"measure only these comma-separated sections of {', '.join(SECTIONS)}")
 
@@ -119,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 "--no-torch" if args.no_torch else "install the bench extra: pip install 'td3-jax[bench]'"))
         for batch_size in plan.batch_sizes:
             peak = results["matmul_peak"]["value"]
-            results[f"update_b{batch_size}"] = bench_update(batch_size, plan, torch_available, peak)
+            results[f"update_b{batch_size}"] = bench_update(
+                batch_size, plan, torch_available, peak, conv_impl=getattr(args, "conv_impl", "auto"))
     if "act" in sections:
         results["act"] = bench_act(plan)
     for name, bench, what in (("replay", bench_replay, "replay buffer"), ("env", bench_env, "simulator"),
@@ -243,9 +246,9 @@ def _timed(step: Callable[[], None], calls: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / calls, (_cpu_seconds() - cpu) / calls
 
 
-def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: float) -> dict:
+def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: float, *, conv_impl: str = "auto") -> dict:
     """Updates/s of td3.update, td3.update_many and (optionally) torch / SB3, interleaved."""
-    config = TD3Config()
+    config = TD3Config(network=NetworkConfig(encoder=EncoderConfig(conv_impl=conv_impl)))
     state = td3.init_state(config, jax.random.key(0), image_shape=IMAGE_SHAPE, vector_dim=VECTOR_DIM)
     batch = jax.device_put(random_batch(batch_size))
     fused = plan.fused
@@ -300,6 +303,7 @@ def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: flo
     flops = update_flops(config, batch_size)
     result: dict = {
         "batch_size": {"value": batch_size, "unit": "transitions"},
+        "conv_impl": {"value": conv.resolve_impl(conv_impl), "unit": "convolution path"},
         "update_dispatch_median": {"value": statistics.median(dispatch) * 1e3, "unit": "ms of host time per call"},
         "compile_update": {"value": compile_single, "unit": "s"},
         "compile_update_many": {"value": compile_fused, "unit": "s", "fused_k": fused},
@@ -324,11 +328,15 @@ def bench_update(batch_size: int, plan: Plan, with_torch: bool, peak_gflops: flo
 
 
 def _cheaper_updates(config: TD3Config) -> dict[str, TD3Config]:
-    """The update's work-saving options: one shared encoder (DrQ-v2), and that plus reused critic features."""
-    shared = dataclasses.replace(config, network=dataclasses.replace(config.network, shared_encoder=True))
+    """The update's options that may make it cheaper: one shared encoder (DrQ-v2), that plus reused critic
+    features, and bfloat16 encoders (mixed precision)."""
+    network = config.network
+    shared = dataclasses.replace(config, network=dataclasses.replace(network, shared_encoder=True))
+    bfloat16 = dataclasses.replace(network.encoder, compute_dtype="bfloat16")
     return {
         "jax_shared_encoder": shared,
         "jax_shared_encoder_reused_features": dataclasses.replace(shared, actor_reuses_critic_features=True),
+        "jax_bfloat16_encoder": dataclasses.replace(config, network=dataclasses.replace(network, encoder=bfloat16)),
     }
 
 
@@ -543,7 +551,10 @@ def format_table(results: dict) -> str:
             figures = {"": figures}
         for name, figure in figures.items():
             value = figure["value"]
-            text = f"{value:,.3g}" if isinstance(value, float) and abs(value) < 1000 else f"{value:,.0f}"
+            if isinstance(value, str):
+                text = value
+            else:
+                text = f"{value:,.3g}" if isinstance(value, float) and abs(value) < 1000 else f"{value:,.0f}"
             lines.append(f"| {section}{'.' + name if name else ''} | {text} | {figure['unit']} |")
     machine = results["machine"]
     header = (f"{machine['cpu']}, {machine['cores_usable']} cores, jax {machine['jax']} / jaxlib {machine['jaxlib']}, "
