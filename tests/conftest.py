@@ -6,11 +6,24 @@ else (feature width, heads, batch) to keep compile and run times small.
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
+import shutil
+import tempfile
 
-from td3_jax.core.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
-from td3_jax.core.types import Batch
+# One XLA compilation cache for the whole test run, set before jax is imported: the xdist workers
+# and the subprocesses that tests start (the CLI, worker envs, multi-process runs) inherit it, so
+# an update compiled once is loaded, not compiled again, by every other process of the run.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="td3_jax_test_xla_cache_")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from td3_jax.core.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config  # noqa: E402
+from td3_jax.core.types import Batch  # noqa: E402
 
 TINY_VECTOR_DIM = 5
 
@@ -45,3 +58,8 @@ def random_batch(rng: np.random.Generator, batch_size: int = 4, vector_dim: int 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:  # the process that made the cache (the xdist controller) removes it
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
