@@ -22,7 +22,6 @@ def exploration_std(schedule: ExplorationNoiseConfig, steps_since_start: int) ->
     return schedule.final + (schedule.initial - schedule.final) * math.exp(-5.0 * fraction)
 
 
-
 def update_calls(before: int, after: int, learning_starts: int, train_freq: int) -> int:
     """Update calls due when the env step counter moves from `before` to `after`: one per `train_freq` crossed."""
     if after < learning_starts:
