@@ -2,7 +2,7 @@
 # The GPU figures of docs/benchmarks.md in one run that fits in 15 minutes of GPU time.
 #
 #   OUT=/some/dir scripts/gpu_figures.sh            # on the GPU machine, from the repo root
-#   GPU_FIGURES_QUICK=1 OUT=/tmp/g scripts/gpu_figures.sh   # seconds-long smoke run (any machine)
+#   GPU_FIGURES_QUICK=1 OUT=gpu_smoke scripts/gpu_figures.sh   # seconds-long smoke run (any machine)
 #
 # Writes into $OUT: bench_auto.json / bench_xla.json / bench_matmul.json (`td3-jax bench`: updates/s
 # at batch 256 and 32, single and fused, compile times, the shared-encoder variants, the
@@ -16,8 +16,9 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_figures.log") 2>&1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  site=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    && export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from td3_jax.envs.carla.config import CarlaConfig
 from td3_jax.envs.carla.env import CarlaEnv, CarlaUnavailableError
-from td3_jax.envs.carla.session import (
+from td3_jax.envs.carla.client import (
     camera_attributes,
     camera_transform,
     clone_settings,

@@ -39,7 +39,7 @@ import numpy as np
 
 from td3_jax.envs.carla import logic
 from td3_jax.envs.carla.config import CarlaConfig
-from td3_jax.envs.carla.session import CarlaSession, Reading, Route, vehicle_control
+from td3_jax.envs.carla.client import CarlaSession, Reading, Route, vehicle_control
 from td3_jax.envs.observation import build_vector
 from td3_jax.envs.reward import Measurements, RewardConfig, add_departure_penalty, compute_reward
 from td3_jax.envs.spaces import DEFAULT_STACK, FrameStack, action_space, observation_space
