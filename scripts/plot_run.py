@@ -7,6 +7,9 @@ Reads each RUN_DIR's eval/* tags from its event files (a resumed run's files
 are merged). `--baseline` adds the baseline controller's success rate and
 lateral RMSE as horizontal lines (the JSON of `td3-jax eval --baseline --json`).
 
+`--panels` picks the curves (eval/* tags); a panel no run has is left out, as a
+gymnasium env's runs have no success rate, lateral RMSE or distance.
+
 Each table ends with the first of three consecutive evaluations at >= 90%
 success, in env steps and in minutes since the run's first event. The minutes
 count wall-clock time between the events, so for a run that was stopped and
@@ -26,11 +29,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-PANELS = (
-    ("eval/mean_reward", "eval return (deterministic)"),
-    ("eval/success_rate", "eval success rate"),
-    ("eval/lateral_rmse_m", "eval lateral RMSE (m)"),
-    ("eval/avg_distance_m", "eval distance per episode (m)"),
+TITLES = {
+    "eval/mean_reward": "eval return (deterministic)",
+    "eval/success_rate": "eval success rate",
+    "eval/lateral_rmse_m": "eval lateral RMSE (m)",
+    "eval/avg_distance_m": "eval distance per episode (m)",
+    "eval/avg_episode_length": "eval episode length (env steps)",
+}
+DEFAULT_PANELS = ("eval/mean_reward", "eval/success_rate", "eval/lateral_rmse_m", "eval/avg_distance_m")
+TABLE = (  # column, tag, format
+    ("return", "eval/mean_reward", "{:.1f}"),
+    ("success", "eval/success_rate", "{:.2f}"),
+    ("lateral RMSE (m)", "eval/lateral_rmse_m", "{:.3f}"),
+    ("distance (m)", "eval/avg_distance_m", "{:.1f}"),
+    ("episode length", "eval/avg_episode_length", "{:.0f}"),
 )
 
 
@@ -73,46 +85,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", required=True)
     parser.add_argument("--baseline", default=None, help="JSON of td3-jax eval --baseline --json")
+    parser.add_argument("--panels", default=",".join(DEFAULT_PANELS),
+                        help=f"comma-separated eval/* tags to draw, of {', '.join(TITLES)}")
     args = parser.parse_args(argv)
+    unknown = [tag for tag in args.panels.split(",") if tag not in TITLES]
+    if unknown:
+        print(f"--panels: unknown {', '.join(unknown)}; choose from {', '.join(TITLES)}", file=sys.stderr)
+        return 2
     runs = {Path(d).name: read_evaluations(Path(d)) for d in args.run_dirs}
     empty = [name for name, evaluations in runs.items() if not evaluations]
     if empty:
         print(f"no evaluations in {', '.join(empty)}", file=sys.stderr)
         return 2
+    panels = [tag for tag in args.panels.split(",") if any(tag in e for run in runs.values() for e in run)]
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.8), squeeze=False)
+    axes = dict(zip(panels, axes[0]))
     for name, evaluations in runs.items():
         steps = np.array([e["env_step"] for e in evaluations])
-        for ax, (tag, _) in zip(axes, PANELS):
+        for tag, ax in axes.items():
             ax.plot(steps, [e.get(tag, np.nan) for e in evaluations], marker="o", ms=3, label=name)
     if args.baseline:
         baseline = json.loads(Path(args.baseline).read_text())
         metrics = baseline.get("metrics", baseline)
-        for ax, (tag, _) in zip(axes, PANELS):
-            if tag in ("eval/success_rate", "eval/lateral_rmse_m"):
+        for tag, ax in axes.items():
+            if tag in ("eval/success_rate", "eval/lateral_rmse_m") and tag in metrics:
                 ax.axhline(metrics[tag], color="gray", ls="--", label="baseline")
-    for ax, (_, title) in zip(axes, PANELS):
-        ax.set_title(title)
+    for tag, ax in axes.items():
+        ax.set_title(TITLES[tag])
         ax.set_xlabel("env step")
         ax.grid(alpha=0.3)
-    axes[1].set_ylim(-0.05, 1.05)
-    axes[1].legend(fontsize=8)
+    if "eval/success_rate" in axes:
+        axes["eval/success_rate"].set_ylim(-0.05, 1.05)
+    next(iter(axes.values())).legend(fontsize=8)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
 
     for name, evaluations in runs.items():
+        columns = [(label, tag, spec) for label, tag, spec in TABLE if any(tag in e for e in evaluations)]
         print(f"\n{name}\n")
-        print("| env step | minutes | return | success | lateral RMSE (m) | distance (m) | episode length |")
-        print("|---|---|---|---|---|---|---|")
+        print("| env step | minutes | " + " | ".join(label for label, _, _ in columns) + " |")
+        print("|---|---|" + "---|" * len(columns))
         for e in evaluations:
-            print(
-                f"| {e['env_step']} | {e['minutes']:.0f} | {e['eval/mean_reward']:.1f} | {e['eval/success_rate']:.2f} | "
-                f"{e['eval/lateral_rmse_m']:.3f} | {e['eval/avg_distance_m']:.1f} | {e['eval/avg_episode_length']:.0f} |"
-            )
-        sustained = first_sustained(evaluations)
-        print("\nfirst of three consecutive evaluations at >= 90% success: " + (
-            f"env step {sustained['env_step']}, {sustained['minutes']:.0f} min" if sustained else "none"))
+            cells = [spec.format(e[tag]) if tag in e else "-" for _, tag, spec in columns]
+            print(f"| {e['env_step']} | {e['minutes']:.0f} | " + " | ".join(cells) + " |")
+        if all("eval/success_rate" in e for e in evaluations):
+            sustained = first_sustained(evaluations)
+            print("\nfirst of three consecutive evaluations at >= 90% success: " + (
+                f"env step {sustained['env_step']}, {sustained['minutes']:.0f} min" if sustained else "none"))
     return 0
 
 

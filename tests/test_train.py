@@ -262,6 +262,43 @@ def test_comparison_table_puts_each_policy_in_a_column():
     assert [line for line in table if line.startswith("mean return")][0].split()[-2:] == ["-", "-"]
 
 
+class _ScriptedEnv:
+    """Two-step episodes whose step infos carry exactly `info`."""
+
+    def __init__(self, info: dict):
+        self.info, self.steps = info, 0
+
+    def reset(self, seed=None):
+        self.steps = 0
+        return {"image": np.zeros((4, 4, 1), np.uint8)}, {}
+
+    def step(self, action):
+        self.steps += 1
+        return {"image": np.zeros((4, 4, 1), np.uint8)}, 1.0, False, self.steps == 2, dict(self.info)
+
+
+def test_driving_metrics_are_left_out_when_the_env_does_not_report_them():
+    from td3_jax.training.evaluate import DRIVING_METRICS, evaluate
+
+    def policy(obs, info):
+        return np.zeros((1, 1), np.float32)
+
+    driving_info = {"success": True, "collision": False, "lane_invasion": True, "lateral_deviation_m": 0.3,
+                    "speed_mps": 5.0, "distance_travelled_m": 12.0}
+    full, _ = evaluate(_ScriptedEnv(driving_info), policy, 2, seed=0)
+    assert set(DRIVING_METRICS) <= full.keys()
+    assert (full["eval/success_rate"], full["eval/avg_lane_invasions"], full["eval/avg_distance_m"]) == (1.0, 2.0, 12.0)
+    assert full["eval/lateral_rmse_m"] == pytest.approx(0.3) and full["eval/mean_speed_kmh"] == pytest.approx(18.0)
+
+    bare, _ = evaluate(_ScriptedEnv({"crashed": False}), policy, 2, seed=0)  # highway-env's own keys
+    assert not set(DRIVING_METRICS) & bare.keys()  # absent, not 0
+    assert (bare["eval/mean_reward"], bare["eval/avg_episode_length"], bare["eval/termination_time_limit"]) == (
+        2.0, 2.0, 1.0)
+
+    speed_only, _ = evaluate(_ScriptedEnv({"speed_mps": 5.0}), policy, 2, seed=0)
+    assert set(DRIVING_METRICS) & speed_only.keys() == {"eval/mean_speed_kmh"}
+
+
 def test_progress_lines_show_elapsed_time_and_an_eta(tmp_path, capsys, monkeypatch):
     from td3_jax.training import run_log
     clock = [100.0]

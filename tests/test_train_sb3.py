@@ -39,6 +39,14 @@ def test_sb3_trains_on_the_configs_env_and_writes_the_same_eval_tags(tmp_path, c
     assert [e["env_step"] for e in evaluations] == [20, 40]
     assert evaluations[0]["eval/mean_reward"] == pytest.approx(results["evaluations"][0]["eval/mean_reward"])
     assert 0 <= evaluations[0]["minutes"] <= evaluations[1]["minutes"]
+    assert "eval/success_rate" not in evaluations[0]  # CarRacing reports no driving info
+    # plot_run.py draws the panels the runs have and tabulates their columns only.
+    capsys.readouterr()
+    assert _script("plot_run").main([str(run_dir), "--out", str(tmp_path / "curves.png"),
+                                     "--panels", "eval/mean_reward,eval/success_rate,eval/avg_episode_length"]) == 0
+    table = capsys.readouterr().out
+    assert "| env step | minutes | return | episode length |" in table and "success" not in table
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_an_env_with_a_vector_part_is_refused_in_one_line(tmp_path, capsys):

@@ -40,6 +40,23 @@ class EpisodeResult:
     lateral_sq_sum: float
     speed_sum: float
     termination_reason: str
+    reported: tuple[str, ...] = ()
+    """The `DRIVING_INFO_KEYS` the env put in its step infos (a gymnasium env may report none)."""
+
+
+DRIVING_INFO_KEYS = ("success", "collision", "lane_invasion", "lateral_deviation_m", "speed_mps", "distance_travelled_m")
+"""Step-info keys of the driving backends (lanesim, CARLA) that the driving metrics are computed from."""
+
+DRIVING_METRICS = {
+    "eval/success_rate": "success",
+    "eval/avg_collisions": "collision",
+    "eval/collisions_per_km": "collision",
+    "eval/avg_lane_invasions": "lane_invasion",
+    "eval/lateral_rmse_m": "lateral_deviation_m",
+    "eval/mean_speed_kmh": "speed_mps",
+    "eval/avg_distance_m": "distance_travelled_m",
+}
+"""Each driving metric and the info key it needs: without the key it is not reported, rather than read as 0."""
 
 
 STEP_LIMIT_REASON = "eval_step_limit"
@@ -80,6 +97,7 @@ def run_episode(
     if hasattr(policy, "reset"):
         policy.reset()
     result = EpisodeResult(0.0, 0, False, 0, 0, 0.0, 0.0, 0.0, "")
+    reported: set[str] = set()
     while True:
         if should_stop is not None and should_stop():
             raise EvaluationStopped(f"stop requested during an evaluation episode (seed {seed})")
@@ -93,6 +111,8 @@ def run_episode(
         result.lateral_sq_sum += float(info.get("lateral_deviation_m", 0.0)) ** 2
         result.speed_sum += float(info.get("speed_mps", 0.0))
         result.distance_m = float(info.get("distance_travelled_m", result.distance_m))
+        reported.update(key for key in DRIVING_INFO_KEYS if key in info)
+        result.reported = tuple(key for key in DRIVING_INFO_KEYS if key in reported)
         if terminated or truncated:
             result.success = bool(info.get("success", False))
             reason = info.get("termination_reason", "")
@@ -104,7 +124,11 @@ def run_episode(
 
 
 def summarize(episodes: list[EpisodeResult]) -> dict[str, float]:
-    """Aggregate evaluation metrics, keyed by their TensorBoard tag (eval/*)."""
+    """Aggregate evaluation metrics, keyed by their TensorBoard tag (eval/*).
+
+    A driving metric (`DRIVING_METRICS`) is left out unless every episode's env
+    reported the info key it is computed from.
+    """
     if not episodes:
         return {}
     steps = sum(e.length for e in episodes)
@@ -121,6 +145,9 @@ def summarize(episodes: list[EpisodeResult]) -> dict[str, float]:
         "eval/avg_distance_m": float(np.mean([e.distance_m for e in episodes])),
         "eval/avg_episode_length": float(np.mean([e.length for e in episodes])),
     }
+    reported = set.intersection(*(set(e.reported) for e in episodes))
+    summary = {tag: value for tag, value in summary.items()
+               if tag not in DRIVING_METRICS or DRIVING_METRICS[tag] in reported}
     reasons = sorted({e.termination_reason for e in episodes})
     for reason in reasons:
         summary[f"eval/termination_{reason}"] = float(np.mean([e.termination_reason == reason for e in episodes]))

@@ -321,10 +321,10 @@ class Trainer:
             return
         log.scalars(self.env_step, summary)
         self.results["evaluations"].append({"env_step": self.env_step, **summary})
-        log.line(
-            f"eval @ {self.env_step}: return {summary['eval/mean_reward']:.1f}, "
-            f"success {summary['eval/success_rate']:.2f}, lateral RMSE {summary['eval/lateral_rmse_m']:.2f} m"
-        )
+        driving = [f"{label} {summary[tag]:{spec}}" for label, tag, spec in (
+            ("success", "eval/success_rate", ".2f"), ("lateral RMSE (m)", "eval/lateral_rmse_m", ".2f")) if tag in summary]
+        log.line(", ".join([f"eval @ {self.env_step}: return {summary['eval/mean_reward']:.1f}",
+                            f"length {summary['eval/avg_episode_length']:.0f}", *driving]))
 
     def _record_step(self, log: RunLog, actions, next_obs, reward, terminated, truncated, info) -> None:
         done = np.asarray(terminated) | np.asarray(truncated)
@@ -517,11 +517,13 @@ class Trainer:
             "total_episodes": self.episodes,
             "training_rewards": self.results["training_rewards"],
             "eval_rewards": [e["eval/mean_reward"] for e in evaluations],
-            "eval_success_rates": [e["eval/success_rate"] for e in evaluations],
-            "eval_collisions": [e["eval/avg_collisions"] for e in evaluations],
-            "eval_lane_invasions": [e["eval/avg_lane_invasions"] for e in evaluations],
+            # null where the env reports no such info (a gymnasium env), not 0
+            "eval_success_rates": [e.get("eval/success_rate") for e in evaluations],
+            "eval_collisions": [e.get("eval/avg_collisions") for e in evaluations],
+            "eval_lane_invasions": [e.get("eval/avg_lane_invasions") for e in evaluations],
             "final_eval_mean_reward": float(np.mean([e["eval/mean_reward"] for e in last])) if last else None,
-            "final_eval_success_rate": float(np.mean([e["eval/success_rate"] for e in last])) if last else None,
+            "final_eval_success_rate": (float(np.mean([e["eval/success_rate"] for e in last]))
+                                        if last and all("eval/success_rate" in e for e in last) else None),
             "evaluations": evaluations,
             "final_comparison": self.results.get("final_comparison"),
         }
