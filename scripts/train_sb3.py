@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary, _ = evaluate(eval_env, policy, training.num_eval_episodes, training.eval_seed,
                                       max_steps=eval_steps)
                 for tag, value in summary.items():
-                    if np.isfinite(value):  # a metric the env has no info for is NaN: no point, as in td3-jax train
+                    if np.isfinite(value):  # collisions per km over no distance is NaN: no point, as in td3-jax train
                         writer.add_scalar(tag, value, self.num_timesteps)
                 writer.flush()
                 evaluations.append({"env_step": self.num_timesteps, **summary})
