@@ -305,6 +305,7 @@ def test_driving_metrics_are_left_out_when_the_env_does_not_report_them():
     assert set(DRIVING_METRICS) <= full.keys()
     assert (full["eval/success_rate"], full["eval/avg_lane_invasions"], full["eval/avg_distance_m"]) == (1.0, 2.0, 12.0)
     assert full["eval/lateral_rmse_m"] == pytest.approx(0.3) and full["eval/mean_speed_kmh"] == pytest.approx(18.0)
+    assert full["eval/lateral_mean_m"] == pytest.approx(0.3)
 
     bare, _ = evaluate(_ScriptedEnv({"crashed": False}), policy, 2, seed=0)  # highway-env's own keys
     assert not set(DRIVING_METRICS) & bare.keys()  # absent, not 0

@@ -40,6 +40,8 @@ class EpisodeResult:
     lateral_sq_sum: float
     speed_sum: float
     termination_reason: str
+    lateral_sum: float = 0.0
+    """Sum of the signed lateral deviations (positive: left of the lane centre)."""
     reported: tuple[str, ...] = ()
     """The `DRIVING_INFO_KEYS` the env put in its step infos (a gymnasium env may report none)."""
 
@@ -53,6 +55,7 @@ DRIVING_METRICS = {
     "eval/collisions_per_km": "collision",
     "eval/avg_lane_invasions": "lane_invasion",
     "eval/lateral_rmse_m": "lateral_deviation_m",
+    "eval/lateral_mean_m": "lateral_deviation_m",
     "eval/mean_speed_kmh": "speed_mps",
     "eval/avg_distance_m": "distance_travelled_m",
 }
@@ -108,6 +111,7 @@ def run_episode(
         result.length += 1
         result.collisions += int(bool(info.get("collision", False)))
         result.lane_invasions += int(bool(info.get("lane_invasion", False)))
+        result.lateral_sum += float(info.get("lateral_deviation_m", 0.0))
         result.lateral_sq_sum += float(info.get("lateral_deviation_m", 0.0)) ** 2
         result.speed_sum += float(info.get("speed_mps", 0.0))
         result.distance_m = float(info.get("distance_travelled_m", result.distance_m))
@@ -141,6 +145,7 @@ def summarize(episodes: list[EpisodeResult]) -> dict[str, float]:
         "eval/collisions_per_km": sum(e.collisions for e in episodes) / km if km > 0 else math.nan,
         "eval/avg_lane_invasions": float(np.mean([e.lane_invasions for e in episodes])),
         "eval/lateral_rmse_m": math.sqrt(sum(e.lateral_sq_sum for e in episodes) / steps),
+        "eval/lateral_mean_m": sum(e.lateral_sum for e in episodes) / steps,  # RMSE^2 = mean^2 + spread^2
         "eval/mean_speed_kmh": 3.6 * sum(e.speed_sum for e in episodes) / steps,
         "eval/avg_distance_m": float(np.mean([e.distance_m for e in episodes])),
         "eval/avg_episode_length": float(np.mean([e.length for e in episodes])),
@@ -158,6 +163,7 @@ COMPARISON_ROWS = (
     ("success rate", "eval/success_rate", "{:.2f}"),
     ("mean return", "eval/mean_reward", "{:.1f}"),
     ("lateral RMSE (m)", "eval/lateral_rmse_m", "{:.3f}"),
+    ("lateral mean (m, + left)", "eval/lateral_mean_m", "{:+.3f}"),
     ("collisions per route", "eval/avg_collisions", "{:.2f}"),
     ("lane invasions per route", "eval/avg_lane_invasions", "{:.2f}"),
     ("distance (m)", "eval/avg_distance_m", "{:.1f}"),
