@@ -503,9 +503,9 @@ def bench_loop(plan: Plan) -> dict:
     docs/metrics.md). Every update is awaited as it is dispatched
     (`Trainer(await_updates=True)`): on a CPU the update otherwise runs on the
     cores the host's work needs, and the host figures would measure that
-    contention, which an accelerator does not have. "per_env_step_and_update" is the host time of one env
-    step plus one update: a device doing 500 updates/s at one update per env
-    step leaves 2 ms for it.
+    contention, which an accelerator does not have. "per_env_step_and_update"
+    is the host time of one env step plus one update: a device doing 500
+    updates/s at one update per env step leaves 2 ms for it.
     """
     import contextlib
     import io

@@ -100,7 +100,6 @@ def run_episode(
     if hasattr(policy, "reset"):
         policy.reset()
     result = EpisodeResult(0.0, 0, False, 0, 0, 0.0, 0.0, 0.0, "")
-    reported: set[str] = set()
     while True:
         if should_stop is not None and should_stop():
             raise EvaluationStopped(f"stop requested during an evaluation episode (seed {seed})")
@@ -115,8 +114,7 @@ def run_episode(
         result.lateral_sq_sum += float(info.get("lateral_deviation_m", 0.0)) ** 2
         result.speed_sum += float(info.get("speed_mps", 0.0))
         result.distance_m = float(info.get("distance_travelled_m", result.distance_m))
-        reported.update(key for key in DRIVING_INFO_KEYS if key in info)
-        result.reported = tuple(key for key in DRIVING_INFO_KEYS if key in reported)
+        result.reported = tuple(key for key in DRIVING_INFO_KEYS if key in info or key in result.reported)
         if terminated or truncated:
             result.success = bool(info.get("success", False))
             reason = info.get("termination_reason", "")
