@@ -185,6 +185,15 @@ def test_driving_configs_carry_the_whole_recipe_unchanged(name):
         assert resolved[key] == pytest.approx(expected), key
 
 
+def test_the_racetrack_config_carries_the_recipes_learner_settings():
+    """configs/highway_racetrack.yaml writes out the recipe's learner keys (the recipe's env.reward is lanesim and CARLA's)."""
+    recipe = {k: v for k, v in _leaves(config_lib.read_yaml(RECIPE, "recipe")).items() if not k.startswith("env.")}
+    resolved = _leaves(config_lib.to_dict(config_lib.load(RECIPE.parent / "highway_racetrack.yaml")[0]))
+    for key, value in recipe.items():
+        expected = list(value) if isinstance(value, tuple) else value
+        assert resolved[key] == pytest.approx(expected), key
+
+
 def test_extends_merges_sections_and_later_files_win(tmp_path):
     (tmp_path / "base.yaml").write_text("algorithm: {tau: 0.02, batch_size: 64}\ntraining: {seed: 3}\n")
     (tmp_path / "mid.yaml").write_text("extends: base.yaml\nalgorithm: {batch_size: 32}\n")
