@@ -262,6 +262,22 @@ def test_comparison_table_puts_each_policy_in_a_column():
     assert [line for line in table if line.startswith("mean return")][0].split()[-2:] == ["-", "-"]
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_awaiting_each_update_changes_the_timing_only(tmp_path, prefetch):
+    """The bench's loop figure awaits every update (`await_updates`); the run it times is the same run."""
+    run = _config("training.max_timesteps=60", f"training.prefetch_batches={prefetch}")
+    trainers = {}
+    for awaited in (False, True):
+        trainers[awaited] = Trainer(run, tmp_path / str(awaited), await_updates=awaited)
+        assert trainers[awaited].train(resume=False) == 0
+    chex.assert_trees_all_equal(trainers[True].state, trainers[False].state)
+    assert trainers[True].updates == trainers[False].updates > 0
+    host = {awaited: {k: v for k, v in trainer.host_state().items() if k != "env_snapshot"}  # pickles vary in layout
+            for awaited, trainer in trainers.items()}
+    assert host[True] == host[False]
+    chex.assert_trees_all_equal(trainers[True].obs, trainers[False].obs)
+
+
 class _ScriptedEnv:
     """Two-step episodes whose step infos carry exactly `info`."""
 

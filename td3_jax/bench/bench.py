@@ -68,7 +68,7 @@ class Plan:
     loop_steps: int
     """Env steps of the training loop's timed interval (after an untimed one of warm-up and compile)."""
     loop_network: tuple[str, ...]
-    """Config overrides of the loop's networks (the smoke run shrinks them; the loop's host time does not depend on them)."""
+    """Config overrides of the loop's networks (the smoke run shrinks them; the host time, updates awaited, does not depend on them)."""
     cheaper_updates: tuple[str, ...] | None
     """Which work-saving update variants to time (names of `_cheaper_updates`); None: all."""
     loop_runs: tuple[tuple[str, str], ...] | None
@@ -500,9 +500,12 @@ def bench_loop(plan: Plan) -> dict:
     Each run trains from scratch and logs twice: the second interval of
     `loop_steps` env steps, after the first updates and the compile, is the
     figure (the `progress/host_*` and `progress/device_wait_*` metrics,
-    docs/metrics.md). "per_env_step_and_update" is the host time of one env
-    step plus one update: a device doing 500 updates/s at one update per env
-    step leaves 2 ms for it.
+    docs/metrics.md). Every update is awaited as it is dispatched
+    (`Trainer(await_updates=True)`): on a CPU the update otherwise runs on the
+    cores the host's work needs, and the host figures would measure that
+    contention, which an accelerator does not have. "per_env_step_and_update"
+    is the host time of one env step plus one update: a device doing 500
+    updates/s at one update per env step leaves 2 ms for it.
     """
     import contextlib
     import io
@@ -531,7 +534,7 @@ def bench_loop(plan: Plan) -> dict:
         ]
         run = config_lib.load(None, overrides)[0]
         with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
-            if Trainer(run, Path(run_dir)).train(resume=False) != 0:
+            if Trainer(run, Path(run_dir), await_updates=True).train(resume=False) != 0:
                 raise RuntimeError(f"the {shape} {feed} training loop did not finish")
             scalars = read_scalars(run_dir)
         figures = {name: float(scalars[tag].values[-1]) for name, tag in LOOP_FIGURES.items()}

@@ -68,12 +68,16 @@ def random_streams(seed: int, process_index: int) -> tuple[jax.Array, jax.Array,
 class Trainer:
     """One training run in `run_dir`. Host-side; see the module docstring."""
 
-    def __init__(self, run: config_lib.RunConfig, run_dir: Path, *, checkpoint_dir: Path | None = None):
+    def __init__(self, run: config_lib.RunConfig, run_dir: Path, *, checkpoint_dir: Path | None = None,
+                 await_updates: bool = False):
+        """`await_updates` blocks on every update as it is dispatched (the bench's loop figure: on a CPU the
+        host's work then never shares the cores with an update, as it would not with an accelerator)."""
         from td3_jax.envs import make_env
         from td3_jax.envs.workers import make_worker_vec_env
 
         self.run = run
         self.run_dir = run_dir
+        self.await_updates = await_updates
         run_dir.mkdir(parents=True, exist_ok=True)
         algorithm = run.algorithm
         init_key, self.act_key, explore_seed, replay_seed = random_streams(run.training.seed, jax.process_index())
@@ -251,6 +255,8 @@ class Trainer:
         self.clock.enter("update")
         # Dispatched, not awaited: the host prepares the next step while the device updates.
         self.state, metrics = self.parallel.update_many(self.state, batches)
+        if self.await_updates:
+            self.clock.wait(self.state)
         self.updates += self.run.algorithm.gradient_steps
         log.add_update_metrics(metrics)
         self._unchecked_updates.append((self.env_step, metrics["debug/all_finite"]))
