@@ -31,6 +31,10 @@ def test_quick_bench_writes_every_figure_with_a_unit(tmp_path, capsys):
         assert all(value > 0 for value in figures.values()), figures
         total = results["loop"][f"{loop}_host_ms_per_env_step_and_update"]["value"]
         assert total == figures["host_ms_per_env_step"] + figures["host_ms_per_update"]
+        for part in ("env_step", "update"):
+            phases = [results["loop"][f"{loop}_{name}"]["value"] for name in bench.LOOP_PHASE_FIGURES
+                      if name.startswith(f"host_ms_per_{part}_")]
+            assert sum(phases) == pytest.approx(figures[f"host_ms_per_{part}"])
     assert "| update_b" in capsys.readouterr().out
 
 

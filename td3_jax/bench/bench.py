@@ -487,6 +487,11 @@ LOOP_FIGURES = {
     "host_ms_per_update": "progress/host_ms_per_update",
     "device_wait_ms_per_update": "progress/device_wait_ms_per_update",
 }
+LOOP_PHASE_FIGURES = {  # the parts of the two host totals above
+    **{f"host_ms_per_env_step_{tag}": f"progress/host_ms_per_env_step/{tag}"
+       for tag in ("acting", "env_step", "recording", "logging")},
+    **{f"host_ms_per_update_{tag}": f"progress/host_ms_per_update/{tag}" for tag in ("sampling", "dispatch")},
+}
 
 
 def bench_loop(plan: Plan) -> dict:
@@ -537,7 +542,7 @@ def bench_loop(plan: Plan) -> dict:
             if Trainer(run, Path(run_dir), await_updates=True).train(resume=False) != 0:
                 raise RuntimeError(f"the {shape} {feed} training loop did not finish")
             scalars = read_scalars(run_dir)
-        figures = {name: float(scalars[tag].values[-1]) for name, tag in LOOP_FIGURES.items()}
+        figures = {name: float(scalars[tag].values[-1]) for name, tag in {**LOOP_FIGURES, **LOOP_PHASE_FIGURES}.items()}
         figures["host_ms_per_env_step_and_update"] = (
             figures["host_ms_per_env_step"] + figures["host_ms_per_update"])
         result.update({f"{shape}_{feed}_{name}": {"value": value, "unit": "ms"} for name, value in figures.items()})

@@ -127,6 +127,9 @@ class LoopClock:
 
     STEP_PHASES = ("acting", "env step", "recording", "logging")
     UPDATE_PHASES = ("sampling", "update")
+    # The name of each phase's share in the metrics: the host part of "update" is its dispatch.
+    PHASE_TAGS = {"acting": "acting", "env step": "env_step", "recording": "recording", "logging": "logging",
+                  "sampling": "sampling", "update": "dispatch"}
 
     def __init__(self):
         self.phase = "setup"
@@ -150,14 +153,15 @@ class LoopClock:
         """This interval's host and device-wait figures (docs/metrics.md), then starts the next interval."""
         self.enter(self.phase)  # books the current phase up to now
         seconds, waits = self._seconds, self._waits
-        step_host = sum(seconds[p] - waits[p] for p in self.STEP_PHASES)
-        update_host = sum(seconds[p] - waits[p] for p in self.UPDATE_PHASES)
         loop_waits = sum(waits[p] for p in self.STEP_PHASES + self.UPDATE_PHASES)
         out = {}
-        if env_steps > 0:
-            out["progress/host_ms_per_env_step"] = 1000.0 * step_host / env_steps
+        for total, phases, count in (("progress/host_ms_per_env_step", self.STEP_PHASES, env_steps),
+                                     ("progress/host_ms_per_update", self.UPDATE_PHASES, updates)):
+            if count > 0:
+                out[total] = 1000.0 * sum(seconds[p] - waits[p] for p in phases) / count
+                # Each phase's share of the total, so that a slow loop names its slow part.
+                out.update({f"{total}/{self.PHASE_TAGS[p]}": 1000.0 * (seconds[p] - waits[p]) / count for p in phases})
         if updates > 0:
-            out["progress/host_ms_per_update"] = 1000.0 * update_host / updates
             out["progress/device_wait_ms_per_update"] = 1000.0 * loop_waits / updates
         self._seconds, self._waits = collections.Counter(), collections.Counter()
         return out
