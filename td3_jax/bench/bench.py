@@ -36,6 +36,7 @@ from td3_jax.core.hparams import EncoderConfig, NetworkConfig, TD3Config
 from td3_jax.core.networks import CONV_LAYERS
 from td3_jax.core.types import PackedBatch
 from td3_jax.errors import check_output_file
+from td3_jax.training.run_log import LoopClock
 
 IMAGE_SIZE = 84
 STACK = 4
@@ -488,9 +489,9 @@ LOOP_FIGURES = {
     "device_wait_ms_per_update": "progress/device_wait_ms_per_update",
 }
 LOOP_PHASE_FIGURES = {  # the parts of the two host totals above
-    **{f"host_ms_per_env_step_{tag}": f"progress/host_ms_per_env_step/{tag}"
-       for tag in ("acting", "env_step", "recording", "logging")},
-    **{f"host_ms_per_update_{tag}": f"progress/host_ms_per_update/{tag}" for tag in ("sampling", "dispatch")},
+    f"{total}_{LoopClock.PHASE_TAGS[phase]}": f"progress/{total}/{LoopClock.PHASE_TAGS[phase]}"
+    for total, phases in (("host_ms_per_env_step", LoopClock.STEP_PHASES), ("host_ms_per_update", LoopClock.UPDATE_PHASES))
+    for phase in phases
 }
 
 
