@@ -327,3 +327,20 @@ def test_progress_lines_show_elapsed_time_and_an_eta(tmp_path, capsys, monkeypat
     line = capsys.readouterr().out.strip()
     # 200 steps in 60 s, 600 left: 3 minutes
     assert line == "step 400/1000 sps=3.3 elapsed=1m00s eta=3m00s"
+
+
+@pytest.mark.slow
+def test_steering_probe_reads_a_trained_run(trained_run, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "steering_probe.py"
+    spec = importlib.util.spec_from_file_location("steering_probe", path)
+    steering_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steering_probe)
+    run_dir, _ = trained_run
+    assert steering_probe.main([str(run_dir), "--episodes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run_dir}/100" in out
+    assert "steering per m of deviation" in out and "nan" not in out
+    assert steering_probe.main([str(run_dir.parent / "missing")]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err

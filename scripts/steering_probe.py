@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""How a checkpoint's steering, and the critic's preferred steering, follow the car's place in the lane.
+
+    python scripts/steering_probe.py RUN_DIR [--step N] [--episodes 3] [--seed 2000000] [--offset-m 0.5]
+
+The states are the policy's own: it drives `--episodes` evaluation routes deterministically. On
+each state the observation vector's lateral deviation is moved by +-offset (the car told it is
+further left or right, the image unchanged), and likewise its heading error, and the script
+prints, per metre (or per 0.1 rad):
+
+- the actor's steering change: the gain a lane-keeping controller needs (a pure-pursuit driver
+  steers back towards the centre);
+- the steering the critic prefers (argmax of min(Q1, Q2) over a steering grid at the policy's
+  pedal) and how it moves: what the critic would teach, if the actor could follow.
+
+A critic whose preferred steering moves with the deviation and an actor whose steering does not
+says the actor, not the reward or the critic, is what keeps the car off the lane centre.
+Steering +1 turns right and the deviation is positive to the left, so centring gains are positive.
+Driving backends only (lanesim, CARLA): the vector's layout is `td3_jax.envs.observation`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from td3_jax.checkpoint import store as checkpoint
+from td3_jax.core import networks, td3
+from td3_jax.envs import make_env, observation
+from td3_jax.errors import UserError
+from td3_jax.training import config as config_lib
+
+STEER_GRID = np.linspace(-1.0, 1.0, 41)
+"""Steering values over which the critic's preferred steering is searched."""
+HEADING_STEP_RAD = 0.1
+"""Heading-error perturbation, rad."""
+
+
+def collect_states(env, policy, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images and vectors of the states the deterministic policy visits on `episodes` routes."""
+    images, vectors = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        while True:
+            images.append(obs["image"])
+            vectors.append(obs["vector"])
+            action = policy(obs["image"][None], obs["vector"][None])[0]
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+    return np.stack(images), np.stack(vectors)
+
+
+def preferred_steer(q_fn, images, vectors, pedal) -> np.ndarray:
+    """Per state, the steering on `STEER_GRID` with the highest min(Q1, Q2) at the given pedal."""
+    values = []
+    for steer in STEER_GRID:
+        action = np.stack([np.full(len(images), steer, np.float32), pedal.astype(np.float32)], axis=1)
+        values.append(q_fn(images, vectors, action))
+    return STEER_GRID[np.argmax(np.stack(values), axis=0)]
+
+
+def probe(policy, q_fn, images, vectors, *, offset_m: float) -> dict[str, float]:
+    """Steering gains of the actor and of the critic's preferred steering (see the module docstring)."""
+    base_action = policy(images, vectors)
+    base_preferred = preferred_steer(q_fn, images, vectors, base_action[:, 1])
+    out = {}
+    for name, index, step, unit in (
+        ("deviation", 1, offset_m / observation.DEVIATION_SCALE, offset_m),
+        ("heading", 2, HEADING_STEP_RAD / observation.HEADING_SCALE, HEADING_STEP_RAD / 0.1),
+    ):
+        moved = []
+        for sign in (+1.0, -1.0):
+            shifted = vectors.copy()
+            shifted[:, index] += sign * step
+            moved.append((policy(images, shifted)[:, 0], preferred_steer(q_fn, images, shifted, base_action[:, 1])))
+        (actor_up, critic_up), (actor_down, critic_down) = moved
+        out[f"actor_steer_per_{name}"] = float(np.mean(actor_up - actor_down) / (2 * unit))
+        out[f"critic_steer_per_{name}"] = float(np.mean(critic_up - critic_down) / (2 * unit))
+    out["actor_steer_mean"] = float(base_action[:, 0].mean())
+    out["critic_steer_mean"] = float(base_preferred.mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--episodes", type=int, default=3, help="evaluation routes driven to collect states")
+    parser.add_argument("--seed", type=int, default=2_000_000, help="seed of the first route")
+    parser.add_argument("--offset-m", type=float, default=0.5, help="lateral-deviation perturbation, m")
+    args = parser.parse_args(argv)
+    try:
+        if not (args.run_dir / "config.yaml").is_file():
+            raise UserError(f"{args.run_dir} has no config.yaml; pass a td3-jax run directory")
+        if args.episodes < 1 or not args.offset_m > 0:
+            raise UserError("--episodes must be >= 1 and --offset-m > 0")
+        run, _ = config_lib.load(args.run_dir / "config.yaml")
+        if run.env.backend not in ("lanesim", "carla"):
+            raise UserError(f"the probe reads the driving observation vector; {run.env.backend} has none")
+        env = make_env(run.env)
+        td3_cfg = config_lib.td3_config(run, env.action_space.shape[0])
+        abstract = jax.eval_shape(lambda: td3.init_state(
+            td3_cfg, jax.random.key(0), image_shape=env.observation_space["image"].shape,
+            vector_dim=env.observation_space["vector"].shape[0]))
+        with checkpoint.Checkpointer(args.run_dir / "checkpoints", read_only=True) as ckpt:
+            restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
+    except UserError as error:
+        print(f"steering_probe: error: {error}", file=sys.stderr)
+        return 2
+    state = restored.train_state
+    actor, critic = networks.make_networks(td3_cfg.network)
+    actor_params = td3.policy_params(state)
+    apply_actor = jax.jit(lambda i, v: actor.apply({"params": actor_params}, i, v))
+    apply_critic = jax.jit(lambda i, v, a: jnp.minimum(*critic.apply({"params": state.critic_params}, i, v, a)))
+
+    def policy(images, vectors):
+        return np.asarray(apply_actor(jnp.asarray(images), jnp.asarray(vectors)))
+
+    def q_fn(images, vectors, actions):
+        return np.asarray(apply_critic(jnp.asarray(images), jnp.asarray(vectors), jnp.asarray(actions)))
+
+    try:
+        images, vectors = collect_states(env, policy, args.episodes, args.seed)
+    finally:
+        env.close()
+    deviation = vectors[:, 1] * observation.DEVIATION_SCALE
+    gains = probe(policy, q_fn, images, vectors, offset_m=args.offset_m)
+    print(f"checkpoint {args.run_dir}/{restored.step}: {len(images)} states of {args.episodes} routes from seed "
+          f"{args.seed}; lateral deviation mean {deviation.mean():+.2f} m, std {deviation.std():.2f} m (+ left)")
+    print(f"{'':34s} {'actor':>8s} {'critic':>8s}")
+    print(f"{'mean steering (+ right)':34s} {gains['actor_steer_mean']:+8.3f} {gains['critic_steer_mean']:+8.3f}")
+    print(f"{'steering per m of deviation':34s} {gains['actor_steer_per_deviation']:+8.3f} "
+          f"{gains['critic_steer_per_deviation']:+8.3f}")
+    print(f"{'steering per 0.1 rad of heading':34s} {gains['actor_steer_per_heading']:+8.3f} "
+          f"{gains['critic_steer_per_heading']:+8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
