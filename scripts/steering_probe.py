@@ -4,9 +4,10 @@
     python scripts/steering_probe.py RUN_DIR [--step N] [--episodes 3] [--seed 2000000] [--offset-m 0.5]
 
 The states are the policy's own: it drives `--episodes` evaluation routes deterministically. On
-each state the observation vector's lateral deviation is moved by +-offset (the car told it is
-further left or right, the image unchanged), and likewise its heading error, and the script
-prints, per metre (or per 0.1 rad):
+each state the observation vector is moved as if the car stood +-offset further left (the lateral
+deviation, and the look-ahead points shifted sideways) or were turned +-0.1 rad (the heading
+error, and the points rotated); the image is left as it is. The script prints, per metre of
+deviation and per 0.1 rad of heading error:
 
 - the actor's steering change: the gain a lane-keeping controller needs (a pure-pursuit driver
   steers back towards the centre);
@@ -56,6 +57,25 @@ def collect_states(env, policy, episodes: int, seed: int) -> tuple[np.ndarray, n
     return np.stack(images), np.stack(vectors)
 
 
+def moved_left(vectors: np.ndarray, metres: float) -> np.ndarray:
+    """The vectors of a car `metres` further left: the deviation grows, the look-ahead points move right."""
+    out = vectors.copy()
+    out[:, 1] += metres / observation.DEVIATION_SCALE
+    out[:, observation.HEADER + 1::2] -= metres / observation.WAYPOINT_SCALE
+    return out
+
+
+def turned_left(vectors: np.ndarray, radians: float) -> np.ndarray:
+    """The vectors of a car yawed `radians` further left: the heading error grows, the points rotate right."""
+    out = vectors.copy()
+    out[:, 2] += radians / observation.HEADING_SCALE
+    x, y = vectors[:, observation.HEADER::2], vectors[:, observation.HEADER + 1::2]
+    cos, sin = np.cos(radians), np.sin(radians)
+    out[:, observation.HEADER::2] = x * cos + y * sin
+    out[:, observation.HEADER + 1::2] = -x * sin + y * cos
+    return out
+
+
 def preferred_steer(q_fn, images, vectors, pedal) -> np.ndarray:
     """Per state, the steering on `STEER_GRID` with the highest min(Q1, Q2) at the given pedal."""
     values = []
@@ -70,14 +90,13 @@ def probe(policy, q_fn, images, vectors, *, offset_m: float) -> dict[str, float]
     base_action = policy(images, vectors)
     base_preferred = preferred_steer(q_fn, images, vectors, base_action[:, 1])
     out = {}
-    for name, index, step, unit in (
-        ("deviation", 1, offset_m / observation.DEVIATION_SCALE, offset_m),
-        ("heading", 2, HEADING_STEP_RAD / observation.HEADING_SCALE, HEADING_STEP_RAD / 0.1),
-    ):
+    for name, unit in (("deviation", offset_m), ("heading", 1.0)):
         moved = []
         for sign in (+1.0, -1.0):
-            shifted = vectors.copy()
-            shifted[:, index] += sign * step
+            if name == "deviation":
+                shifted = moved_left(vectors, sign * offset_m)
+            else:
+                shifted = turned_left(vectors, sign * HEADING_STEP_RAD)
             moved.append((policy(images, shifted)[:, 0], preferred_steer(q_fn, images, shifted, base_action[:, 1])))
         (actor_up, critic_up), (actor_down, critic_down) = moved
         out[f"actor_steer_per_{name}"] = float(np.mean(actor_up - actor_down) / (2 * unit))

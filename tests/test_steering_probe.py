@@ -47,3 +47,19 @@ def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, 
     grid = probe.STEER_GRID[1] - probe.STEER_GRID[0]  # the critic's preference is searched on a grid
     assert gains["critic_steer_per_deviation"] == pytest.approx(critic_gain, abs=grid)
     assert gains["critic_steer_per_heading"] == pytest.approx(0.1, abs=grid)
+
+
+def test_a_car_moved_or_turned_left_sees_the_route_points_where_they_would_be():
+    probe = _steering_probe()
+    points = np.array([[5.0, 0.0], [10.0, 1.0], [20.0, -2.0]])  # vehicle frame, m: x forward, y left
+    vector = observation.build_vector(np.array([8.0]), np.array([0.1]), np.array([0.05]), points[None])
+    moved = probe.moved_left(vector, 0.5)
+    speed, deviation, heading, moved_points = observation.parse_vector(moved[0])
+    assert (speed, deviation, heading) == pytest.approx((8.0, 0.6, 0.05))
+    np.testing.assert_allclose(moved_points, points - [0.0, 0.5], atol=1e-5)
+    turned = probe.turned_left(vector, 0.1)
+    _, deviation, heading, turned_points = observation.parse_vector(turned[0])
+    assert (deviation, heading) == pytest.approx((0.1, 0.15))
+    np.testing.assert_allclose(np.hypot(*turned_points.T), np.hypot(*points.T), rtol=1e-5)  # a rotation
+    bearing = np.arctan2(turned_points[:, 1], turned_points[:, 0]) - np.arctan2(points[:, 1], points[:, 0])
+    np.testing.assert_allclose(bearing, -0.1, atol=1e-5)  # every point 0.1 rad further right
