@@ -12,7 +12,9 @@ deviation and per 0.1 rad of heading error:
 - the actor's steering change: the gain a lane-keeping controller needs (a pure-pursuit driver
   steers back towards the centre);
 - the steering the critic prefers (argmax of min(Q1, Q2) over a steering grid at the policy's
-  pedal) and how it moves: what the critic would teach, if the actor could follow.
+  pedal) and how it moves: what the critic would teach, if the actor could follow;
+- on the embedded simulator, the same for the baseline's pure pursuit, which steers from the
+  look-ahead points alone: the gains of a controller that keeps the lane centre.
 
 A critic whose preferred steering moves with the deviation and an actor whose steering does not
 says the actor, not the reward or the critic, is what keeps the car off the lane centre.
@@ -85,25 +87,43 @@ def preferred_steer(q_fn, images, vectors, pedal) -> np.ndarray:
     return STEER_GRID[np.argmax(np.stack(values), axis=0)]
 
 
-def probe(policy, q_fn, images, vectors, *, offset_m: float) -> dict[str, float]:
-    """Steering gains of the actor and of the critic's preferred steering (see the module docstring)."""
-    base_action = policy(images, vectors)
-    base_preferred = preferred_steer(q_fn, images, vectors, base_action[:, 1])
+def probe(policy, q_fn, images, vectors, *, offset_m: float, reference=None) -> dict[str, float]:
+    """Steering gains of the actor, of the critic's preferred steering and of `reference` (a policy), if given.
+
+    Returns ``{"{who}_steer_mean", "{who}_steer_per_deviation" (per m), "{who}_steer_per_heading"
+    (per 0.1 rad)}`` for who in actor, critic (and reference).
+    """
+    pedal = policy(images, vectors)[:, 1]
+    steering = {
+        "actor": lambda v: policy(images, v)[:, 0],
+        "critic": lambda v: preferred_steer(q_fn, images, v, pedal),
+    }
+    if reference is not None:
+        steering["reference"] = lambda v: reference(images, v)[:, 0]
     out = {}
-    for name, unit in (("deviation", offset_m), ("heading", 1.0)):
-        moved = []
-        for sign in (+1.0, -1.0):
-            if name == "deviation":
-                shifted = moved_left(vectors, sign * offset_m)
-            else:
-                shifted = turned_left(vectors, sign * HEADING_STEP_RAD)
-            moved.append((policy(images, shifted)[:, 0], preferred_steer(q_fn, images, shifted, base_action[:, 1])))
-        (actor_up, critic_up), (actor_down, critic_down) = moved
-        out[f"actor_steer_per_{name}"] = float(np.mean(actor_up - actor_down) / (2 * unit))
-        out[f"critic_steer_per_{name}"] = float(np.mean(critic_up - critic_down) / (2 * unit))
-    out["actor_steer_mean"] = float(base_action[:, 0].mean())
-    out["critic_steer_mean"] = float(base_preferred.mean())
+    for who, steer in steering.items():
+        out[f"{who}_steer_mean"] = float(steer(vectors).mean())
+        left, right = steer(moved_left(vectors, offset_m)), steer(moved_left(vectors, -offset_m))
+        out[f"{who}_steer_per_deviation"] = float(np.mean(left - right) / (2 * offset_m))
+        left, right = steer(turned_left(vectors, HEADING_STEP_RAD)), steer(turned_left(vectors, -HEADING_STEP_RAD))
+        out[f"{who}_steer_per_heading"] = float(np.mean(left - right) / 2)
     return out
+
+
+def pure_pursuit(lanesim_config):
+    """The baseline's steering (pure pursuit on the look-ahead points of the vector) as a batched policy."""
+    from td3_jax.envs.lanesim.baseline import BaselineController, for_lanesim
+
+    controller = BaselineController(for_lanesim(lanesim_config))
+
+    def policy(images, vectors):
+        steer = []
+        for vector in vectors:
+            speed, _, _, points = observation.parse_vector(vector)
+            steer.append(controller.steer(points, speed))
+        return np.stack([np.asarray(steer), np.zeros(len(steer))], axis=1)
+
+    return policy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,15 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         env.close()
     deviation = vectors[:, 1] * observation.DEVIATION_SCALE
-    gains = probe(policy, q_fn, images, vectors, offset_m=args.offset_m)
+    reference = pure_pursuit(run.env.lanesim) if run.env.backend == "lanesim" else None
+    gains = probe(policy, q_fn, images, vectors, offset_m=args.offset_m, reference=reference)
     print(f"checkpoint {args.run_dir}/{restored.step}: {len(images)} states of {args.episodes} routes from seed "
           f"{args.seed}; lateral deviation mean {deviation.mean():+.2f} m, std {deviation.std():.2f} m (+ left)")
-    print(f"{'':34s} {'actor':>8s} {'critic':>8s}")
-    print(f"{'mean steering (+ right)':34s} {gains['actor_steer_mean']:+8.3f} {gains['critic_steer_mean']:+8.3f}")
-    print(f"{'steering per m of deviation':34s} {gains['actor_steer_per_deviation']:+8.3f} "
-          f"{gains['critic_steer_per_deviation']:+8.3f}")
-    print(f"{'steering per 0.1 rad of heading':34s} {gains['actor_steer_per_heading']:+8.3f} "
-          f"{gains['critic_steer_per_heading']:+8.3f}")
+    columns = ["actor", "critic"] + (["reference"] if reference is not None else [])
+    names = {"actor": "actor", "critic": "critic", "reference": "pursuit"}
+    print(f"{'':34s}" + "".join(f" {names[c]:>8s}" for c in columns))
+    for label, key in (("mean steering (+ right)", "mean"), ("steering per m of deviation", "per_deviation"),
+                       ("steering per 0.1 rad of heading", "per_heading")):
+        print(f"{label:34s}" + "".join(f" {gains[f'{c}_steer_{key}']:+8.3f}" for c in columns))
     return 0
 
 

@@ -41,9 +41,10 @@ def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, 
         assert np.all(actions[:, 1] == 0.5)  # searched at the policy's pedal
         return -((actions[:, 0] - critic_gain * deviation - heading) ** 2)
 
-    gains = probe.probe(policy, q_fn, images, vectors, offset_m=0.5)
+    gains = probe.probe(policy, q_fn, images, vectors, offset_m=0.5, reference=policy)
     assert gains["actor_steer_per_deviation"] == pytest.approx(actor_gain, abs=1e-5)
     assert gains["actor_steer_per_heading"] == pytest.approx(0.3, abs=1e-5)
+    assert all(gains[f"reference_{key}"] == gains[f"actor_{key}"] for key in ("steer_mean", "steer_per_deviation"))
     grid = probe.STEER_GRID[1] - probe.STEER_GRID[0]  # the critic's preference is searched on a grid
     assert gains["critic_steer_per_deviation"] == pytest.approx(critic_gain, abs=grid)
     assert gains["critic_steer_per_heading"] == pytest.approx(0.1, abs=grid)
@@ -63,3 +64,15 @@ def test_a_car_moved_or_turned_left_sees_the_route_points_where_they_would_be():
     np.testing.assert_allclose(np.hypot(*turned_points.T), np.hypot(*points.T), rtol=1e-5)  # a rotation
     bearing = np.arctan2(turned_points[:, 1], turned_points[:, 0]) - np.arctan2(points[:, 1], points[:, 0])
     np.testing.assert_allclose(bearing, -0.1, atol=1e-5)  # every point 0.1 rad further right
+
+
+def test_pure_pursuit_steers_back_towards_the_lane_centre():
+    from td3_jax.envs.config import LaneSimConfig
+
+    probe = _steering_probe()
+    points = np.stack([np.arange(1.0, 26.0) * 2.0, np.zeros(25)], axis=1)  # a straight lane ahead
+    vectors = observation.build_vector(np.full(4, 8.0), np.zeros(4), np.zeros(4), np.repeat(points[None], 4, axis=0))
+    steer = probe.pure_pursuit(LaneSimConfig())
+    assert np.all(steer(None, vectors)[:, 0] == 0.0)
+    assert np.all(steer(None, probe.moved_left(vectors, 0.5))[:, 0] > 0.0)  # left of the centre: steer right
+    assert np.all(steer(None, probe.turned_left(vectors, 0.1))[:, 0] > 0.0)
