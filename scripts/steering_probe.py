@@ -13,6 +13,8 @@ deviation and per 0.1 rad of heading error:
   steers back towards the centre);
 - the steering the critic prefers (argmax of min(Q1, Q2) over a steering grid at the policy's
   pedal) and how it moves: what the critic would teach, if the actor could follow;
+- the mean |steering change| from one decision to the next on the drive: how much the steering
+  jitters (the critic's column: its preferred steering, state by state);
 - on the embedded simulator, the same for the baseline's pure pursuit, which steers from the
   look-ahead points alone: the gains of a controller that keeps the lane centre.
 
@@ -44,19 +46,26 @@ HEADING_STEP_RAD = 0.1
 """Heading-error perturbation, rad."""
 
 
-def collect_states(env, policy, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images and vectors of the states the deterministic policy visits on `episodes` routes."""
-    images, vectors = [], []
+def collect_states(env, policy, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, vectors and episode numbers of the states the deterministic policy visits on `episodes` routes."""
+    images, vectors, episode_of = [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         while True:
             images.append(obs["image"])
             vectors.append(obs["vector"])
+            episode_of.append(episode)
             action = policy(obs["image"][None], obs["vector"][None])[0]
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
                 break
-    return np.stack(images), np.stack(vectors)
+    return np.stack(images), np.stack(vectors), np.asarray(episode_of)
+
+
+def steering_change(steer: np.ndarray, episode_of: np.ndarray) -> float:
+    """Mean |steering change| between consecutive decisions of one episode."""
+    same = episode_of[1:] == episode_of[:-1]
+    return float(np.abs(np.diff(steer))[same].mean()) if same.any() else float("nan")
 
 
 def moved_left(vectors: np.ndarray, metres: float) -> np.ndarray:
@@ -87,11 +96,12 @@ def preferred_steer(q_fn, images, vectors, pedal) -> np.ndarray:
     return STEER_GRID[np.argmax(np.stack(values), axis=0)]
 
 
-def probe(policy, q_fn, images, vectors, *, offset_m: float, reference=None) -> dict[str, float]:
+def probe(policy, q_fn, images, vectors, episode_of, *, offset_m: float, reference=None) -> dict[str, float]:
     """Steering gains of the actor, of the critic's preferred steering and of `reference` (a policy), if given.
 
-    Returns ``{"{who}_steer_mean", "{who}_steer_per_deviation" (per m), "{who}_steer_per_heading"
-    (per 0.1 rad)}`` for who in actor, critic (and reference).
+    Returns ``{"{who}_steer_mean", "{who}_steer_change" (mean |change| between consecutive
+    decisions), "{who}_steer_per_deviation" (per m), "{who}_steer_per_heading" (per 0.1 rad)}``
+    for who in actor, critic (and reference).
     """
     pedal = policy(images, vectors)[:, 1]
     steering = {
@@ -102,7 +112,9 @@ def probe(policy, q_fn, images, vectors, *, offset_m: float, reference=None) -> 
         steering["reference"] = lambda v: reference(images, v)[:, 0]
     out = {}
     for who, steer in steering.items():
-        out[f"{who}_steer_mean"] = float(steer(vectors).mean())
+        steer_here = steer(vectors)
+        out[f"{who}_steer_mean"] = float(steer_here.mean())
+        out[f"{who}_steer_change"] = steering_change(steer_here, episode_of)
         left, right = steer(moved_left(vectors, offset_m)), steer(moved_left(vectors, -offset_m))
         out[f"{who}_steer_per_deviation"] = float(np.mean(left - right) / (2 * offset_m))
         left, right = steer(turned_left(vectors, HEADING_STEP_RAD)), steer(turned_left(vectors, -HEADING_STEP_RAD))
@@ -165,20 +177,22 @@ def main(argv: list[str] | None = None) -> int:
         return np.asarray(apply_critic(jnp.asarray(images), jnp.asarray(vectors), jnp.asarray(actions)))
 
     try:
-        images, vectors = collect_states(env, policy, args.episodes, args.seed)
+        images, vectors, episode_of = collect_states(env, policy, args.episodes, args.seed)
     finally:
         env.close()
     deviation = vectors[:, 1] * observation.DEVIATION_SCALE
     reference = pure_pursuit(run.env.lanesim) if run.env.backend == "lanesim" else None
-    gains = probe(policy, q_fn, images, vectors, offset_m=args.offset_m, reference=reference)
+    gains = probe(policy, q_fn, images, vectors, episode_of, offset_m=args.offset_m, reference=reference)
     print(f"checkpoint {args.run_dir}/{restored.step}: {len(images)} states of {args.episodes} routes from seed "
           f"{args.seed}; lateral deviation mean {deviation.mean():+.2f} m, std {deviation.std():.2f} m (+ left)")
     columns = ["actor", "critic"] + (["reference"] if reference is not None else [])
     names = {"actor": "actor", "critic": "critic", "reference": "pursuit"}
     print(f"{'':34s}" + "".join(f" {names[c]:>8s}" for c in columns))
-    for label, key in (("mean steering (+ right)", "mean"), ("steering per m of deviation", "per_deviation"),
+    for label, key in (("mean steering (+ right)", "mean"), ("steering change per decision", "change"),
+                       ("steering per m of deviation", "per_deviation"),
                        ("steering per 0.1 rad of heading", "per_heading")):
-        print(f"{label:34s}" + "".join(f" {gains[f'{c}_steer_{key}']:+8.3f}" for c in columns))
+        sign = "" if key == "change" else "+"  # a magnitude
+        print(f"{label:34s}" + "".join(f" {gains[f'{c}_steer_{key}']:{sign}8.3f}" for c in columns))
     return 0
 
 

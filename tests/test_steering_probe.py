@@ -41,10 +41,14 @@ def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, 
         assert np.all(actions[:, 1] == 0.5)  # searched at the policy's pedal
         return -((actions[:, 0] - critic_gain * deviation - heading) ** 2)
 
-    gains = probe.probe(policy, q_fn, images, vectors, offset_m=0.5, reference=policy)
+    episode_of = np.repeat([0, 1], count // 2)
+    gains = probe.probe(policy, q_fn, images, vectors, episode_of, offset_m=0.5, reference=policy)
     assert gains["actor_steer_per_deviation"] == pytest.approx(actor_gain, abs=1e-5)
     assert gains["actor_steer_per_heading"] == pytest.approx(0.3, abs=1e-5)
     assert all(gains[f"reference_{key}"] == gains[f"actor_{key}"] for key in ("steer_mean", "steer_per_deviation"))
+    steer = policy(images, vectors)[:, 0]
+    within = np.abs(np.diff(steer))[np.arange(count - 1) != count // 2 - 1]  # not across the episode change
+    assert gains["actor_steer_change"] == pytest.approx(within.mean())
     grid = probe.STEER_GRID[1] - probe.STEER_GRID[0]  # the critic's preference is searched on a grid
     assert gains["critic_steer_per_deviation"] == pytest.approx(critic_gain, abs=grid)
     assert gains["critic_steer_per_heading"] == pytest.approx(0.1, abs=grid)
