@@ -17,20 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from td3_jax.checkpoint import store as checkpoint
-
-from td3_jax.training import config as config_lib
-
-from td3_jax.core import networks
-
-from td3_jax.core import td3
-from td3_jax.core.td3 import init_state
+from td3_jax.core import networks, td3
 from td3_jax.envs import make_env
 from td3_jax.errors import UserError
+from td3_jax.training import config as config_lib
+from td3_jax.training.evaluate import restore_policy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         run, _ = config_lib.load(args.run_dir / "config.yaml")
         env = make_env(run.env)
         td3_cfg = config_lib.td3_config(run, env.action_space.shape[0])
-        abstract = jax.eval_shape(lambda: init_state(
-            td3_cfg, jax.random.key(0), image_shape=env.observation_space["image"].shape,
-            vector_dim=env.observation_space["vector"].shape[0]))
-        with checkpoint.Checkpointer(args.run_dir / "checkpoints", read_only=True) as ckpt:
-            restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
+        restored = restore_policy(args.run_dir / "checkpoints", td3_cfg, env, args.step)
     except UserError as error:
         print(f"critic_landscape: error: {error}", file=sys.stderr)
         return 2

@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from td3_jax.checkpoint import store as checkpoint
 from td3_jax.core import networks, td3
 from td3_jax.envs import make_env, observation
 from td3_jax.errors import UserError
 from td3_jax.training import config as config_lib
+from td3_jax.training.evaluate import restore_policy
 
 STEER_GRID = np.linspace(-1.0, 1.0, 41)
 """Steering values over which the critic's preferred steering is searched."""
@@ -156,11 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"the probe reads the driving observation vector; {run.env.backend} has none")
         env = make_env(run.env)
         td3_cfg = config_lib.td3_config(run, env.action_space.shape[0])
-        abstract = jax.eval_shape(lambda: td3.init_state(
-            td3_cfg, jax.random.key(0), image_shape=env.observation_space["image"].shape,
-            vector_dim=env.observation_space["vector"].shape[0]))
-        with checkpoint.Checkpointer(args.run_dir / "checkpoints", read_only=True) as ckpt:
-            restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
+        restored = restore_policy(args.run_dir / "checkpoints", td3_cfg, env, args.step)
     except UserError as error:
         print(f"steering_probe: error: {error}", file=sys.stderr)
         return 2

@@ -213,6 +213,35 @@ def td3_policy(actor_params, network) -> Policy:
     return policy
 
 
+def restore_policy(directory, td3_cfg, env, step: int | None = None):
+    """A checkpoint's train state, without the replay, for acting and probing.
+
+    Args:
+      directory: the run's checkpoint directory (RUN_DIR/checkpoints).
+      td3_cfg: the run's `TD3Config` (its networks give the state's shapes).
+      env: an env of the run's backend (its observation space gives the input shapes).
+      step: the checkpoint step; None: the latest.
+
+    Returns:
+      The store's `Restored` (train_state, step, ...).
+    """
+    import jax
+
+    from td3_jax.checkpoint import store as checkpoint
+    from td3_jax.core.td3 import init_state
+
+    abstract = jax.eval_shape(
+        lambda: init_state(
+            td3_cfg,
+            jax.random.key(0),
+            image_shape=env.observation_space["image"].shape,
+            vector_dim=env.observation_space["vector"].shape[0],
+        )
+    )
+    with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
+        return ckpt.restore(step, abstract_train_state=abstract, with_replay=False)
+
+
 class BaselinePolicy:
     """The pure-pursuit + PID baseline (td3_jax.envs.lanesim.baseline) as a `Policy`, for the same evaluation."""
 
@@ -283,11 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | None, env) -> int:
-    import jax
-
-    from td3_jax.checkpoint import store as checkpoint
-
-    from td3_jax.core.td3 import init_state, policy_params
+    from td3_jax.core.td3 import policy_params
     from td3_jax.errors import UserError
     from td3_jax.training import config as config_lib
 
@@ -304,16 +329,7 @@ def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | No
         source = "baseline controller"
     else:
         td3_cfg = config_lib.td3_config(run_config, env.action_space.shape[0])
-        abstract = jax.eval_shape(
-            lambda: init_state(
-                td3_cfg,
-                jax.random.key(0),
-                image_shape=env.observation_space["image"].shape,
-                vector_dim=env.observation_space["vector"].shape[0],
-            )
-        )
-        with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
-            restored = ckpt.restore(args.step, abstract_train_state=abstract, with_replay=False)
+        restored = restore_policy(directory, td3_cfg, env, args.step)
         policy = td3_policy(policy_params(restored.train_state), td3_cfg.network)
         source = f"checkpoint {directory}/{restored.step}"
     max_steps = (
