@@ -6,9 +6,11 @@ else (feature width, heads, batch) to keep compile and run times small.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 # One XLA compilation cache for the whole test run, set before jax is imported: the xdist workers
 # and the subprocesses that tests start (the CLI, worker envs, multi-process runs) inherit it, so
@@ -26,6 +28,15 @@ from td3_jax.core.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, 
 from td3_jax.core.types import Batch  # noqa: E402
 
 TINY_VECTOR_DIM = 5
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides) -> TD3Config:

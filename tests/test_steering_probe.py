@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_script
 
 from td3_jax.envs import observation
 
 
-def _steering_probe():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "steering_probe.py"
-    spec = importlib.util.spec_from_file_location("steering_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("actor_gain, critic_gain", [(0.0, 0.2), (0.25, 0.05), (-0.1, 0.0)])
 def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, critic_gain):
-    probe = _steering_probe()
+    probe = load_script("steering_probe")
     rng = np.random.default_rng(0)
     count = 64
     images = np.zeros((count, 8, 8, 4), np.uint8)
@@ -55,7 +45,7 @@ def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, 
 
 
 def test_a_car_moved_or_turned_left_sees_the_route_points_where_they_would_be():
-    probe = _steering_probe()
+    probe = load_script("steering_probe")
     points = np.array([[5.0, 0.0], [10.0, 1.0], [20.0, -2.0]])  # vehicle frame, m: x forward, y left
     vector = observation.build_vector(np.array([8.0]), np.array([0.1]), np.array([0.05]), points[None])
     moved = probe.moved_left(vector, 0.5)
@@ -73,7 +63,7 @@ def test_a_car_moved_or_turned_left_sees_the_route_points_where_they_would_be():
 def test_pure_pursuit_steers_back_towards_the_lane_centre():
     from td3_jax.envs.config import LaneSimConfig
 
-    probe = _steering_probe()
+    probe = load_script("steering_probe")
     points = np.stack([np.arange(1.0, 26.0) * 2.0, np.zeros(25)], axis=1)  # a straight lane ahead
     vectors = observation.build_vector(np.full(4, 8.0), np.zeros(4), np.zeros(4), np.repeat(points[None], 4, axis=0))
     steer = probe.pure_pursuit(LaneSimConfig())

@@ -331,12 +331,9 @@ def test_progress_lines_show_elapsed_time_and_an_eta(tmp_path, capsys, monkeypat
 
 @pytest.mark.slow
 def test_steering_probe_reads_a_trained_run(trained_run, capsys):
-    import importlib.util
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "steering_probe.py"
-    spec = importlib.util.spec_from_file_location("steering_probe", path)
-    steering_probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(steering_probe)
+    steering_probe = load_script("steering_probe")
     run_dir, _ = trained_run
     assert steering_probe.main([str(run_dir), "--episodes", "1"]) == 0
     out = capsys.readouterr().out
