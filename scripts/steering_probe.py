@@ -6,20 +6,18 @@
 The states are the policy's own: it drives `--episodes` evaluation routes deterministically. On
 each state the observation vector is moved as if the car stood +-offset further left (the lateral
 deviation, and the look-ahead points shifted sideways) or were turned +-0.1 rad (the heading
-error, and the points rotated); the image is left as it is. The script prints, per metre of
-deviation and per 0.1 rad of heading error:
+error, and the points rotated); the image is left as it is. For each of three steerings it prints
+the mean steering on the drive, its mean |change| from one decision to the next (how much it
+jitters), and how it moves per metre of deviation and per 0.1 rad of heading error (its gains):
 
-- the actor's steering change: the gain a lane-keeping controller needs (a pure-pursuit driver
-  steers back towards the centre);
-- the steering the critic prefers (argmax of min(Q1, Q2) over a steering grid at the policy's
-  pedal) and how it moves: what the critic would teach, if the actor could follow;
-- the mean |steering change| from one decision to the next on the drive: how much the steering
-  jitters (the critic's column: its preferred steering, state by state);
-- on the embedded simulator, the same for the baseline's pure pursuit, which steers from the
-  look-ahead points alone: the gains of a controller that keeps the lane centre.
+- the actor's steering;
+- the steering the critic prefers: argmax of min(Q1, Q2) over a steering grid at the policy's
+  pedal, what the critic would teach if the actor could follow;
+- on the embedded simulator, the baseline's pure pursuit, which steers from the look-ahead points
+  alone: the gains of a controller that keeps the lane centre.
 
-A critic whose preferred steering moves with the deviation and an actor whose steering does not
-says the actor, not the reward or the critic, is what keeps the car off the lane centre.
+An actor that falls short of gains its critic prefers is held back by its own learning; a critic
+that prefers weak gains is held back by its reward or its fit.
 Steering +1 turns right and the deviation is positive to the left, so centring gains are positive.
 Driving backends only (lanesim, CARLA): the vector's layout is `td3_jax.envs.observation`'s.
 """
