@@ -24,7 +24,7 @@ from td3_jax.core import networks, td3
 from td3_jax.envs import make_env
 from td3_jax.errors import UserError
 from td3_jax.training import config as config_lib
-from td3_jax.training.evaluate import restore_policy
+from td3_jax.training.evaluate import restore_train_state
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         run, _ = config_lib.load(args.run_dir / "config.yaml")
         env = make_env(run.env)
         td3_cfg = config_lib.td3_config(run, env.action_space.shape[0])
-        restored = restore_policy(args.run_dir / "checkpoints", td3_cfg, env, args.step)
+        restored = restore_train_state(args.run_dir / "checkpoints", td3_cfg, env, args.step)
     except UserError as error:
         print(f"critic_landscape: error: {error}", file=sys.stderr)
         return 2

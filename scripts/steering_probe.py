@@ -36,7 +36,7 @@ from td3_jax.core import networks, td3
 from td3_jax.envs import make_env, observation
 from td3_jax.errors import UserError
 from td3_jax.training import config as config_lib
-from td3_jax.training.evaluate import restore_policy
+from td3_jax.training.evaluate import restore_train_state
 
 STEER_GRID = np.linspace(-1.0, 1.0, 41)
 """Steering values over which the critic's preferred steering is searched."""
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"the probe reads the driving observation vector; {run.env.backend} has none")
         env = make_env(run.env)
         td3_cfg = config_lib.td3_config(run, env.action_space.shape[0])
-        restored = restore_policy(args.run_dir / "checkpoints", td3_cfg, env, args.step)
+        restored = restore_train_state(args.run_dir / "checkpoints", td3_cfg, env, args.step)
     except UserError as error:
         print(f"steering_probe: error: {error}", file=sys.stderr)
         return 2

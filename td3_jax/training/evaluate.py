@@ -213,7 +213,7 @@ def td3_policy(actor_params, network) -> Policy:
     return policy
 
 
-def restore_policy(directory, td3_cfg, env, step: int | None = None):
+def restore_train_state(directory, td3_cfg, env, step: int | None = None):
     """A checkpoint's train state, without the replay, for acting and probing.
 
     Args:
@@ -329,7 +329,7 @@ def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | No
         source = "baseline controller"
     else:
         td3_cfg = config_lib.td3_config(run_config, env.action_space.shape[0])
-        restored = restore_policy(directory, td3_cfg, env, args.step)
+        restored = restore_train_state(directory, td3_cfg, env, args.step)
         policy = td3_policy(policy_params(restored.train_state), td3_cfg.network)
         source = f"checkpoint {directory}/{restored.step}"
     max_steps = (
