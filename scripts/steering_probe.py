@@ -66,18 +66,20 @@ def steering_change(steer: np.ndarray, episode_of: np.ndarray) -> float:
     return float(np.abs(np.diff(steer))[same].mean()) if same.any() else float("nan")
 
 
-def moved_left(vectors: np.ndarray, metres: float) -> np.ndarray:
-    """The vectors of a car `metres` further left: the deviation grows, the look-ahead points move right."""
+def moved_left(vectors: np.ndarray, metres: float, scale: observation.ObservationConfig) -> np.ndarray:
+    """The vectors (built with `scale`) of a car `metres` further left: the deviation grows, the look-ahead
+    points move right."""
     out = vectors.copy()
-    out[:, 1] += metres / observation.DEVIATION_SCALE
+    out[:, 1] += metres / scale.deviation_scale_m
     out[:, observation.HEADER + 1::2] -= metres / observation.WAYPOINT_SCALE
     return out
 
 
-def turned_left(vectors: np.ndarray, radians: float) -> np.ndarray:
-    """The vectors of a car yawed `radians` further left: the heading error grows, the points rotate right."""
+def turned_left(vectors: np.ndarray, radians: float, scale: observation.ObservationConfig) -> np.ndarray:
+    """The vectors (built with `scale`) of a car yawed `radians` further left: the heading error grows, the
+    points rotate right."""
     out = vectors.copy()
-    out[:, 2] += radians / observation.HEADING_SCALE
+    out[:, 2] += radians / scale.heading_scale_rad
     x, y = vectors[:, observation.HEADER::2], vectors[:, observation.HEADER + 1::2]
     cos, sin = np.cos(radians), np.sin(radians)
     out[:, observation.HEADER::2] = x * cos + y * sin
@@ -94,7 +96,9 @@ def preferred_steer(q_fn, images, vectors, pedal) -> np.ndarray:
     return STEER_GRID[np.argmax(np.stack(values), axis=0)]
 
 
-def probe(policy, q_fn, images, vectors, episode_of, *, offset_m: float, reference=None) -> dict[str, float]:
+def probe(
+    policy, q_fn, images, vectors, episode_of, *, offset_m: float, scale: observation.ObservationConfig, reference=None
+) -> dict[str, float]:
     """Steering gains of the actor, of the critic's preferred steering and of `reference` (a policy), if given.
 
     Returns ``{"{who}_steer_mean", "{who}_steer_change" (mean |change| between consecutive
@@ -113,9 +117,10 @@ def probe(policy, q_fn, images, vectors, episode_of, *, offset_m: float, referen
         steer_here = steer(vectors)
         out[f"{who}_steer_mean"] = float(steer_here.mean())
         out[f"{who}_steer_change"] = steering_change(steer_here, episode_of)
-        left, right = steer(moved_left(vectors, offset_m)), steer(moved_left(vectors, -offset_m))
+        left, right = steer(moved_left(vectors, offset_m, scale)), steer(moved_left(vectors, -offset_m, scale))
         out[f"{who}_steer_per_deviation"] = float(np.mean(left - right) / (2 * offset_m))
-        left, right = steer(turned_left(vectors, HEADING_STEP_RAD)), steer(turned_left(vectors, -HEADING_STEP_RAD))
+        left = steer(turned_left(vectors, HEADING_STEP_RAD, scale))
+        right = steer(turned_left(vectors, -HEADING_STEP_RAD, scale))
         out[f"{who}_steer_per_heading"] = float(np.mean(left - right) / 2)
     return out
 
@@ -174,9 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         images, vectors, episode_of = collect_states(env, policy, args.episodes, args.seed)
     finally:
         env.close()
-    deviation = vectors[:, 1] * observation.DEVIATION_SCALE
+    deviation = vectors[:, 1] * run.env.observation.deviation_scale_m
     reference = pure_pursuit(run.env.lanesim) if run.env.backend == "lanesim" else None
-    gains = probe(policy, q_fn, images, vectors, episode_of, offset_m=args.offset_m, reference=reference)
+    gains = probe(
+        policy, q_fn, images, vectors, episode_of, offset_m=args.offset_m, scale=run.env.observation,
+        reference=reference,
+    )
     print(f"checkpoint {args.run_dir}/{restored.step}: {len(images)} states of {args.episodes} routes from seed "
           f"{args.seed}; lateral deviation mean {deviation.mean():+.2f} m, std {deviation.std():.2f} m (+ left)")
     columns = ["actor", "critic"] + (["reference"] if reference is not None else [])

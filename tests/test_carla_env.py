@@ -327,3 +327,28 @@ def test_make_carla_env_reads_the_shared_env_settings(monkeypatch):
 
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert math.isfinite(env.config.connect_timeout_s)
+
+
+def test_the_observation_scales_reach_the_carla_vector():
+    from td3_jax.envs.config import EnvConfig
+    from td3_jax.envs.observation import ObservationConfig
+
+    def drive(observation):
+        small = CarlaConfig(npc_counts=(2, 3, 4), route_length_m=100.0, camera_width=8, camera_height=6)
+        env = make_carla_env(
+            EnvConfig(backend="carla", carla=small, seed=7, observation=observation),
+            carla_module=CarlaWithFakeCommands(), client_factory=FakeServer().client, sleep=lambda s: None,
+        )
+        env.reset()
+        for _ in range(2):
+            obs, _, _, _, info = env.step(np.array([1.0, 0.0]))
+        env.close()
+        return obs["vector"], info
+
+    scale = ObservationConfig(deviation_scale_m=0.25, heading_scale_rad=0.05)
+    scaled, info = drive(scale)
+    default, _ = drive(ObservationConfig())
+    assert info["lateral_deviation_m"] != 0.0
+    assert scaled[1] * scale.deviation_scale_m == pytest.approx(info["lateral_deviation_m"], rel=1e-5)
+    assert scaled[2] * scale.heading_scale_rad == pytest.approx(info["heading_error_rad"], rel=1e-5, abs=1e-6)
+    np.testing.assert_array_equal(np.delete(scaled, [1, 2]), np.delete(default, [1, 2]))  # speed and points unchanged

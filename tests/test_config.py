@@ -40,6 +40,8 @@ def test_shipped_configs_load(name):
         ("guard: {mode: loud}", "guard"),
         ("nonsense: 1", "unknown config key 'nonsense' at the top level"),
         ("networks: {actor: {hidden_sizes: 256}}", "networks.actor.hidden_sizes must be a list"),
+        ("env: {observation: {deviation_scale_m: 0}}", "env.observation.deviation_scale_m must be in"),
+        ("env: {backend: 'gym:CarRacing-v3', observation: {heading_scale_rad: 0.05}}", "Remove env.observation"),
     ],
 )
 def test_bad_configs_fail_with_one_clear_line(text, fragment):
@@ -57,8 +59,12 @@ def test_yaml_quirks_are_handled():
 
 
 def test_set_overrides_and_dump_round_trip(tmp_path):
-    run, _ = config_lib.load(None, ["algorithm.batch_size=64", "env.lanesim.scenario=2", "networks.actor.hidden_sizes=[32, 32]"])
+    run, _ = config_lib.load(None, [
+        "algorithm.batch_size=64", "env.lanesim.scenario=2", "networks.actor.hidden_sizes=[32, 32]",
+        "env.observation.deviation_scale_m=0.25",
+    ])
     assert run.algorithm.batch_size == 64 and run.env.lanesim.scenario == 2
+    assert run.env.observation.deviation_scale_m == 0.25
     assert run.networks.actor.hidden_sizes == (32, 32)
     config_lib.dump(run, tmp_path / "c.yaml")
     assert config_lib.load(tmp_path / "c.yaml")[0] == run

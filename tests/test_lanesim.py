@@ -104,11 +104,29 @@ def test_vector_env_matches_single_envs_and_autoresets():
     # Info describes the final step of the ended episode, not the reset that followed it.
     assert info["speed_mps"][1] == pytest.approx(final["vector"][0] * observation.SPEED_SCALE, rel=1e-5)
     assert info["distance_travelled_m"][1] > 0
-    assert abs(final["vector"][1] * observation.DEVIATION_SCALE) > SMALL.offroad_limit_m
+    assert abs(final["vector"][1] * observation.ObservationConfig().deviation_scale_m) > SMALL.offroad_limit_m
     # The returned observation is the first of the next episode: a repeated frame, on the lane centre.
     assert all(np.array_equal(obs["image"][1, ..., 0], obs["image"][1, ..., k]) for k in range(4))
     assert obs["vector"][1, 1] == 0.0
     assert vec.observation_space.contains(obs)
+
+
+def test_the_observation_scales_reach_the_vector_of_both_lanesim_envs():
+    scale = observation.ObservationConfig(deviation_scale_m=0.25, heading_scale_rad=0.05)
+    actions = np.random.default_rng(3).uniform(-0.3, 0.3, (40, 2)) + [0.0, 0.5]
+    for make in (make_env, lambda cfg: make_vec_env(cfg, 2)):
+        scaled, default = (make(EnvConfig(lanesim=SMALL, seed=4, observation=o)) for o in (scale, observation.ObservationConfig()))
+        scaled.reset(), default.reset()
+        vec = hasattr(scaled, "num_envs")
+        for action in actions:
+            obs, _, _, _, info = scaled.step(np.stack([action, action]) if vec else action)
+            base, *_ = default.step(np.stack([action, action]) if vec else action)
+            vector, base = np.atleast_2d(obs["vector"]), np.atleast_2d(base["vector"])
+            np.testing.assert_allclose(vector[:, 1] * 0.25, np.atleast_1d(info["lateral_deviation_m"]), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(vector[:, 2] * 0.05, np.atleast_1d(info["heading_error_rad"]), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(vector[:, 1:3] * [0.25, 0.05], base[:, 1:3] * [1.0, 0.25], rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(np.delete(vector, [1, 2], axis=1), np.delete(base, [1, 2], axis=1))
+        assert np.abs(vector[:, 1]).max() > 0
 
 
 def test_collision_terminates():

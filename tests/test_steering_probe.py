@@ -9,18 +9,22 @@ from conftest import load_script
 from td3_jax.envs import observation
 
 
+SCALES = [observation.ObservationConfig(), observation.ObservationConfig(deviation_scale_m=0.25, heading_scale_rad=0.05)]
+
+
+@pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("actor_gain, critic_gain", [(0.0, 0.2), (0.25, 0.05), (-0.1, 0.0)])
-def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, critic_gain):
+def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, critic_gain, scale):
     probe = load_script("steering_probe")
     rng = np.random.default_rng(0)
     count = 64
     images = np.zeros((count, 8, 8, 4), np.uint8)
     vectors = np.zeros((count, observation.HEADER + 2), np.float32)
-    vectors[:, 1] = rng.uniform(-1.0, 1.0, count) / observation.DEVIATION_SCALE
-    vectors[:, 2] = rng.uniform(-0.2, 0.2, count) / observation.HEADING_SCALE
+    vectors[:, 1] = rng.uniform(-1.0, 1.0, count) / scale.deviation_scale_m
+    vectors[:, 2] = rng.uniform(-0.2, 0.2, count) / scale.heading_scale_rad
 
     def deviation_and_heading(vectors):
-        return vectors[:, 1] * observation.DEVIATION_SCALE, vectors[:, 2] * observation.HEADING_SCALE
+        return vectors[:, 1] * scale.deviation_scale_m, vectors[:, 2] * scale.heading_scale_rad
 
     def policy(images, vectors):  # steer = gain * deviation + 0.3 per 0.1 rad of heading
         deviation, heading = deviation_and_heading(vectors)
@@ -32,7 +36,7 @@ def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, 
         return -((actions[:, 0] - critic_gain * deviation - heading) ** 2)
 
     episode_of = np.repeat([0, 1], count // 2)
-    gains = probe.probe(policy, q_fn, images, vectors, episode_of, offset_m=0.5, reference=policy)
+    gains = probe.probe(policy, q_fn, images, vectors, episode_of, offset_m=0.5, scale=scale, reference=policy)
     assert gains["actor_steer_per_deviation"] == pytest.approx(actor_gain, abs=1e-5)
     assert gains["actor_steer_per_heading"] == pytest.approx(0.3, abs=1e-5)
     assert all(gains[f"reference_{key}"] == gains[f"actor_{key}"] for key in ("steer_mean", "steer_per_deviation"))
@@ -44,16 +48,17 @@ def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, 
     assert gains["critic_steer_per_heading"] == pytest.approx(0.1, abs=grid)
 
 
-def test_a_car_moved_or_turned_left_sees_the_route_points_where_they_would_be():
+@pytest.mark.parametrize("scale", SCALES)
+def test_a_car_moved_or_turned_left_sees_the_route_points_where_they_would_be(scale):
     probe = load_script("steering_probe")
     points = np.array([[5.0, 0.0], [10.0, 1.0], [20.0, -2.0]])  # vehicle frame, m: x forward, y left
-    vector = observation.build_vector(np.array([8.0]), np.array([0.1]), np.array([0.05]), points[None])
-    moved = probe.moved_left(vector, 0.5)
-    speed, deviation, heading, moved_points = observation.parse_vector(moved[0])
+    vector = observation.build_vector(np.array([8.0]), np.array([0.1]), np.array([0.05]), points[None], scale)
+    moved = probe.moved_left(vector, 0.5, scale)
+    speed, deviation, heading, moved_points = observation.parse_vector(moved[0], scale)
     assert (speed, deviation, heading) == pytest.approx((8.0, 0.6, 0.05))
     np.testing.assert_allclose(moved_points, points - [0.0, 0.5], atol=1e-5)
-    turned = probe.turned_left(vector, 0.1)
-    _, deviation, heading, turned_points = observation.parse_vector(turned[0])
+    turned = probe.turned_left(vector, 0.1, scale)
+    _, deviation, heading, turned_points = observation.parse_vector(turned[0], scale)
     assert (deviation, heading) == pytest.approx((0.1, 0.15))
     np.testing.assert_allclose(np.hypot(*turned_points.T), np.hypot(*points.T), rtol=1e-5)  # a rotation
     bearing = np.arctan2(turned_points[:, 1], turned_points[:, 0]) - np.arctan2(points[:, 1], points[:, 0])
@@ -68,5 +73,6 @@ def test_pure_pursuit_steers_back_towards_the_lane_centre():
     vectors = observation.build_vector(np.full(4, 8.0), np.zeros(4), np.zeros(4), np.repeat(points[None], 4, axis=0))
     steer = probe.pure_pursuit(LaneSimConfig())
     assert np.all(steer(None, vectors)[:, 0] == 0.0)
-    assert np.all(steer(None, probe.moved_left(vectors, 0.5))[:, 0] > 0.0)  # left of the centre: steer right
-    assert np.all(steer(None, probe.turned_left(vectors, 0.1))[:, 0] > 0.0)
+    default = observation.ObservationConfig()
+    assert np.all(steer(None, probe.moved_left(vectors, 0.5, default))[:, 0] > 0.0)  # left of the centre: steer right
+    assert np.all(steer(None, probe.turned_left(vectors, 0.1, default))[:, 0] > 0.0)

@@ -56,7 +56,8 @@ def _final(run_dir: Path, run: config_lib.RunConfig):
         # both sampling paths, both network layouts (separate encoders, one shared encoder), and
         # both batch feeds (in line, prefetched on a thread)
         ("algorithm.n_step=1", "networks.cnn.shared=true", "training.prefetch_batches=false"),
-        ("algorithm.n_step=3", "networks.cnn.shared=false", "training.prefetch_batches=true"),
+        ("algorithm.n_step=3", "networks.cnn.shared=false", "training.prefetch_batches=true",
+         "env.observation.deviation_scale_m=0.25", "env.observation.heading_scale_rad=0.05"),
     ],
     ids=["n1-shared-inline", "n3-separate-prefetch"],
 )
@@ -81,6 +82,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, variant, caps
     assert int(a.train_state.step) == a.host_state["updates"] > 0
     # The saved simulators continue identically (their pickles may differ in byte layout).
     (env_a, obs_a, _), (env_b, obs_b, _) = (unpack_snapshot(r.host_state["env_snapshot"], r.step) for r in (a, b))
+    assert env_a.core.observation_cfg == env_b.core.observation_cfg == resumed.run.env.observation
     chex.assert_trees_all_equal(obs_a, obs_b)
     actions = np.random.default_rng(0).uniform(-1, 1, (25, env_a.num_envs, 2)).astype(np.float32)
     for action in actions:

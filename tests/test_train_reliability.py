@@ -170,6 +170,15 @@ def test_resume_refuses_a_change_it_cannot_apply_in_one_line(short_run, tmp_path
     assert (run_dir / "config.yaml").read_text() == config_before
 
 
+@pytest.mark.parametrize("key", ["env.observation.deviation_scale_m", "env.observation.heading_scale_rad"])
+def test_resume_refuses_new_observation_scales_without_a_simulator_snapshot(key):
+    # A CARLA or gym run has no env snapshot to pin env.*, but its replay holds vectors on the old scale.
+    from td3_jax.training import resume
+
+    with pytest.raises(UserError, match=f"cannot change {key}"):
+        resume.check_changes([(key, 1.0, 0.5)], env_snapshot=False, run_dir="runs/x")
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from td3_jax.envs.carla.config import CarlaConfig
+from td3_jax.envs.observation import ObservationConfig
 from td3_jax.envs.reward import RewardConfig
 from td3_jax.envs.spaces import DEFAULT_STACK
 
@@ -406,6 +407,8 @@ class EnvConfig:
     """Settings of the embedded simulator."""
     reward: RewardConfig = RewardConfig()
     """Reward weights and thresholds (lanesim and carla)."""
+    observation: ObservationConfig = ObservationConfig()
+    """Scales of the observation vector (lanesim and carla)."""
     carla: CarlaConfig = CarlaConfig()
     """Settings of the CARLA backend."""
     workers: WorkersConfig = WorkersConfig()
@@ -423,6 +426,11 @@ class EnvConfig:
             raise ValueError(
                 f"env.gym configures a gym:<id> backend, but env.backend is {self.backend!r}; "
                 "remove env.gym or set env.backend"
+            )
+        if self.backend.startswith("gym:") and self.observation != ObservationConfig():
+            raise ValueError(
+                f"env.observation scales the lanesim and carla vector; a {self.backend} env makes its own vector. "
+                "Remove env.observation"
             )
         _check_range("env", "stack", self.stack, 1, 16)
         _check_range("env", "seed", self.seed, 0, 2**63 - 1)

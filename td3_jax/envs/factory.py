@@ -29,7 +29,9 @@ def make_env(config: EnvConfig = EnvConfig(), *, seed: int | None = None) -> gym
     if config.backend == "lanesim":
         from td3_jax.envs.lanesim.sim import LaneSimEnv
 
-        return LaneSimEnv(config.lanesim, config.reward, stack=config.stack, seed=seed)
+        return LaneSimEnv(
+            config.lanesim, config.reward, stack=config.stack, seed=seed, observation_cfg=config.observation
+        )
     if config.backend == "carla":
         from td3_jax.envs.carla.env import make_carla_env
 
@@ -62,7 +64,10 @@ def make_vec_env(config: EnvConfig = EnvConfig(), num_envs: int | None = None, *
     if config.backend == "lanesim":
         from td3_jax.envs.lanesim.sim import LaneSimVec
 
-        return LaneSimVec(num_envs, config.lanesim, config.reward, stack=config.stack, seed=seed)
+        return LaneSimVec(
+            num_envs, config.lanesim, config.reward, stack=config.stack, seed=seed,
+            observation_cfg=config.observation,
+        )
     return SyncVectorEnv(
         [lambda i=i: make_env(config, seed=seed + i) for i in range(num_envs)],
         autoreset_mode=AutoresetMode.SAME_STEP,

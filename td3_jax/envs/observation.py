@@ -14,18 +14,32 @@ goal repeat the goal, so the route's end is visible in the vector.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 SPEED_SCALE = 10.0
 """m/s per unit of the speed entry."""
-DEVIATION_SCALE = 1.0
-"""m per unit of the lateral-deviation entry."""
-HEADING_SCALE = 0.25
-"""rad per unit of the heading-error entry."""
 WAYPOINT_SCALE = 20.0
 """m per unit of a look-ahead coordinate."""
 HEADER = 3
 """Entries before the look-ahead points."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservationConfig:
+    """Scales of the two vector entries lane keeping hinges on (lanesim and carla; a gym env makes its own vector)."""
+
+    deviation_scale_m: float = 1.0
+    """Metres of lateral deviation per unit of vector entry 1; smaller makes a small offset a larger input."""
+    heading_scale_rad: float = 0.25
+    """Radians of heading error per unit of vector entry 2."""
+
+    def __post_init__(self):
+        for name in ("deviation_scale_m", "heading_scale_rad"):
+            value = getattr(self, name)
+            if not 0.01 <= value <= 10.0:
+                raise ValueError(f"env.observation.{name} must be in [0.01, 10.0], got {value}")
 
 
 def build_vector(
@@ -33,6 +47,7 @@ def build_vector(
     lateral_deviation: np.ndarray,
     heading_error: np.ndarray,
     waypoints: np.ndarray,
+    scale: ObservationConfig = ObservationConfig(),
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scales measurements into the observation vector.
@@ -42,6 +57,7 @@ def build_vector(
       lateral_deviation: (N,) signed, m.
       heading_error: (N,) rad in [-pi, pi].
       waypoints: (N, W, 2) look-ahead points in the vehicle frame, m.
+      scale: the deviation and heading scales.
       out: optional (N, 3 + 2W) float32 buffer.
 
     Returns:
@@ -51,17 +67,20 @@ def build_vector(
     if out is None:
         out = np.empty((num, HEADER + 2 * count), np.float32)
     out[:, 0] = speed / SPEED_SCALE
-    out[:, 1] = lateral_deviation / DEVIATION_SCALE
-    out[:, 2] = heading_error / HEADING_SCALE
+    out[:, 1] = lateral_deviation / scale.deviation_scale_m
+    out[:, 2] = heading_error / scale.heading_scale_rad
     out[:, HEADER:] = waypoints.reshape(num, 2 * count) / WAYPOINT_SCALE
     return out
 
 
-def parse_vector(vector: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+def parse_vector(
+    vector: np.ndarray, scale: ObservationConfig = ObservationConfig()
+) -> tuple[float, float, float, np.ndarray]:
     """Inverse of `build_vector` for one observation.
 
     Args:
       vector: (3 + 2W,) float32.
+      scale: the scales it was built with.
 
     Returns:
       (speed m/s, lateral deviation m, heading error rad, (W, 2) waypoints m).
@@ -70,7 +89,7 @@ def parse_vector(vector: np.ndarray) -> tuple[float, float, float, np.ndarray]:
     points = vector[HEADER:].reshape(-1, 2) * WAYPOINT_SCALE
     return (
         float(vector[0] * SPEED_SCALE),
-        float(vector[1] * DEVIATION_SCALE),
-        float(vector[2] * HEADING_SCALE),
+        float(vector[1] * scale.deviation_scale_m),
+        float(vector[2] * scale.heading_scale_rad),
         points,
     )

@@ -31,6 +31,8 @@ FIXED_KEYS = {
     "env.backend": "the observation shapes and the replay come from this backend",
     "env.stack": "the replay buffer and the networks are built for this stack",
     "env.num_envs": "the replay buffer has one stream per env",
+    "env.observation.deviation_scale_m": "the replayed vectors and the trained networks' inputs are on this scale",
+    "env.observation.heading_scale_rad": "the replayed vectors and the trained networks' inputs are on this scale",
     "networks.cnn.features": "the checkpoint's arrays have this shape",
     "networks.cnn.layer_norm": "the checkpoint's arrays have this shape",
     "networks.cnn.activation": "the checkpoint's weights were trained with it",

@@ -40,7 +40,7 @@ import numpy as np
 from td3_jax.envs.carla import logic
 from td3_jax.envs.carla.config import CarlaConfig
 from td3_jax.envs.carla.client import CarlaSession, Reading, Route, vehicle_control
-from td3_jax.envs.observation import build_vector
+from td3_jax.envs.observation import ObservationConfig, build_vector
 from td3_jax.envs.reward import Measurements, RewardConfig, add_departure_penalty, compute_reward
 from td3_jax.envs.spaces import DEFAULT_STACK, FrameStack, action_space, observation_space
 from td3_jax.errors import UserError
@@ -120,6 +120,7 @@ class CarlaEnv(gym.Env):
         carla_module: Any = None,
         client_factory: Callable[[str, int], Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        observation: ObservationConfig = ObservationConfig(),
     ):
         """
         Args:
@@ -130,11 +131,13 @@ class CarlaEnv(gym.Env):
           carla_module: the `carla` module; None imports it.
           client_factory: builds a client from (host, port); None uses `carla.Client`.
           sleep: waits between reconnection attempts.
+          observation: scales of the observation vector (shared with lanesim).
         """
         if carla_module is None:
             import carla as carla_module  # noqa: PLC0415 - optional dependency, imported on use
         self.config = config
         self.reward_config = reward
+        self.observation_config = observation
         self.observation_space = observation_space(stack, 3 + 2 * config.num_waypoints)
         self.action_space = action_space()
         self._carla = carla_module
@@ -354,7 +357,7 @@ class CarlaEnv(gym.Env):
             "image": image,
             "vector": build_vector(
                 np.array([tracking["speed"]]), np.array([tracking["lateral"]]), np.array([tracking["heading"]]),
-                local[None],
+                local[None], self.observation_config,
             )[0],
         }
         return {k: v.copy() for k, v in self._obs.items()}
@@ -411,7 +414,8 @@ class CarlaEnv(gym.Env):
 
 
 def make_carla_env(config: Any, **connection: Any) -> CarlaEnv:
-    """Builds the CARLA env from a `CarlaConfig` or an object with `.carla` (and optional `.stack`, `.seed`, `.reward`).
+    """Builds the CARLA env from a `CarlaConfig` or an object with `.carla` (and optional `.stack`, `.seed`, `.reward`,
+    `.observation`).
 
     `connection` (`carla_module`, `client_factory`, `sleep`) goes to `CarlaEnv`;
     `make_env` passes none, so a test that patches this function with
@@ -425,5 +429,5 @@ def make_carla_env(config: Any, **connection: Any) -> CarlaEnv:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if isinstance(config, CarlaConfig):
         return CarlaEnv(config, **connection)
-    kwargs = {name: getattr(config, name) for name in ("stack", "seed", "reward") if hasattr(config, name)}
+    kwargs = {name: getattr(config, name) for name in ("stack", "seed", "reward", "observation") if hasattr(config, name)}
     return CarlaEnv(config.carla, **kwargs, **connection)

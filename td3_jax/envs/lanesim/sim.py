@@ -29,7 +29,7 @@ from td3_jax.envs.lanesim import roads
 from td3_jax.envs.config import LaneSimConfig
 from td3_jax.envs.lanesim import traffic
 from td3_jax.envs.lanesim.camera import Camera
-from td3_jax.envs.observation import build_vector
+from td3_jax.envs.observation import ObservationConfig, build_vector
 from td3_jax.envs.reward import REASONS, Measurements, RewardConfig, add_departure_penalty, compute_reward, termination
 from td3_jax.envs.spaces import FRAME_SIZE
 
@@ -51,10 +51,18 @@ class LaneSimCore:
       cfg: simulator settings.
       reward_cfg: reward weights and thresholds.
       num_envs: number of episodes N.
+      observation_cfg: scales of the observation vector.
     """
 
-    def __init__(self, cfg: LaneSimConfig, reward_cfg: RewardConfig, num_envs: int):
+    def __init__(
+        self,
+        cfg: LaneSimConfig,
+        reward_cfg: RewardConfig,
+        num_envs: int,
+        observation_cfg: ObservationConfig = ObservationConfig(),
+    ):
         self.cfg, self.reward_cfg, self.num_envs = cfg, reward_cfg, num_envs
+        self.observation_cfg = observation_cfg
         self.camera = Camera(cfg)
         n = num_envs
         self.num_npcs = m = cfg.num_npcs()
@@ -335,7 +343,8 @@ class LaneSimCore:
     def _observe(self, envs: slice, heading_error: np.ndarray) -> None:
         """Renders the frames and fills the observation vectors of `envs`."""
         self.vector[envs] = build_vector(
-            self.speed[envs], self.d[envs] - self._lane_centre, heading_error, self._lookahead(envs)
+            self.speed[envs], self.d[envs] - self._lane_centre, heading_error, self._lookahead(envs),
+            self.observation_cfg,
         )
         for i in range(self.num_envs)[envs]:
             self.camera.render(
@@ -385,6 +394,7 @@ class LaneSimEnv(gymnasium.Env):
       cfg: simulator settings. reward_cfg: reward settings.
       stack: frames per observation.
       seed: seed of the first reset when `reset` is called without one.
+      observation_cfg: scales of the observation vector.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -395,8 +405,9 @@ class LaneSimEnv(gymnasium.Env):
         reward_cfg: RewardConfig = RewardConfig(),
         stack: int = spaces.DEFAULT_STACK,
         seed: int = 0,
+        observation_cfg: ObservationConfig = ObservationConfig(),
     ):
-        self.core = LaneSimCore(cfg, reward_cfg, 1)
+        self.core = LaneSimCore(cfg, reward_cfg, 1, observation_cfg)
         self.observation_space = spaces.observation_space(stack, cfg.vector_dim)
         self.action_space = spaces.action_space()
         self.render_mode = "rgb_array"
@@ -454,7 +465,7 @@ class LaneSimVec(VectorEnv):
     there); ``info["final_info"]`` is the same dict, for gymnasium wrappers.
 
     Args:
-      num_envs: N. cfg, reward_cfg, stack: as `LaneSimEnv`.
+      num_envs: N. cfg, reward_cfg, stack, observation_cfg: as `LaneSimEnv`.
       seed: seed of the first reset when `reset` is called without one; env i
         draws its episodes from `episode_rng(seed, i)`.
     """
@@ -468,8 +479,9 @@ class LaneSimVec(VectorEnv):
         reward_cfg: RewardConfig = RewardConfig(),
         stack: int = spaces.DEFAULT_STACK,
         seed: int = 0,
+        observation_cfg: ObservationConfig = ObservationConfig(),
     ):
-        self.core = LaneSimCore(cfg, reward_cfg, num_envs)
+        self.core = LaneSimCore(cfg, reward_cfg, num_envs, observation_cfg)
         self.num_envs = num_envs
         self.single_observation_space = spaces.observation_space(stack, cfg.vector_dim)
         self.single_action_space = spaces.action_space()
