@@ -193,12 +193,15 @@ def test_a_snapshot_that_would_run_code_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_snapshot_saved_under_the_old_module_names_still_resumes():
-    """Runs saved before the package was grouped by concern name `td3_jax.train` and `td3_jax.envs.lanesim`."""
+    """Runs saved before the package was grouped by concern name `td3_jax.train` and `td3_jax.envs.lanesim`,
+    and their simulators have no `observation_cfg` (the vector's scales were constants then)."""
     env = LaneSimEnv(LaneSimConfig())
     env.reset(seed=3)
     stats = EpisodeStats(1)
     stats.add(np.array([1.5]), {})
+    observation_cfg = env.core.__dict__.pop("observation_cfg")
     data = pickle.dumps((env, stats), protocol=3)  # protocol 3 names classes as plain text lines
+    env.core.observation_cfg = observation_cfg
     for new, old in (("td3_jax.training.run_log", "td3_jax.train"), ("td3_jax.envs.lanesim.sim", "td3_jax.envs.lanesim"),
                      ("td3_jax.envs.lanesim.roads", "td3_jax.envs.roads")):
         assert f"c{new}\n".encode() in data

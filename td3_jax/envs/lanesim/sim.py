@@ -340,6 +340,11 @@ class LaneSimCore:
         points[..., 1] = cos * dy - sin * dx
         return points
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A snapshot saved before the vector's scales were settings was built with today's defaults.
+        state.setdefault("observation_cfg", ObservationConfig())
+        self.__dict__.update(state)
+
     def _observe(self, envs: slice, heading_error: np.ndarray) -> None:
         """Renders the frames and fills the observation vectors of `envs`."""
         self.vector[envs] = build_vector(
