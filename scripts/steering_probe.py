@@ -134,7 +134,7 @@ def pure_pursuit(lanesim_config):
     def policy(images, vectors):
         steer = []
         for vector in vectors:
-            speed, _, _, points = observation.parse_vector(vector)
+            speed, points = observation.speed_and_points(vector)
             steer.append(controller.steer(points, speed))
         return np.stack([np.asarray(steer), np.zeros(len(steer))], axis=1)
 

@@ -70,9 +70,11 @@ def test_pure_pursuit_steers_back_towards_the_lane_centre():
 
     probe = load_script("steering_probe")
     points = np.stack([np.arange(1.0, 26.0) * 2.0, np.zeros(25)], axis=1)  # a straight lane ahead
-    vectors = observation.build_vector(np.full(4, 8.0), np.zeros(4), np.zeros(4), np.repeat(points[None], 4, axis=0))
+    default = observation.ObservationConfig()
+    vectors = observation.build_vector(
+        np.full(4, 8.0), np.zeros(4), np.zeros(4), np.repeat(points[None], 4, axis=0), default
+    )
     steer = probe.pure_pursuit(LaneSimConfig())
     assert np.all(steer(None, vectors)[:, 0] == 0.0)
-    default = observation.ObservationConfig()
     assert np.all(steer(None, probe.moved_left(vectors, 0.5, default))[:, 0] > 0.0)  # left of the centre: steer right
     assert np.all(steer(None, probe.turned_left(vectors, 0.1, default))[:, 0] > 0.0)

@@ -47,7 +47,7 @@ def build_vector(
     lateral_deviation: np.ndarray,
     heading_error: np.ndarray,
     waypoints: np.ndarray,
-    scale: ObservationConfig = ObservationConfig(),
+    scale: ObservationConfig,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scales measurements into the observation vector.
@@ -73,9 +73,7 @@ def build_vector(
     return out
 
 
-def parse_vector(
-    vector: np.ndarray, scale: ObservationConfig = ObservationConfig()
-) -> tuple[float, float, float, np.ndarray]:
+def parse_vector(vector: np.ndarray, scale: ObservationConfig) -> tuple[float, float, float, np.ndarray]:
     """Inverse of `build_vector` for one observation.
 
     Args:
@@ -85,11 +83,12 @@ def parse_vector(
     Returns:
       (speed m/s, lateral deviation m, heading error rad, (W, 2) waypoints m).
     """
+    speed, points = speed_and_points(vector)
     vector = np.asarray(vector, np.float64)
-    points = vector[HEADER:].reshape(-1, 2) * WAYPOINT_SCALE
-    return (
-        float(vector[0] * SPEED_SCALE),
-        float(vector[1] * scale.deviation_scale_m),
-        float(vector[2] * scale.heading_scale_rad),
-        points,
-    )
+    return speed, float(vector[1] * scale.deviation_scale_m), float(vector[2] * scale.heading_scale_rad), points
+
+
+def speed_and_points(vector: np.ndarray) -> tuple[float, np.ndarray]:
+    """(speed m/s, (W, 2) look-ahead points m) of one observation vector; their scales are fixed."""
+    vector = np.asarray(vector, np.float64)
+    return float(vector[0] * SPEED_SCALE), vector[HEADER:].reshape(-1, 2) * WAYPOINT_SCALE

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from td3_jax.envs.config import LaneSimConfig
-from td3_jax.envs.observation import parse_vector
+from td3_jax.envs.observation import speed_and_points
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,7 @@ class BaselineController:
         Returns:
           (2,) float32 (steer, throttle_brake) in [-1, 1].
         """
-        speed, _, _, points = parse_vector(obs["vector"])
+        speed, points = speed_and_points(obs["vector"])
         info = info or {}
         steer = self.steer(points, speed)
         target = min(
