@@ -112,19 +112,19 @@ def test_vector_env_matches_single_envs_and_autoresets():
 
 
 def test_the_observation_scales_reach_the_vector_of_both_lanesim_envs():
-    scale = observation.ObservationConfig(deviation_scale_m=0.25, heading_scale_rad=0.05)
-    actions = np.random.default_rng(3).uniform(-0.3, 0.3, (40, 2)) + [0.0, 0.5]
-    for make in (make_env, lambda cfg: make_vec_env(cfg, 2)):
-        scaled, default = (make(EnvConfig(lanesim=SMALL, seed=4, observation=o)) for o in (scale, observation.ObservationConfig()))
+    scale, default_scale = observation.ObservationConfig(deviation_scale_m=0.25, heading_scale_rad=0.05), observation.ObservationConfig()
+    factor, default_factor = (np.array([o.deviation_scale_m, o.heading_scale_rad]) for o in (scale, default_scale))
+    actions = np.random.default_rng(3).uniform(-0.3, 0.3, (40, 1, 2)) + [0.0, 0.5]
+    # make_vec_env with one env and make_env (one action, no batch axis) are the two paths a run takes.
+    for make, batch in ((lambda cfg: make_vec_env(cfg, 1), lambda a: a), (make_env, lambda a: a[0])):
+        scaled, default = (make(EnvConfig(lanesim=SMALL, seed=4, observation=o)) for o in (scale, default_scale))
         scaled.reset(), default.reset()
-        vec = hasattr(scaled, "num_envs")
         for action in actions:
-            obs, _, _, _, info = scaled.step(np.stack([action, action]) if vec else action)
-            base, *_ = default.step(np.stack([action, action]) if vec else action)
-            vector, base = np.atleast_2d(obs["vector"]), np.atleast_2d(base["vector"])
-            np.testing.assert_allclose(vector[:, 1] * 0.25, np.atleast_1d(info["lateral_deviation_m"]), rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(vector[:, 2] * 0.05, np.atleast_1d(info["heading_error_rad"]), rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(vector[:, 1:3] * [0.25, 0.05], base[:, 1:3] * [1.0, 0.25], rtol=1e-5, atol=1e-6)
+            obs, _, _, _, info = scaled.step(batch(action))
+            vector, base = np.atleast_2d(obs["vector"]), np.atleast_2d(default.step(batch(action))[0]["vector"])
+            measured = np.stack([np.atleast_1d(info["lateral_deviation_m"]), np.atleast_1d(info["heading_error_rad"])], 1)
+            np.testing.assert_allclose(vector[:, 1:3] * factor, measured, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(vector[:, 1:3] * factor, base[:, 1:3] * default_factor, rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(np.delete(vector, [1, 2], axis=1), np.delete(base, [1, 2], axis=1))
         assert np.abs(vector[:, 1]).max() > 0
 
