@@ -125,4 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from td3_jax.cli import relaunch_with_huge_pages
+
+    relaunch_with_huge_pages()  # as `td3-jax` does, so both learners run under the same allocator
     sys.exit(main())

@@ -64,4 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from td3_jax.cli import relaunch_with_huge_pages
+
+    relaunch_with_huge_pages()  # as `td3-jax` does (docs/benchmarks.md)
     sys.exit(main())

@@ -81,7 +81,7 @@ def wants_huge_pages(environ: dict[str, str], libc: tuple[str, str], thp_mode: s
     return new_enough and "[madvise]" in thp_mode and "glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
 
 
-def _relaunch_with_huge_pages() -> None:
+def relaunch_with_huge_pages() -> None:
     """Re-executes this command, same process and arguments, with glibc's malloc asking for huge pages.
 
     XLA allocates an update's temporaries afresh on every call (233 MB at batch 256); glibc maps
@@ -105,7 +105,7 @@ def _relaunch_with_huge_pages() -> None:
 
 def entry() -> int:
     """The `td3-jax` console script and `python -m td3_jax.cli`: `main` in a process backed by huge pages."""
-    _relaunch_with_huge_pages()
+    relaunch_with_huge_pages()
     return main()
 
 
