@@ -85,8 +85,8 @@ def relaunch_with_huge_pages() -> None:
     """Re-executes this command, same process and arguments, with glibc's malloc asking for huge pages.
 
     XLA allocates an update's temporaries afresh on every call (233 MB at batch 256); glibc maps
-    blocks that large from the kernel each time, and faulting them in 4 KiB at a time cost about a
-    sixth of the update's CPU time on the 2-core VM of docs/benchmarks.md. glibc reads its tunables
+    blocks that large from the kernel each time and faults them in 4 KiB at a time; with huge pages
+    the update ran 1.1-1.2x faster on the 2-core VM of docs/benchmarks.md. glibc reads its tunables
     only at start-up, hence the exec.
     """
     try:
@@ -94,7 +94,9 @@ def relaunch_with_huge_pages() -> None:
             thp_mode = handle.read()
     except OSError:
         return
-    if not sys.executable or not wants_huge_pages(dict(os.environ), platform.libc_ver(), thp_mode):
+    if not (sys.executable and sys.orig_argv):  # an embedded interpreter: nothing to re-execute
+        return
+    if not wants_huge_pages(dict(os.environ), platform.libc_ver(), thp_mode):
         return
     tunables = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES", ""), HUGE_PAGES_TUNABLE)))
     try:
