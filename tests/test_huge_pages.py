@@ -39,7 +39,7 @@ def _thp_mode() -> str:
 
 
 @pytest.mark.parametrize("own_tunables", ["", "glibc.malloc.tcache_count=7", "glibc.malloc.hugetlb=0"])
-def test_the_command_runs_under_the_tunable_in_the_same_process(tmp_path, own_tunables):
+def test_the_command_runs_under_the_tunable_and_keeps_the_callers_own(tmp_path, own_tunables):
     """The command's own process reports the tunables it ran under (the bench records them) and keeps the
     caller's."""
     environ = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
