@@ -81,6 +81,15 @@ def wants_huge_pages(environ: dict[str, str], libc: tuple[str, str], thp_mode: s
     return new_enough and "[madvise]" in thp_mode and "glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
 
 
+def thp_mode() -> str:
+    """The kernel's transparent-huge-page mode line ("always [madvise] never"), or "" where there is none."""
+    try:
+        with open(THP_MODE_FILE) as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
 def relaunch_with_huge_pages() -> None:
     """Re-executes this command, same process and arguments, with glibc's malloc asking for huge pages.
 
@@ -89,14 +98,9 @@ def relaunch_with_huge_pages() -> None:
     the update ran 1.1-1.2x faster on the 2-core VM of docs/benchmarks.md. glibc reads its tunables
     only at start-up, hence the exec.
     """
-    try:
-        with open(THP_MODE_FILE) as handle:
-            thp_mode = handle.read()
-    except OSError:
-        return
     if not (sys.executable and sys.orig_argv):  # an embedded interpreter: nothing to re-execute
         return
-    if not wants_huge_pages(dict(os.environ), platform.libc_ver(), thp_mode):
+    if not wants_huge_pages(dict(os.environ), platform.libc_ver(), thp_mode()):
         return
     tunables = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES", ""), HUGE_PAGES_TUNABLE)))
     try:

@@ -30,14 +30,6 @@ def test_wants_huge_pages_only_where_the_tunable_decides_something(environ, libc
     assert cli.wants_huge_pages(environ, libc, thp_mode) is expected
 
 
-def _thp_mode() -> str:
-    try:
-        with open(cli.THP_MODE_FILE) as handle:
-            return handle.read()
-    except OSError:
-        return ""
-
-
 @pytest.mark.parametrize("own_tunables", ["", "glibc.malloc.tcache_count=7", "glibc.malloc.hugetlb=0"])
 def test_the_command_runs_under_the_tunable_and_keeps_the_callers_own(tmp_path, own_tunables):
     """The command's own process reports the tunables it ran under (the bench records them) and keeps the
@@ -51,7 +43,7 @@ def test_the_command_runs_under_the_tunable_and_keeps_the_callers_own(tmp_path, 
     result = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     recorded = json.loads(out.read_text())["machine"]["GLIBC_TUNABLES"]
-    if cli.wants_huge_pages(environ, platform.libc_ver(), _thp_mode()):
+    if cli.wants_huge_pages(environ, platform.libc_ver(), cli.thp_mode()):
         assert recorded == ":".join(filter(None, (own_tunables, cli.HUGE_PAGES_TUNABLE)))
     else:
         assert recorded == own_tunables
