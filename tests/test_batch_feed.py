@@ -73,7 +73,7 @@ def test_prefetched_batches_are_stacked_k_by_b():
     feed = _feed(buffer, prefetch=True)
     feed.prepare(1)
     batch = feed.take()
-    assert batch.frames.shape == (2, 8, *SHAPE, STACK + 1) and batch.frames.dtype == np.uint8
+    assert batch.frames.shape == (2, 8, STACK + 1, *SHAPE) and batch.frames.dtype == np.uint8
     assert batch.action.shape == (2, 8, 2)
     feed.close()
 

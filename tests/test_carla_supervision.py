@@ -117,8 +117,8 @@ def test_training_reaches_max_timesteps_through_hangs_and_aborts_storing_only_re
     np.testing.assert_array_equal(next_env, env)  # no transition spans two envs
     np.testing.assert_array_equal(next_episode, episode)  # nor a break (a failure ends the episode)
     np.testing.assert_array_equal(next_t, t + 1)  # a broken step would be stored as t -> t
-    np.testing.assert_array_equal(batch.frames[:, 0, 0, -1], frame_code(env, episode, next_t))
-    np.testing.assert_array_equal(batch.frames[:, 0, 0, -2], frame_code(env, episode, t))
+    np.testing.assert_array_equal(batch.frames[:, -1, 0, 0], frame_code(env, episode, next_t))
+    np.testing.assert_array_equal(batch.frames[:, -2, 0, 0], frame_code(env, episode, t))
     returned = {}
     for index in (0, 1):
         lines = (script / f"steps-{index}.log").read_text().splitlines()

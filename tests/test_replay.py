@@ -9,11 +9,12 @@ import json
 
 import chex
 import hypothesis.strategies as st
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from td3_jax.core.types import Batch, unpack
+from td3_jax.core.types import unpack
 from td3_jax.envs.spaces import FrameStack
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
 
@@ -159,8 +160,9 @@ def assert_matches_reference(buffer: ReplayBuffer, reference: ReferenceBuffer) -
     draws = 64 * len(live)
     batch = buffer.sample(draws)
     stack = buffer.stack
-    chex.assert_shape(batch.frames, (draws, *FRAME_SHAPE, stack + 1))
+    chex.assert_shape(batch.frames, (draws, stack + 1, *FRAME_SHAPE))
     chex.assert_type([batch.frames, batch.vector, batch.terminated], [np.uint8, np.float32, np.float32])
+    assert batch.next_frames is None and batch.discount is None
     live_ids = np.array(sorted(live))
     sampled = batch.action[:, 0].astype(np.int64)
     assert np.isin(sampled, live_ids).all(), "sampled an overwritten or unknown transition"
@@ -168,8 +170,9 @@ def assert_matches_reference(buffer: ReplayBuffer, reference: ReferenceBuffer) -
     np.testing.assert_array_equal(np.unique(sampled), live_ids)
     rows = [live[tid] for tid in sampled]
     expected = {key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]}
-    np.testing.assert_array_equal(batch.frames[..., :stack], expected["image"])
-    np.testing.assert_array_equal(batch.frames[..., 1:], expected["next_image"])
+    unpacked = unpack(batch)
+    np.testing.assert_array_equal(unpacked.image, expected["image"])
+    np.testing.assert_array_equal(unpacked.next_image, expected["next_image"])
     np.testing.assert_array_equal(batch.vector, expected["vector"])
     np.testing.assert_array_equal(batch.next_vector, expected["next_vector"])
     np.testing.assert_array_equal(batch.action, expected["action"])
@@ -215,9 +218,10 @@ def assert_n_step_matches_reference(buffer, reference, n_step: int, discount: fl
     if not live:
         return
     draws = 64 * len(live)
-    batch = buffer.gather_n_step(buffer.sample_indices(draws), n_step, discount)
-    chex.assert_shape([batch.image, batch.next_image], (draws, *FRAME_SHAPE, buffer.stack))
-    chex.assert_type([batch.reward, batch.terminated, batch.discount], np.float32)
+    packed = buffer.gather_n_step(buffer.sample_indices(draws), n_step, discount)
+    chex.assert_shape([packed.frames, packed.next_frames], (draws, buffer.stack, *FRAME_SHAPE))
+    chex.assert_type([packed.reward, packed.terminated, packed.discount], np.float32)
+    batch = unpack(packed)
     sampled = batch.action[:, 0].astype(np.int64)
     np.testing.assert_array_equal(np.unique(sampled), np.array(sorted(live)))
     rows = [reference.n_step(tid, n_step, discount) for tid in sampled]
@@ -246,11 +250,27 @@ def test_n_step_one_is_the_one_step_batch():
     twin = copy.deepcopy(buffer)
     one_step_batch = buffer.gather(buffer.sample_indices(16))
     n_step_batch = twin.gather_n_step(twin.sample_indices(16), 1, 0.9)
-    chex.assert_trees_all_equal(unpack(one_step_batch)[:-1], n_step_batch[:-1])
+    chex.assert_trees_all_equal(unpack(one_step_batch)[:-1], unpack(n_step_batch)[:-1])
     np.testing.assert_allclose(n_step_batch.discount, 0.9)
-    assert isinstance(buffer.sample(4, n_step=3, discount=0.9), Batch)
+    assert buffer.sample(4, n_step=3, discount=0.9).next_frames is not None
     with pytest.raises(ValueError, match="n_step must be >= 1"):
         buffer.sample(4, n_step=0)
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_sampled_frames_reach_a_cpu_device_without_a_copy(n_step):
+    """Frame arrays (nearly all of a sample's bytes) are C-contiguous and 64-byte aligned, so XLA's CPU client aliases them."""
+    buffer, _, envs, ids = make_case(2, 3, 20, [[(6, "truncated", 3)], [(4, "terminated", 1)]], seed=4)
+    run_steps(buffer, None, envs, 15, ids)
+    batch = buffer.sample(32, n_step=n_step, discount=0.9)
+    frames = [batch.frames] if n_step == 1 else [batch.frames, batch.next_frames]
+    for array in [*frames, batch.vector, batch.next_vector, batch.action]:
+        assert array.flags.c_contiguous and array.ctypes.data % 64 == 0
+    if jax.default_backend() == "cpu":
+        for array in frames:
+            placed = jax.device_put(array)
+            assert placed.unsafe_buffer_pointer() == array.ctypes.data, "the frames were copied to the device"
+            np.testing.assert_array_equal(placed, array)
 
 
 def checkpoint_round_trip(state: dict) -> dict:
@@ -392,7 +412,7 @@ def test_end_episodes_starts_a_new_episode_without_bridging():
                       next_vector=np.full((1, VECTOR_DIM), 2, np.float32)))
     assert len(buffer) == 2
     batch = buffer.sample(64)
-    pixel_windows = batch.frames[:, 0, 0, :]
+    pixel_windows = batch.frames[:, :, 0, 0]
     np.testing.assert_array_equal(np.unique(pixel_windows[batch.next_vector[:, 0] == 1], axis=0), [[0, 1, 2]])
     np.testing.assert_array_equal(np.unique(pixel_windows[batch.next_vector[:, 0] == 2], axis=0), [[7, 7, 8]])
 

@@ -387,25 +387,38 @@ def test_update_many_equals_sequential_updates_and_compiles_once(rng):
     assert td3.update_many._cache_size() == compiled_before  # a new step or key never recompiles
 
 
-def test_packed_batch_is_the_same_update_as_two_stacks(rng):
-    frames = rng.integers(0, 256, (4, 84, 84, 5), dtype=np.uint8)
-    packed = random_batch(rng)
+@pytest.mark.parametrize("n_step", [False, True])
+def test_packed_batch_is_the_same_update_as_two_stacks(rng, n_step):
+    """A frames-first PackedBatch (one window, or n-step's two stacks) updates as the NHWC Batch it unpacks to."""
+    base = random_batch(rng)
+    if n_step:
+        frames = rng.integers(0, 256, (4, 4, 84, 84), dtype=np.uint8)
+        next_frames = rng.integers(0, 256, (4, 4, 84, 84), dtype=np.uint8)
+        discount = rng.choice([0.9, 0.81, 0.729], 4).astype(np.float32)
+        image, next_image = frames, next_frames
+    else:
+        frames = rng.integers(0, 256, (4, 5, 84, 84), dtype=np.uint8)
+        next_frames = discount = None
+        image, next_image = frames[:, :4], frames[:, 1:]
     packed = PackedBatch(
         frames=frames,
-        vector=packed.vector,
-        action=packed.action,
-        reward=packed.reward,
-        next_vector=packed.next_vector,
-        terminated=packed.terminated,
+        vector=base.vector,
+        action=base.action,
+        reward=base.reward,
+        next_vector=base.next_vector,
+        terminated=base.terminated,
+        next_frames=next_frames,
+        discount=discount,
     )
     unpacked = Batch(
-        image=frames[..., :4],
-        vector=packed.vector,
-        action=packed.action,
-        reward=packed.reward,
-        next_image=frames[..., 1:],
-        next_vector=packed.next_vector,
-        terminated=packed.terminated,
+        image=np.moveaxis(image, 1, -1),
+        vector=base.vector,
+        action=base.action,
+        reward=base.reward,
+        next_image=np.moveaxis(next_image, 1, -1),
+        next_vector=base.next_vector,
+        terminated=base.terminated,
+        discount=discount,
     )
     state = _state()
     chex.assert_trees_all_equal(td3.update(state, packed), td3.update(state, unpacked))

@@ -134,7 +134,7 @@ def assert_transitions_stay_in_their_episode(buffer: ReplayBuffer) -> None:
     np.testing.assert_array_equal(next_episode, episode)
     np.testing.assert_array_equal(next_t, t + 1)
     # Stored frames rebuild the env's own stacks: the newest frame encodes (env, episode, step).
-    np.testing.assert_array_equal(batch.frames[:, 0, 0, -1], (env * 50 + episode * 7 + t + 1) % 256)
+    np.testing.assert_array_equal(batch.frames[:, -1, 0, 0], (env * 50 + episode * 7 + t + 1) % 256)
 
 
 # ---------------------------------------------------------------- layout

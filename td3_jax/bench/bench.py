@@ -225,7 +225,7 @@ def random_batch(batch_size: int, seed: int = 0, leading: tuple[int, ...] = ()) 
     rng = np.random.default_rng(seed)
     shape = (*leading, batch_size)
     return PackedBatch(
-        frames=rng.integers(0, 256, (*shape, IMAGE_SIZE, IMAGE_SIZE, STACK + 1), dtype=np.uint8),
+        frames=rng.integers(0, 256, (*shape, STACK + 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8),
         vector=rng.standard_normal((*shape, VECTOR_DIM), dtype=np.float32),
         action=rng.uniform(-1, 1, (*shape, 2)).astype(np.float32),
         reward=rng.standard_normal(shape).astype(np.float32),
@@ -408,7 +408,7 @@ def bench_act(plan: Plan) -> dict:
     config = TD3Config()
     state = td3.init_state(config, jax.random.key(0), image_shape=IMAGE_SHAPE, vector_dim=VECTOR_DIM)
     batch = random_batch(1)
-    image, vector = batch.frames[..., :STACK], batch.vector
+    image, vector = np.moveaxis(batch.frames[:, :STACK], 1, -1), batch.vector
     key = jax.random.key(1)
 
     def act():

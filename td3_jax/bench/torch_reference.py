@@ -152,8 +152,8 @@ class TorchTD3:
 
 
 def torch_batch(batch) -> tuple[torch.Tensor, ...]:
-    """A td3_jax PackedBatch of NumPy arrays as torch tensors (frames NHWC -> NCHW, a view)."""
-    frames = torch.from_numpy(np.asarray(batch.frames)).permute(0, 3, 1, 2)
+    """A td3_jax one-step PackedBatch of NumPy arrays as torch tensors (its frames-first frames are NCHW)."""
+    frames = torch.from_numpy(np.asarray(batch.frames))
     rest = (batch.vector, batch.action, batch.reward, batch.next_vector, batch.terminated)
     return (frames, *(torch.from_numpy(np.asarray(x)) for x in rest))
 

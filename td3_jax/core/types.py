@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 Params = Any  # A Flax parameter pytree (nested dicts of arrays).
 Metrics = Mapping[str, jax.Array]
@@ -45,16 +46,24 @@ class Batch(NamedTuple):
 
 
 class PackedBatch(NamedTuple):
-    """A batch of one-step transitions whose two frame stacks travel as one window of S+1 frames.
+    """A batch whose frames travel frames-first, as the replay ring stores them, and unpack on the device.
 
-    Within an episode the next observation's stack is the observation's stack
-    shifted by one frame, so ``frames[..., :S]`` is the observation and
-    ``frames[..., 1:]`` the next observation. The replay buffer sends this form:
-    5 frames per sample instead of 8. ``unpack`` splits it on the device.
+    The ring holds one (H, W) frame per slot, so a stack's frames are whole rows
+    of it: gathered frames-first they are one contiguous (B, S+1, H, W) block
+    that the host copies once (and XLA's CPU client takes without a copy, see
+    `ReplayBuffer.gather`), where NHWC would need a transposing copy per batch.
+    `unpack` moves the frame axis last on the device.
+
+    One-step transitions share S of their two stacks' frames: `frames` is the
+    window of S+1, ``frames[:, :S]`` the observation and ``frames[:, 1:]`` the
+    next observation (5 frames move instead of 8), and `next_frames` is None.
+    An n-step transition's next observation is k steps later: `frames` is the
+    observation's S frames and `next_frames` the next observation's.
 
     Attributes:
-      frames: (B, H, W, S+1) uint8.
-      vector, action, reward, next_vector, terminated: as in `Batch`.
+      frames: (B, S+1, H, W) uint8, or (B, S, H, W) with `next_frames`; oldest frame first.
+      vector, action, reward, next_vector, terminated, discount: as in `Batch`.
+      next_frames: None, or (B, S, H, W) uint8 frames of the next observation.
     """
 
     frames: jax.Array
@@ -63,18 +72,25 @@ class PackedBatch(NamedTuple):
     reward: jax.Array
     next_vector: jax.Array
     terminated: jax.Array
+    next_frames: jax.Array | None = None
+    discount: jax.Array | None = None
 
 
 def unpack(batch: Batch | PackedBatch) -> Batch:
-    """Returns a `Batch`; splits a `PackedBatch` window into its two stacks."""
+    """Returns a `Batch`: a `PackedBatch`'s frames split into the two stacks and moved to NHWC."""
     if isinstance(batch, Batch):
         return batch
+    if batch.next_frames is None:
+        image, next_image = batch.frames[:, :-1], batch.frames[:, 1:]
+    else:
+        image, next_image = batch.frames, batch.next_frames
     return Batch(
-        image=batch.frames[..., :-1],
+        image=jnp.moveaxis(image, 1, -1),
         vector=batch.vector,
         action=batch.action,
         reward=batch.reward,
-        next_image=batch.frames[..., 1:],
+        next_image=jnp.moveaxis(next_image, 1, -1),
         next_vector=batch.next_vector,
         terminated=batch.terminated,
+        discount=batch.discount,
     )

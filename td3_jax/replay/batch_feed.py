@@ -7,8 +7,9 @@ device idle while it samples and the host idle while the device updates.
 With `prefetch` on, the loop announces before each env step how many update
 calls that step will make (`prepare`). A worker thread then draws those calls'
 batches from the buffer *as it is before the step's transitions are added*,
-gathers them and copies them to the device (uint8 frames), while the main thread
-waits for the previous update inside `act` and steps the env. `settle` joins the
+gathers them and places them on the device (uint8 frames; a CPU device takes
+them without a copy), while the main thread waits for the previous update
+inside `act` and steps the env. `settle` joins the
 thread before the buffer changes; `take` hands out the batches in order.
 
 Both modes are deterministic given the buffer's seed and resume exactly: a
@@ -112,4 +113,4 @@ class BatchFeed:
     def _draw(self) -> Any:
         k, b = self.gradient_steps, self.batch_size
         batch = self.buffer.sample(k * b, n_step=self.n_step, discount=self.discount)
-        return self.place(type(batch)(*(x.reshape(k, b, *x.shape[1:]) for x in batch)))
+        return self.place(type(batch)(*(None if x is None else x.reshape(k, b, *x.shape[1:]) for x in batch)))

@@ -22,18 +22,20 @@ Capacity therefore counts frame slots: each transition uses one, and each
 episode start one more (up to S for a start stack that is not
 first-frame-repeated). `len()` is the exact number of sampleable transitions.
 
-A sample is a `types.PackedBatch`: one window of S+1 frames per transition,
-``frames[..., :S]`` the observation and ``frames[..., 1:]`` the next
-observation, which the device splits (5 frames move instead of 8).
+A sample is a `types.PackedBatch` whose frames are rows of the ring, gathered
+frames-first: one window of S+1 frames per one-step transition, ``frames[:, :S]``
+the observation and ``frames[:, 1:]`` the next observation (5 frames move
+instead of 8), which the device splits and moves to NHWC.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
-from td3_jax.core.types import Batch, PackedBatch
+from td3_jax.core.types import PackedBatch
 from td3_jax.replay.memory import ReplayMemoryError, available_memory_bytes
 
 STATE_FORMAT = 1
@@ -43,6 +45,10 @@ _ARRAY_KEYS = (
     "write_pos", "count", "run", "needs_start",
 )
 _SCALAR_KEYS = ("format", "stack", "rng_state")
+# XLA's CPU client takes a host array without copying it when the array is C-contiguous and its
+# data 64-byte aligned; NumPy aligns large arrays to 16 bytes only, and each copy of a 9 MB batch
+# cost more than the draw itself (docs/benchmarks.md).
+_DEVICE_ALIGNMENT = 64
 
 
 class ReplayBuffer:
@@ -263,7 +269,7 @@ class ReplayBuffer:
     def sampler_state(self, state: dict) -> None:
         self._rng.bit_generator.state = state
 
-    def sample(self, batch_size: int, *, n_step: int = 1, discount: float = 1.0) -> PackedBatch | Batch:
+    def sample(self, batch_size: int, *, n_step: int = 1, discount: float = 1.0) -> PackedBatch:
         """Draws `batch_size` transitions uniformly, with replacement.
 
         Args:
@@ -273,10 +279,11 @@ class ReplayBuffer:
           discount: gamma of the n-step reward sum (unused when n_step == 1).
 
         Returns:
-          For n_step == 1 a `PackedBatch` of NumPy arrays: frames (B, H, W, S+1)
-          uint8, vector and next_vector (B, V) float32, action (B, A) float32,
-          reward (B,) float32, terminated (B,) float32 (1 only on termination;
-          a truncation bootstraps). For n_step > 1 a `Batch` with `discount` set.
+          A `PackedBatch` of NumPy arrays: frames (B, S+1, H, W) uint8, vector
+          and next_vector (B, V) float32, action (B, A) float32, reward (B,)
+          float32, terminated (B,) float32 (1 only on termination; a truncation
+          bootstraps). For n_step > 1 frames is (B, S, H, W), with next_frames
+          (B, S, H, W) and discount (B,) set.
 
         Raises:
           ValueError: the buffer holds no sampleable transition, or n_step < 1.
@@ -311,28 +318,18 @@ class ReplayBuffer:
         return np.concatenate(chosen)
 
     def gather(self, slots: np.ndarray) -> PackedBatch:
-        """The transitions ending at `slots` (from `sample_indices`) as a `PackedBatch`."""
-        depth = self._depth[slots].astype(np.int64)
-        env, slot = np.divmod(slots, self.slots_per_env)
-        base = (env * self.slots_per_env)[:, None]
-        backs = np.minimum(self._window_backs[None, :], depth[:, None])
-        window = base + (slot[:, None] - backs) % self.slots_per_env
-        # Full-depth windows that do not wrap are contiguous slots: read all rows through a
-        # strided view straight into (B, H, W, S+1), then redo the others with a transpose.
-        frames = self._windows[np.maximum(slots - self.stack, 0)]
-        other = (depth < self.stack) | (slot < self.stack)
-        if other.any():
-            frames[other] = np.moveaxis(self._frames[window[other]], 1, -1)
+        """The one-step transitions ending at `slots` (from `sample_indices`) as a `PackedBatch`."""
+        window = self._window_slots(slots)
         return PackedBatch(
-            frames=frames,
-            vector=self._vectors[window[:, -2]],
-            action=self._actions[slots],
-            reward=self._rewards[slots],
-            next_vector=self._vectors[slots],
+            frames=_take(self._frames, window),
+            vector=_take(self._vectors, window[:, -2]),
+            action=_take(self._actions, slots),
+            reward=_take(self._rewards, slots),
+            next_vector=_take(self._vectors, slots),
             terminated=self._terminated[slots].astype(np.float32),
         )
 
-    def gather_n_step(self, slots: np.ndarray, n_step: int, discount: float) -> Batch:
+    def gather_n_step(self, slots: np.ndarray, n_step: int, discount: float) -> PackedBatch:
         """n-step transitions starting with the transitions at `slots` (from `sample_indices`).
 
         A transition starting at step t runs k = min(n_step, steps to its
@@ -357,15 +354,15 @@ class ReplayBuffer:
             reward += np.where(running, discount**offset * self._rewards[following], 0.0)
             last = np.where(running, following, last)
             steps += running
-        first, final = self.gather(slots), self.gather(last)
-        return Batch(
-            image=first.frames[..., :-1],
-            vector=first.vector,
-            action=first.action,
+        first, final = self._window_slots(slots), self._window_slots(last)
+        return PackedBatch(
+            frames=_take(self._frames, first[:, :-1]),
+            vector=_take(self._vectors, first[:, -2]),
+            action=_take(self._actions, slots),
             reward=reward.astype(np.float32),
-            next_image=final.frames[..., 1:],
-            next_vector=final.next_vector,
-            terminated=final.terminated,
+            next_vector=_take(self._vectors, last),
+            terminated=self._terminated[last].astype(np.float32),
+            next_frames=_take(self._frames, final[:, 1:]),
             discount=(discount ** steps.astype(np.float64)).astype(np.float32),
         )
 
@@ -427,7 +424,16 @@ class ReplayBuffer:
 
     def _after_storage_change(self) -> None:
         self._n_transition_slots = int(np.count_nonzero(self._depth))
-        self._windows = np.lib.stride_tricks.sliding_window_view(self._frames, self.stack + 1, axis=0)
+
+    def _window_slots(self, slots: np.ndarray) -> np.ndarray:
+        """(B, S+1) flat slots of the frames of the transitions ending at `slots`, oldest first.
+
+        Window element j sits min(S - j, depth) slots back in its env's ring: a
+        window never reaches past its episode's first frame, it repeats it.
+        """
+        env, slot = np.divmod(slots, self.slots_per_env)
+        backs = np.minimum(self._window_backs[None, :], self._depth[slots].astype(np.int64)[:, None])
+        return (env * self.slots_per_env)[:, None] + (slot[:, None] - backs) % self.slots_per_env
 
     def _flat(self, env: np.ndarray, slot: np.ndarray) -> np.ndarray:
         return env * self.slots_per_env + slot
@@ -500,3 +506,15 @@ class ReplayBuffer:
             target = "real numbers" if dtype is None else np.dtype(dtype).name
             raise ValueError(f"{name} must be {shape} {target}, got {array.shape} {array.dtype}")
         return array.astype(np.float32) if dtype is None else array
+
+
+def _take(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``array[indices]`` along axis 0, in a new C-contiguous array whose data is 64-byte aligned."""
+    shape = (*indices.shape, *array.shape[1:])
+    nbytes = math.prod(shape) * array.itemsize
+    raw = np.empty(nbytes + _DEVICE_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _DEVICE_ALIGNMENT
+    out = raw[start : start + nbytes].view(array.dtype).reshape(shape)
+    # "clip" writes straight into `out` (the default "raise" goes through a buffer); every
+    # index is a slot of the ring by construction.
+    return np.take(array, indices, axis=0, out=out, mode="clip")
