@@ -9,8 +9,8 @@ calls that step will make (`prepare`). A worker thread then draws those calls'
 batches from the buffer *as it is before the step's transitions are added*,
 gathers them and places them on the device (uint8 frames; a CPU device takes
 them without a copy), while the main thread waits for the previous update
-inside `act` and steps the env. `settle` joins the
-thread before the buffer changes; `take` hands out the batches in order.
+inside `act` and steps the env. `settle` joins the thread before the buffer
+changes; `take` hands out the batches in order.
 
 Both modes are deterministic given the buffer's seed and resume exactly: a
 prefetched draw always starts and ends within one loop iteration, and `cancel`
@@ -113,4 +113,5 @@ class BatchFeed:
     def _draw(self) -> Any:
         k, b = self.gradient_steps, self.batch_size
         batch = self.buffer.sample(k * b, n_step=self.n_step, discount=self.discount)
-        return self.place(type(batch)(*(None if x is None else x.reshape(k, b, *x.shape[1:]) for x in batch)))
+        stacked = (None if x is None else x.reshape(k, b, *x.shape[1:]) for x in batch)  # one-step: no next_frames, discount
+        return self.place(type(batch)(*stacked))
