@@ -133,6 +133,61 @@ def test_a_worker_error_surfaces_in_the_loop_and_a_second_prepare_is_refused():
     good.close()
 
 
+class _Update:
+    """The output of a dispatched update that finishes when told (`jax.Array.is_ready`)."""
+
+    def __init__(self):
+        self.done = False
+
+    def is_ready(self) -> bool:
+        return self.done
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_a_draw_reuses_host_arrays_only_once_their_update_finished(prefetch, n_step):
+    buffer, _ = _filled(50)
+    reference = _feed(copy.deepcopy(buffer), prefetch=False, n_step=n_step)
+    feed = _feed(buffer, prefetch=prefetch, n_step=n_step)
+
+    def call(update):
+        feed.prepare(1)
+        batch = feed.take()
+        expected = reference.take()
+        chex.assert_trees_all_equal(batch, expected)  # reuse never changes what is drawn
+        feed.release(update)
+        return batch
+
+    first_update = _Update()
+    first = call(first_update)
+    second = call(_Update())  # the first update is still running: fresh memory
+    assert not np.shares_memory(second.frames, first.frames)
+    first_snapshot = copy.deepcopy(first)
+    first_update.done = True
+    third = call(_Update())  # now the first draw's arrays are free
+    assert np.shares_memory(third.frames, first.frames)
+    if n_step > 1:
+        assert np.shares_memory(third.next_frames, first.next_frames)
+    assert feed.host_batches_allocated == 2
+    assert not np.array_equal(first_snapshot.frames, third.frames)  # it was overwritten, as intended
+    feed.close()
+
+
+def test_cancelled_draws_are_reused_at_once():
+    buffer, _ = _filled(50)
+    feed = _feed(buffer, prefetch=True)
+    feed.prepare(1)
+    feed.settle()
+    feed.cancel()
+    feed.prepare(1)
+    feed.take()
+    assert feed.host_batches_allocated == 1
+    feed.release(_Update())
+    with pytest.raises(RuntimeError, match="without a taken batch"):
+        feed.release(_Update())
+    feed.close()
+
+
 @pytest.mark.parametrize("n_envs", [1, 3])
 @pytest.mark.parametrize("train_freq", [1, 2, 5])
 @pytest.mark.parametrize("learning_starts", [1, 7, 12])  # the config requires >= 1

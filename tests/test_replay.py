@@ -287,6 +287,24 @@ def checkpoint_round_trip(state: dict) -> dict:
     return restored
 
 
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_a_sample_written_into_an_earlier_one_equals_a_fresh_sample(n_step):
+    plans = [[(7, "terminated", 4), (3, "truncated", 4), (5, "failed", 2)], [(11, "truncated", 4)]]
+    buffer, _, envs, ids = make_case(2, 4, 40, plans, seed=3)
+    run_steps(buffer, None, envs, 25, ids)
+    twin = copy.deepcopy(buffer)
+    earlier = buffer.sample(16, n_step=n_step, discount=0.9)
+    into = buffer.sample(16, n_step=n_step, discount=0.9, out=earlier)
+    fresh = twin.sample(16, n_step=n_step, discount=0.9)
+    fresh = twin.sample(16, n_step=n_step, discount=0.9)
+    chex.assert_trees_all_equal(into, fresh)
+    for a, b in zip(into, earlier):
+        assert a is b or (a is None and b is None)
+    # An earlier sample of another size is not written to.
+    other = buffer.sample(8, n_step=n_step, discount=0.9, out=into)
+    assert not np.shares_memory(other.frames, into.frames)
+
+
 def test_save_load_round_trip_continues_identically():
     plans = [
         [(7, "terminated", 4), (3, "truncated", 4), (5, "failed", 2)],

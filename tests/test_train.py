@@ -274,6 +274,9 @@ def test_awaiting_each_update_changes_the_timing_only(tmp_path, prefetch):
         assert trainers[awaited].train(resume=False) == 0
     chex.assert_trees_all_equal(trainers[True].state, trainers[False].state)
     assert trainers[True].updates == trainers[False].updates > 0
+    # Both reused the host arrays of finished updates' batches (the unawaited run only once they were done).
+    calls = trainers[False].updates // 2
+    assert all(trainer.feed.host_batches_allocated <= 3 < calls for trainer in trainers.values())
     host = {awaited: {k: v for k, v in trainer.host_state().items() if k != "env_snapshot"}  # pickles vary in layout
             for awaited, trainer in trainers.items()}
     assert host[True] == host[False]

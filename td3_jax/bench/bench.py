@@ -66,8 +66,9 @@ class Plan:
     """Timed simulator steps (single env; the vectorised env steps this many times in total)."""
     vec_envs: int
     """Envs of the vectorised simulator."""
-    loop_steps: int
-    """Env steps of the training loop's timed interval (after an untimed one of warm-up and compile)."""
+    loop_calls: tuple[int, int]
+    """Update calls in the training loop's timed interval, one env / vectorised (after an untimed interval of
+    warm-up and compile): each is 2 env steps per env, so the vectorised loop's few long calls need more of them."""
     loop_network: tuple[str, ...]
     """Config overrides of the loop's networks (the smoke run shrinks them; the host time, updates awaited, does not depend on them)."""
     cheaper_updates: tuple[str, ...] | None
@@ -77,10 +78,10 @@ class Plan:
 
 
 FULL = Plan((256, 32), rounds=3, updates_per_round=4, fused=8, matmul_size=2048, act_calls=200,
-            replay_capacity=20_000, env_steps=1000, vec_envs=16, loop_steps=64, loop_network=(),
+            replay_capacity=20_000, env_steps=1000, vec_envs=16, loop_calls=(32, 8), loop_network=(),
             cheaper_updates=None, loop_runs=None)
 QUICK = Plan((8,), rounds=1, updates_per_round=2, fused=2, matmul_size=256, act_calls=5,
-             replay_capacity=200, env_steps=20, vec_envs=2, loop_steps=8,
+             replay_capacity=200, env_steps=20, vec_envs=2, loop_calls=(4, 2),
              loop_network=("networks.cnn.features=8", "networks.actor.hidden_sizes=[8]", "networks.critic.hidden_sizes=[8]"),
              cheaper_updates=("jax_shared_encoder_reused_features",),  # both options in one compile
              loop_runs=(("single", "inline"), ("vec", "prefetch")))  # each shape and each feed once
@@ -504,7 +505,7 @@ def bench_loop(plan: Plan) -> dict:
     `vec_envs` fused updates every second vector step (a loop shaped for an
     accelerator).
     Each run trains from scratch and logs twice: the second interval of
-    `loop_steps` env steps, after the first updates and the compile, is the
+    `loop_calls` update calls, after the first updates and the compile, is the
     figure (the `progress/host_*` and `progress/device_wait_*` metrics,
     docs/metrics.md). Every update is awaited as it is dispatched
     (`Trainer(await_updates=True)`): on a CPU the update otherwise runs on the
@@ -522,12 +523,12 @@ def bench_loop(plan: Plan) -> dict:
     from td3_jax.training import config as config_lib
     from td3_jax.training.trainer import Trainer
 
-    steps = plan.loop_steps
     result = {}
-    shapes = {"single": ("1env", 1), "vec": (f"{plan.vec_envs}envs", plan.vec_envs)}
+    shapes = {"single": ("1env", 1, plan.loop_calls[0]), "vec": (f"{plan.vec_envs}envs", plan.vec_envs, plan.loop_calls[1])}
     runs = plan.loop_runs or [(shape, feed) for shape in shapes for feed in ("inline", "prefetch")]
     for kind, feed in runs:
-        shape, envs = shapes[kind]
+        shape, envs, calls = shapes[kind]
+        steps = 2 * envs * calls
         overrides = [
             f"env.num_envs={envs}", "env.lanesim.action_repeat=4",
             f"algorithm.batch_size={plan.batch_sizes[0]}", f"algorithm.buffer_size={4 * steps * envs}",

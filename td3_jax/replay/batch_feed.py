@@ -12,6 +12,12 @@ them without a copy), while the main thread waits for the previous update
 inside `act` and steps the env. `settle` joins the thread before the buffer
 changes; `take` hands out the batches in order.
 
+The host arrays of a draw are written into those of an earlier draw once the
+update that read them has finished (`release`): touching fresh memory costs a
+page fault per 4 KB, about 40% of drawing 16 batches of 9 MB. A draw whose
+update may still be running (on a CPU the device reads the host arrays
+themselves; on a GPU the copy may still be in flight) is never written to.
+
 Both modes are deterministic given the buffer's seed and resume exactly: a
 prefetched draw always starts and ends within one loop iteration, and `cancel`
 puts the sampler's RNG back where it was when an iteration is abandoned. They
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import threading
 from typing import Any
 
 from td3_jax.replay.buffer import ReplayBuffer
@@ -39,7 +46,14 @@ class BatchFeed:
       gradient_steps: K, updates per call.
       n_step, discount: as in `ReplayBuffer.sample`.
       prefetch: draw one env step ahead on a worker thread.
+
+    The loop reports each update call's output with `release(done)` after
+    dispatching it, in the order of `take`; the call's host arrays are reused
+    once `done.is_ready()`.
     """
+
+    MAX_KEPT = 8
+    """Released host batches kept for reuse, in flight or finished; older ones are left to the garbage collector."""
 
     def __init__(
         self,
@@ -61,6 +75,12 @@ class BatchFeed:
         self._pending: concurrent.futures.Future | None = None
         self._rng_before: dict | None = None
         self._ready: collections.deque = collections.deque()
+        # Host arrays of each draw: handed out and not yet released, then waiting for their update.
+        self._lock = threading.Lock()
+        self._taken: collections.deque = collections.deque()
+        self._released: collections.deque = collections.deque()  # (host batch, done)
+        self.host_batches_allocated = 0
+        """Draws written into fresh memory rather than into a released earlier draw."""
 
     def prepare(self, calls: int) -> None:
         """Before an env step that will make `calls` update calls: with prefetch, starts drawing their batches.
@@ -86,11 +106,23 @@ class BatchFeed:
         """The next call's batches on the device: prefetched, or drawn now from the buffer as it is."""
         self.settle()
         if not self._ready:
-            return self._draw()
-        batches = self._ready.popleft()
-        if not self._ready:
-            self._rng_before = None  # every prefetched draw is delivered: nothing left to rewind
+            host, batches = self._draw()
+        else:
+            host, batches = self._ready.popleft()
+            if not self._ready:
+                self._rng_before = None  # every prefetched draw is delivered: nothing left to rewind
+        with self._lock:
+            self._taken.append(host)
         return batches
+
+    def release(self, done: Any) -> None:
+        """The oldest taken call's update is dispatched; `done` (any of its outputs) says when it finished."""
+        with self._lock:
+            if not self._taken:
+                raise RuntimeError("release() without a taken batch")
+            self._released.append((self._taken.popleft(), done))
+            while len(self._released) > self.MAX_KEPT:
+                self._released.popleft()
 
     def cancel(self) -> None:
         """Drops undelivered batches and rewinds the sampler's RNG to before their draw (an abandoned step)."""
@@ -103,6 +135,8 @@ class BatchFeed:
         if self._rng_before is not None:
             self.buffer.sampler_state = self._rng_before
             self._rng_before = None
+        with self._lock:  # never placed for an update: free at once
+            self._released.extend((host, None) for host, _ in self._ready)
         self._ready.clear()
 
     def close(self) -> None:
@@ -110,8 +144,21 @@ class BatchFeed:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    def _draw(self) -> Any:
+    def _reusable(self) -> Any:
+        """Host arrays of a draw whose update has finished, or None."""
+        with self._lock:
+            for index, (host, done) in enumerate(self._released):
+                if done is None or done.is_ready():
+                    del self._released[index]
+                    return host
+        return None
+
+    def _draw(self) -> tuple[Any, Any]:
+        """(host arrays, placed batches) of one call."""
         k, b = self.gradient_steps, self.batch_size
-        batch = self.buffer.sample(k * b, n_step=self.n_step, discount=self.discount)
-        stacked = (None if x is None else x.reshape(k, b, *x.shape[1:]) for x in batch)  # one-step: no next_frames, discount
-        return self.place(type(batch)(*stacked))
+        reuse = self._reusable()
+        if reuse is None:
+            self.host_batches_allocated += 1
+        host = self.buffer.sample(k * b, n_step=self.n_step, discount=self.discount, out=reuse)
+        stacked = (None if x is None else x.reshape(k, b, *x.shape[1:]) for x in host)  # one-step: no next_frames, discount
+        return host, self.place(type(host)(*stacked))

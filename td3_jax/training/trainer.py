@@ -255,6 +255,7 @@ class Trainer:
         self.clock.enter("update")
         # Dispatched, not awaited: the host prepares the next step while the device updates.
         self.state, metrics = self.parallel.update_many(self.state, batches)
+        self.feed.release(metrics["debug/all_finite"])  # the batches' host arrays are reused once it is ready
         if self.await_updates:
             self.clock.wait(self.state)
         self.updates += self.run.algorithm.gradient_steps
