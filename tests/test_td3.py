@@ -529,7 +529,7 @@ def test_shared_encoder_actor_loss_is_minus_q1_on_the_critics_features(rng):
     state = _shared_state(actor_preactivation_l2=0.5)
     actor, critic = networks.make_networks(state.config.network)
     batch = random_batch(rng)
-    loss, (q1, action, preactivation) = td3.actor_loss(
+    loss, (q1, action, preactivation, _) = td3.actor_loss(
         state.actor_params, state.critic_params, actor, critic, batch, 0.5
     )
     features = critic.apply({"params": state.critic_params}, batch.image, method=critic.features)
@@ -568,3 +568,48 @@ def test_shared_encoder_update_many_equals_sequential_updates(rng):
         sequential, _ = td3.update(sequential, batch)
     fused, _ = td3.update_many(state, jax.tree.map(lambda *xs: np.stack(xs), *batches))
     chex.assert_trees_all_close(fused, sequential, rtol=1e-4, atol=1e-5)
+
+
+# --- temporal smoothness (CAPS): the actor loss penalises mu(s) - mu(s') ---
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_smoothness_adds_the_scaled_action_change_with_mean_abs_q_held_constant(rng, shared):
+    state = _shared_state() if shared else _state()
+    actor, critic = networks.make_networks(state.config.network)
+    batch = random_batch(rng)
+
+    def reference(actor_params, q_scale):
+        params = {**actor_params, "encoder": state.critic_params["encoder"]} if shared else actor_params
+        action = actor.apply({"params": params}, batch.image, batch.vector)
+        next_action = actor.apply({"params": params}, batch.next_image, batch.next_vector)
+        q1, _ = critic.apply({"params": state.critic_params}, batch.image, batch.vector, action)
+        change = jnp.mean(jnp.sum(jnp.square(action - next_action), axis=-1))
+        return -jnp.mean(q1) + 0.7 * q_scale * change, (q1, change)
+
+    loss_fn = functools.partial(
+        td3.actor_loss, critic_params=state.critic_params, actor=actor, critic=critic, batch=batch, smoothness=0.7
+    )
+    (loss, (q1, _, _, change)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.actor_params)
+    q_scale = jnp.mean(jnp.abs(q1))
+    (expected, (_, expected_change)), expected_grads = jax.value_and_grad(reference, has_aux=True)(
+        state.actor_params, q_scale
+    )
+    assert float(change) > 0
+    np.testing.assert_allclose(float(change), float(expected_change), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5, atol=1e-6)
+    # mean|Q1| is a constant of the step: the gradient is that of the reference with it fixed.
+    chex.assert_trees_all_close(grads, expected_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_smoothness_off_is_plain_td3_and_on_reports_the_action_change(rng):
+    batch = random_batch(rng)
+    plain_state, plain_metrics = td3.update(_state(), batch)
+    assert "debug/actor_action_change" not in plain_metrics
+    smooth_state, smooth_metrics = td3.update(_state(tiny_config(actor_smoothness=0.0)), batch)
+    chex.assert_trees_all_equal(smooth_state.actor_params, plain_state.actor_params)
+    on_state, on_metrics = td3.update(_state(tiny_config(actor_smoothness=5.0)), batch)
+    assert float(on_metrics["debug/actor_action_change"]) > 0
+    assert float(on_metrics["debug/all_finite"]) == 1.0
+    chex.assert_trees_all_equal(on_state.critic_params, plain_state.critic_params)  # the critic step is untouched
+    assert _tree_changed(on_state.actor_params, plain_state.actor_params)

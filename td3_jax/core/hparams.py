@@ -86,6 +86,11 @@ class TD3Config:
     """Actor and targets update when step % policy_freq == 0."""
     actor_preactivation_l2: float = 0.0
     """Weight of mean(u^2) on the actor's pre-tanh outputs u in its loss; 0 is plain TD3."""
+    actor_smoothness: float = 0.0
+    """Weight of a temporal smoothness penalty in the actor's loss (CAPS, Mysore et al. 2021):
+    actor_smoothness * mean|Q1| * mean ||mu(s) - mu(s')||^2 over the batch's transitions, s' the next
+    observation (k steps later with k-step returns); mean|Q1| is a constant of the step, so the weight
+    does not depend on the scale of the returns. 0 is plain TD3."""
     actor_warmup_updates: int = 0
     """Critic-only updates before the first actor update (the critic target still tracks); 0 is plain TD3."""
     image_shift_px: int = 0

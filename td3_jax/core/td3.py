@@ -29,6 +29,8 @@ Options, all off by default (plain TD3):
   the one encoder is trained by the critic loss and Polyak-averaged once;
 - `actor_reuses_critic_features` (DrQ-v2): the actor step reads the critic
   features computed before the critic step instead of a fresh pass.
+- `actor_smoothness` (CAPS, Mysore et al., ICRA 2021): the actor loss also
+  penalises the change of mu between s and s', scaled by mean |Q1|.
 
 Metric keys are the TensorBoard tags (docs/metrics.md). Every key is present
 on every step; actor metrics are NaN on steps without an actor update and
@@ -169,8 +171,9 @@ def actor_loss(
     batch: Batch,
     preactivation_l2: float = 0.0,
     critic_features: jax.Array | None = None,
+    smoothness: float = 0.0,
 ):
-    """-mean Q1(stop_gradient(critic features), v, mu(s)) + l2 mean(u^2); returns (loss, (q1, action, u)).
+    """-mean Q1(stop_gradient(critic features), v, mu(s)) + l2 mean(u^2) [+ smoothness]; returns (loss, (q1, action, u, change)).
 
     Differentiate with respect to `actor_params` only: the critic's features
     and parameters are constants here, so the actor reaches Q only through
@@ -180,6 +183,9 @@ def actor_loss(
     before this update's critic step) saves the critic encoder's pass. u is the actor's pre-tanh output: once tanh
     saturates, dQ/du vanishes and only the penalty can pull the policy back
     (a saturated corner policy is how the original system's runs ended).
+    `smoothness` > 0 adds smoothness * mean|Q1| * change (CAPS' temporal term), where change =
+    mean ||mu(s) - mu(s')||^2 over the batch (NaN-free 0 when off) and mean|Q1| is held constant;
+    it costs one more encoder pass, on s'.
     """
     critic_vars = {"params": critic_params}
     if critic_features is None:
@@ -192,7 +198,20 @@ def actor_loss(
     action = jnp.tanh(preactivation)
     q1 = critic.apply(critic_vars, features, batch.vector, action, method=critic.q1_value)
     loss = -jnp.mean(q1) + preactivation_l2 * jnp.mean(jnp.square(preactivation))
-    return loss, (q1, action, preactivation)
+    change = jnp.zeros((), loss.dtype)
+    if smoothness:
+        if actor.config.shared_encoder:
+            next_features = jax.lax.stop_gradient(critic.apply(critic_vars, batch.next_image, method=critic.features))
+            next_preactivation = actor.apply(
+                {"params": actor_params}, next_features, batch.next_vector, method=actor.head_preactivation
+            )
+        else:
+            next_preactivation = actor.apply(
+                {"params": actor_params}, batch.next_image, batch.next_vector, method=actor.preactivation
+            )
+        change = jnp.mean(jnp.sum(jnp.square(action - jnp.tanh(next_preactivation)), axis=-1))
+        loss = loss + smoothness * jax.lax.stop_gradient(jnp.mean(jnp.abs(q1))) * change
+    return loss, (q1, action, preactivation, change)
 
 
 def _gradient_metrics(prefix: str, opt_state, params, new_params, max_norm: float) -> dict[str, jax.Array]:
@@ -268,9 +287,9 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
     is_actor_step = is_policy_step & (state.step >= config.actor_warmup_updates)
 
     def actor_step(_):
-        (loss, (policy_q1, action, preactivation)), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        (loss, (policy_q1, action, preactivation, change)), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
             state.actor_params, critic_params, actor, critic, batch, config.actor_preactivation_l2,
-            critic_features if config.actor_reuses_critic_features else None,
+            critic_features if config.actor_reuses_critic_features else None, config.actor_smoothness,
         )
         updates, actor_opt_state = actor_tx.update(actor_grads, state.actor_opt_state, state.actor_params)
         actor_params = optax.apply_updates(state.actor_params, updates)
@@ -281,6 +300,8 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
             "debug/action_saturation": jnp.mean(jnp.abs(action) > SATURATION_THRESHOLD).astype(jnp.float32),
             "debug/actor_preactivation_rms": jnp.sqrt(jnp.mean(jnp.square(preactivation))),
         }
+        if config.actor_smoothness:
+            actor_metrics["debug/actor_action_change"] = change
         actor_metrics |= _gradient_metrics(
             "actor", actor_opt_state, state.actor_params, actor_params, config.actor_optimizer.max_grad_norm
         )

@@ -98,6 +98,9 @@ class AlgorithmConfig:
     """Steps per TD target: sum of up to n discounted rewards, then gamma^k min Q' (k <= n, shorter at episode ends); 1 is plain TD3."""
     actor_preactivation_l2: float = 0.0
     """Weight of mean(u^2) on the actor's pre-tanh outputs in its loss (keeps tanh out of saturation); 0 is plain TD3."""
+    actor_smoothness: float = 0.0
+    """Weight of a temporal smoothness penalty in the actor's loss (CAPS): weight * mean|Q1| * mean ||mu(s) - mu(s')||^2,
+    s' the batch's next observation (k steps later with k-step returns); 0 is plain TD3."""
     actor_warmup_updates: int = 0
     """Critic-only updates before the first actor update (the critic target still tracks it); 0 is plain TD3."""
     image_shift_px: int = 0
@@ -128,6 +131,7 @@ class AlgorithmConfig:
         _check(1 <= self.n_step <= 100, "algorithm.n_step", "in [1, 100]", self.n_step)
         _check(0 <= self.image_shift_px <= 16, "algorithm.image_shift_px", "in [0, 16]", self.image_shift_px)
         _check(self.actor_preactivation_l2 >= 0, "algorithm.actor_preactivation_l2", ">= 0", self.actor_preactivation_l2)
+        _check(self.actor_smoothness >= 0, "algorithm.actor_smoothness", ">= 0", self.actor_smoothness)
         _check(self.actor_warmup_updates >= 0, "algorithm.actor_warmup_updates", ">= 0", self.actor_warmup_updates)
 
 
@@ -295,6 +299,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
         noise_clip=algorithm.noise_clip,
         policy_freq=algorithm.policy_freq,
         actor_preactivation_l2=algorithm.actor_preactivation_l2,
+        actor_smoothness=algorithm.actor_smoothness,
         actor_warmup_updates=algorithm.actor_warmup_updates,
         image_shift_px=algorithm.image_shift_px,
         actor_reuses_critic_features=algorithm.actor_reuses_critic_features,
