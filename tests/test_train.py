@@ -99,7 +99,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, variant, caps
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, config_lib.RunConfig]:
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    run = _config("training.max_timesteps=100", "training.num_eval_episodes=2", "training.eval_freq=50")
+    # With the smoothness term on, so that every documented tag is written (and the option trains end to end).
+    run = _config("training.max_timesteps=100", "training.num_eval_episodes=2", "training.eval_freq=50",
+                  "algorithm.actor_smoothness=0.5")
     assert Trainer(run, run_dir).train(resume=False) == 0
     return run_dir, run
 
