@@ -606,8 +606,8 @@ def test_smoothness_off_is_plain_td3_and_on_reports_the_action_change(rng):
     batch = random_batch(rng)
     plain_state, plain_metrics = td3.update(_state(), batch)
     assert "debug/actor_action_change" not in plain_metrics
-    smooth_state, smooth_metrics = td3.update(_state(tiny_config(actor_smoothness=0.0)), batch)
-    chex.assert_trees_all_equal(smooth_state.actor_params, plain_state.actor_params)
+    off_state, _ = td3.update(_state(tiny_config(actor_smoothness=0.0)), batch)
+    chex.assert_trees_all_equal(off_state.actor_params, plain_state.actor_params)
     on_state, on_metrics = td3.update(_state(tiny_config(actor_smoothness=5.0)), batch)
     assert float(on_metrics["debug/actor_action_change"]) > 0
     assert float(on_metrics["debug/all_finite"]) == 1.0

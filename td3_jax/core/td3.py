@@ -184,7 +184,7 @@ def actor_loss(
     saturates, dQ/du vanishes and only the penalty can pull the policy back
     (a saturated corner policy is how the original system's runs ended).
     `smoothness` > 0 adds smoothness * mean|Q1| * change (CAPS' temporal term), where change =
-    mean ||mu(s) - mu(s')||^2 over the batch (NaN-free 0 when off) and mean|Q1| is held constant;
+    mean ||mu(s) - mu(s')||^2 over the batch (returned as 0 when off) and mean|Q1| is held constant;
     it costs one more encoder pass, on s'.
     """
     critic_vars = {"params": critic_params}
