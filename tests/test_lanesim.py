@@ -271,6 +271,76 @@ def test_roads_stay_within_heading_and_curvature_limits(seed):
     assert np.all(road.curvature[: start + 1] == 0)  # the ego starts on a straight
 
 
+def _reference_raster(rng, road, lane_width, cell):
+    """The whole road stamped in one pass, in arc-length order, over the terrain `RoadRaster` draws from `rng`."""
+    surface = roads.RoadRaster(rng, road.xy, road.heading, lane_width, cell)
+    image = surface._image.copy()  # the terrain only: nothing is painted before a view asks
+    arc = np.arange(len(road.heading)) * roads.SAMPLE_M
+    s = np.arange(0.0, arc[-1], cell / 2)
+    half = lane_width + roads.MARKING_WIDTH_M / 2 + roads.SHOULDER_M
+    offsets = np.arange(-half, half + 1e-9, cell / 2)
+    yaw = np.interp(s, arc, road.heading)
+    for k in range(len(s)):  # one lateral line at a time: later stamps overwrite earlier ones
+        centre = (np.array([np.interp(s[k], arc, road.xy[:, 0]), np.interp(s[k], arc, road.xy[:, 1])])
+                  - surface.origin) / cell
+        shade = np.where(np.abs(np.abs(offsets) - lane_width) <= roads.MARKING_WIDTH_M / 2, roads.SHADE_MARKING,
+                         roads.SHADE_ASPHALT)
+        if np.mod(s[k], sum(roads.DASH_M)) < roads.DASH_M[0]:
+            shade[np.abs(offsets) <= roads.MARKING_WIDTH_M / 2] = roads.SHADE_MARKING
+        scaled = (offsets / cell).astype(np.float32)
+        columns = (centre[0].astype(np.float32) + scaled * np.float32(-np.sin(yaw[k]))).astype(np.int32)
+        rows = (centre[1].astype(np.float32) + scaled * np.float32(np.cos(yaw[k]))).astype(np.int32)
+        for row, column, value in zip(rows, columns, shade):
+            image[row, column] = value
+    return image
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.2, 0.37]),
+       st.lists(st.floats(-50.0, 3000.0), min_size=1, max_size=4))
+def test_road_raster_paints_lazily_and_every_viewed_column_is_final(seed, cell, views):
+    road = roads.generate_road(np.random.default_rng(seed), SMALL)
+    reference = _reference_raster(np.random.default_rng(seed + 1), road, SMALL.lane_width_m, cell)
+    surface = roads.RoadRaster(np.random.default_rng(seed + 1), road.xy, road.heading, SMALL.lane_width_m, cell)
+    seen = -np.inf
+    for column in views:
+        image = surface.view(column)
+        seen = max(seen, column)
+        final = int(np.floor(seen)) + 1
+        np.testing.assert_array_equal(image[:, :max(final, 0)], reference[:, :max(final, 0)])
+    np.testing.assert_array_equal(surface.image, reference)
+    assert surface.complete
+
+
+@pytest.mark.parametrize("scenario", [0, 1])
+def test_frames_of_lazily_painted_roads_equal_fully_painted_ones(monkeypatch, scenario):
+    # A short render distance, so that the 140 m roads are seen (and painted) a part at a time.
+    cfg = dataclasses.replace(SMALL, action_repeat=2, scenario=scenario, render_distance_m=40.0)
+    rng = np.random.default_rng(0)
+    actions = [np.clip(rng.normal([0.0, 0.5], 0.6, (3, 2)), -1, 1) for _ in range(80)]
+
+    def frames(env):
+        trace = [env.reset(seed=4)[0]["image"]]
+        shares = []
+        for action in actions:
+            trace.append(env.step(action)[0]["image"])
+            shares += [road.surface._painted / len(road.surface._starts) for road in env.core.roads]
+        return np.stack(trace), min(shares)
+
+    lazy, lazy_share = frames(LaneSimVec(3, cfg))
+    generate = roads.generate_road
+
+    def painted_road(rng, road_cfg):
+        road = generate(rng, road_cfg)
+        road.raster  # paints all of it
+        return road
+
+    monkeypatch.setattr(roads, "generate_road", painted_road)
+    full, full_share = frames(LaneSimVec(3, cfg))
+    np.testing.assert_array_equal(lazy, full)
+    assert lazy_share < 0.6 and full_share == 1.0  # the lazy roads were painted only partly while seen
+
+
 def _cross(u, v):
     return u[0] * v[1] - u[1] * v[0]
 

@@ -194,14 +194,22 @@ def test_a_snapshot_that_would_run_code_is_refused(tmp_path, monkeypatch):
 
 def test_a_snapshot_saved_under_the_old_module_names_still_resumes():
     """Runs saved before the package was grouped by concern name `td3_jax.train` and `td3_jax.envs.lanesim`,
-    and their simulators have no `observation_cfg` (the vector's scales were constants then)."""
+    their simulators have no `observation_cfg` (the vector's scales were constants then) and their roads hold
+    the painted raster itself (roads are painted lazily now)."""
     env = LaneSimEnv(LaneSimConfig())
     env.reset(seed=3)
     stats = EpisodeStats(1)
     stats.add(np.array([1.5]), {})
     observation_cfg = env.core.__dict__.pop("observation_cfg")
+    roads_now = list(env.core.roads)
+    for i, road in enumerate(roads_now):
+        old_road = object.__new__(type(road))
+        old_road.__dict__.update({key: value for key, value in vars(road).items() if key != "surface"})
+        old_road.__dict__.update(raster=road.raster.copy(), origin=road.origin, cell=road.cell)
+        env.core.roads[i] = old_road
     data = pickle.dumps((env, stats), protocol=3)  # protocol 3 names classes as plain text lines
     env.core.observation_cfg = observation_cfg
+    env.core.roads[:] = roads_now
     for new, old in (("td3_jax.training.run_log", "td3_jax.train"), ("td3_jax.envs.lanesim.sim", "td3_jax.envs.lanesim"),
                      ("td3_jax.envs.lanesim.roads", "td3_jax.envs.roads")):
         assert f"c{new}\n".encode() in data

@@ -67,6 +67,10 @@ class Camera:
                  np.clip(ground_y.ravel()[span], -FAR_M, FAR_M) / cfg.raster_cell_m,
                  np.ones(size * size - self.ground_start)]
             ).astype(np.float32)
+        # Box of the ground points within the render distance, vehicle frame, in cells: the raster must be
+        # painted as far as the columns they map to (farther points are drawn as haze).
+        near = np.delete(self.ground_cells, self.far_index, axis=1)
+        self.near_box = tuple(map(float, (*near[:2].min(axis=1), *near[:2].max(axis=1)))) if near.shape[1] else None
         self.cell = cfg.raster_cell_m
         self.max_box_distance = cfg.render_distance_m
         rows = np.broadcast_to(np.linspace(SKY_TOP, SKY_HORIZON, size)[:, None], (size, size))
@@ -98,12 +102,24 @@ class Camera:
             [[c, -s, (x - road.origin[0]) * to_cells], [s, c, (y - road.origin[1]) * to_cells]], np.float32
         )
         cells = (transform @ self.ground_cells).astype(np.intp)
-        height, width = road.raster.shape
+        surface = road.surface
+        height, width = surface.shape
+        top = np.array([[width - 1], [height - 1]])
         np.maximum(cells, 0, out=cells)
-        np.minimum(cells, np.array([[width - 1], [height - 1]]), out=cells)
+        np.minimum(cells, top, out=cells)
+        if surface.complete:
+            raster = surface.image
+        else:
+            # The largest column the near points map to (2 cells spare for rounding): a linear map's maximum
+            # over a box, term by term.
+            reach = -1.0
+            if self.near_box is not None:
+                x0, y0, x1, y1 = self.near_box
+                reach = transform[0, 2] + max(c * x0, c * x1) + max(-s * y0, -s * y1) + 2
+            raster = surface.view(min(reach, width - 1))
         frame = self.background.copy() if out is None else _fill(out, self.background)
         flat = frame.reshape(-1)
-        ground = road.raster.reshape(-1).take(cells[1] * width + cells[0])
+        ground = raster.reshape(-1).take(cells[1] * width + cells[0])
         ground[self.far_index] = HAZE
         flat[self.ground_start :] = ground
         image = flat.reshape(self.size, self.size)

@@ -31,6 +31,8 @@ RASTER_PAD_M = 10.0
 """Terrain kept around the road's bounding box in the raster."""
 GRASS_BLOCK_M = 2.0
 """Size of the terrain texture blocks (coarse, so they do not flicker when sampled far away)."""
+CHUNK_M = 10.0
+"""Arc length of road painted into the raster at once."""
 
 SHADE_GRASS = (92, 124)
 """Range of terrain gray levels."""
@@ -50,9 +52,7 @@ class Road:
       curvature: (K,) float64 signed curvature, 1/m (left turn positive).
       start_s: arc length of the ego's start.
       goal_s: arc length of the goal (start_s + route length).
-      raster: (H, W) uint8 top-down gray image; row = y, column = x.
-      origin: (2,) float64 world position of raster cell (0, 0)'s corner.
-      cell: raster cell size, m.
+      surface: its top-down raster, painted as views need it.
     """
 
     xy: np.ndarray
@@ -60,9 +60,29 @@ class Road:
     curvature: np.ndarray
     start_s: float
     goal_s: float
-    raster: np.ndarray
-    origin: np.ndarray
-    cell: float
+    surface: RoadRaster
+
+    def __setstate__(self, state: dict) -> None:
+        # A simulator snapshot saved before roads were painted lazily holds the painted image itself.
+        if "raster" in state:
+            state = dict(state)
+            state["surface"] = RoadRaster.painted(state.pop("raster"), state.pop("origin"), state.pop("cell"))
+        self.__dict__.update(state)
+
+    @property
+    def raster(self) -> np.ndarray:
+        """(H, W) uint8 top-down gray image, fully painted; row = y, column = x."""
+        return self.surface.image
+
+    @property
+    def origin(self) -> np.ndarray:
+        """(2,) float64 world position of raster cell (0, 0)'s corner."""
+        return self.surface.origin
+
+    @property
+    def cell(self) -> float:
+        """Raster cell size, m."""
+        return self.surface.cell
 
     @property
     def length(self) -> float:
@@ -117,67 +137,138 @@ def integrate(curvature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return heading, xy
 
 
-def build_raster(
-    rng: np.random.Generator, xy: np.ndarray, heading: np.ndarray, lane_width: float, cell: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Paints terrain, asphalt and markings into a top-down gray image.
+class RoadRaster:
+    """A road's top-down gray image, painted in arc-length order only as far as a view needs.
 
-    Lateral lines of points are stamped across the road every half cell of arc
-    length, half a cell apart, so no cell inside the road is missed even on the
-    outside of the tightest allowed curve.
+    The terrain is painted at once. The road is stamped as lateral lines of
+    points every half cell of arc length, half a cell apart, so no cell inside
+    the road is missed even on the outside of the tightest allowed curve; a
+    cell stamped more than once keeps its last stamp. The stamps are painted in
+    chunks of `CHUNK_M` of arc length, in order, and `view` paints every chunk
+    up to the last one that reaches the columns a view reads: every cell it
+    reads then holds its final value, so frames equal those of a fully painted
+    raster, while an episode that ends early never pays for the road it did
+    not see (a new road is the costliest part of a reset).
 
-    Returns:
-      (raster (H, W) uint8, origin (2,) float64 world position of its corner).
+    Args:
+      rng: the episode's generator (draws the terrain texture).
+      xy, heading: the centreline's points (K, 2) and yaw (K,), SAMPLE_M apart.
+      lane_width: m.
+      cell: raster cell size, m.
+
+    Attributes:
+      origin: (2,) float64 world position of cell (0, 0)'s corner; row = y, column = x.
+      cell: cell size, m.
+      shape: (H, W) of the image.
     """
-    origin = xy.min(axis=0) - RASTER_PAD_M
-    width, height = np.ceil((xy.max(axis=0) + RASTER_PAD_M - origin) / cell).astype(int)
-    block = max(int(round(GRASS_BLOCK_M / cell)), 1)
-    coarse = rng.integers(*SHADE_GRASS, size=(height // block + 1, width // block + 1), dtype=np.uint8)
-    raster = np.empty((height, width), np.uint8)
-    raster_blocks = raster[: height // block * block, : width // block * block].reshape(
-        height // block, block, width // block, block
-    )
-    raster_blocks[...] = coarse[: height // block, None, : width // block, None]
-    raster[height // block * block :] = raster[:1]
-    raster[:, width // block * block :] = raster[:, :1]
 
-    step = cell / 2
-    arc = np.arange(len(heading)) * SAMPLE_M
-    s_fine = np.arange(0.0, arc[-1], step)
-    # Centre and normal in raster cells, float32: the raster spans at most a few thousand cells.
-    centre_x = ((np.interp(s_fine, arc, xy[:, 0]) - origin[0]) / cell).astype(np.float32)
-    centre_y = ((np.interp(s_fine, arc, xy[:, 1]) - origin[1]) / cell).astype(np.float32)
-    yaw = np.interp(s_fine, arc, heading)
-    normal_x, normal_y = (-np.sin(yaw)).astype(np.float32), np.cos(yaw).astype(np.float32)
-    half = lane_width + MARKING_WIDTH_M / 2 + SHOULDER_M
-    offsets = np.arange(-half, half + 1e-9, step)
-    scaled = (offsets / cell).astype(np.float32)
-    cols = (centre_x[:, None] + scaled * normal_x[:, None]).astype(np.int32)
-    rows = (centre_y[:, None] + scaled * normal_y[:, None]).astype(np.int32)
-    shade = np.full((len(s_fine), len(offsets)), SHADE_ASPHALT, np.uint8)
-    shade[:, np.abs(np.abs(offsets) - lane_width) <= MARKING_WIDTH_M / 2] = SHADE_MARKING
-    dash = np.mod(s_fine, sum(DASH_M)) < DASH_M[0]
-    shade[np.ix_(dash, np.abs(offsets) <= MARKING_WIDTH_M / 2)] = SHADE_MARKING
-    rows *= width
-    rows += cols
-    raster.reshape(-1)[rows.ravel()] = shade.ravel()
-    return raster, origin
+    def __init__(self, rng: np.random.Generator, xy: np.ndarray, heading: np.ndarray, lane_width: float, cell: float):
+        self.cell = cell
+        self.origin = xy.min(axis=0) - RASTER_PAD_M
+        width, height = np.ceil((xy.max(axis=0) + RASTER_PAD_M - self.origin) / cell).astype(int)
+        self.shape = (int(height), int(width))
+        self._image = _terrain(rng, height, width, max(int(round(GRASS_BLOCK_M / cell)), 1))
+
+        step = cell / 2
+        arc = np.arange(len(heading)) * SAMPLE_M
+        s_fine = np.arange(0.0, arc[-1], step)
+        # Centre and normal in raster cells, float32: the raster spans at most a few thousand cells.
+        self._centre_x = ((np.interp(s_fine, arc, xy[:, 0]) - self.origin[0]) / cell).astype(np.float32)
+        self._centre_y = ((np.interp(s_fine, arc, xy[:, 1]) - self.origin[1]) / cell).astype(np.float32)
+        yaw = np.interp(s_fine, arc, heading)
+        self._normal_x, self._normal_y = (-np.sin(yaw)).astype(np.float32), np.cos(yaw).astype(np.float32)
+        half = lane_width + MARKING_WIDTH_M / 2 + SHOULDER_M
+        offsets = np.arange(-half, half + 1e-9, step)
+        self._scaled = (offsets / cell).astype(np.float32)
+        self._shade = np.full(len(offsets), SHADE_ASPHALT, np.uint8)
+        self._shade[np.abs(np.abs(offsets) - lane_width) <= MARKING_WIDTH_M / 2] = SHADE_MARKING
+        self._shade_dashed = self._shade.copy()
+        self._shade_dashed[np.abs(offsets) <= MARKING_WIDTH_M / 2] = SHADE_MARKING
+        self._dash = np.mod(s_fine, sum(DASH_M)) < DASH_M[0]
+
+        self._starts = np.arange(0, len(s_fine), max(int(round(CHUNK_M / step)), 1))
+        # A chunk's stamps lie within `reach` cells of its centre points (2 cells spare for rounding).
+        # _lowest_later[k] is the lowest column that chunk k or any later one reaches: every chunk reaching a
+        # column <= c comes before the first k whose value exceeds c, so painting the chunks before that k
+        # makes every cell up to column c final. (Roads run along +x, so it is nearly chunk k's own.)
+        reach = float(np.abs(self._scaled).max()) + 2.0
+        lowest = np.minimum.reduceat(self._centre_x, self._starts) - reach
+        self._lowest_later = np.minimum.accumulate(lowest[::-1])[::-1]
+        self._painted = 0  # chunks painted so far
+
+    @classmethod
+    def painted(cls, image: np.ndarray, origin: np.ndarray, cell: float) -> "RoadRaster":
+        """A raster whose road is already painted into `image`."""
+        raster = cls.__new__(cls)
+        raster.cell, raster.origin, raster.shape, raster._image = cell, origin, image.shape, image
+        raster._starts = raster._lowest_later = np.zeros(0)
+        raster._painted = 0
+        return raster
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole road is painted."""
+        return self._painted == len(self._starts)
+
+    @property
+    def image(self) -> np.ndarray:
+        """(H, W) uint8, fully painted."""
+        self._paint_through(len(self._starts))
+        return self._image
+
+    def view(self, max_column: float) -> np.ndarray:
+        """The image, painted far enough that every cell of column <= `max_column` holds its final value."""
+        self._paint_through(int(np.searchsorted(self._lowest_later, max_column, side="right")))
+        return self._image
+
+    def _paint_through(self, end: int) -> None:
+        """Paints chunks [painted, end) in order."""
+        if end <= self._painted:
+            return
+        first = self._starts[self._painted]
+        last = self._starts[end] if end < len(self._starts) else len(self._centre_x)
+        span = slice(first, last)
+        shape = (last - first, len(self._scaled))
+        work = np.empty(shape, np.float32)
+        columns, index = np.empty(shape, np.int32), np.empty(shape, np.int32)
+        np.multiply(self._scaled, self._normal_x[span, None], out=work)
+        np.add(self._centre_x[span, None], work, out=work)
+        np.copyto(columns, work, casting="unsafe")  # truncates, as the cells are non-negative
+        np.multiply(self._scaled, self._normal_y[span, None], out=work)
+        np.add(self._centre_y[span, None], work, out=work)
+        np.copyto(index, work, casting="unsafe")
+        index *= self.shape[1]
+        index += columns
+        shade = np.where(self._dash[span, None], self._shade_dashed, self._shade)
+        self._image.reshape(-1)[index.ravel()] = shade.ravel()
+        self._painted = end
+
+
+def _terrain(rng: np.random.Generator, height: int, width: int, block: int) -> np.ndarray:
+    """(height, width) uint8 terrain of `block`-cell squares of random gray; a partial block repeats the first row or column."""
+    coarse = rng.integers(*SHADE_GRASS, size=(height // block + 1, width // block + 1), dtype=np.uint8)
+    image = np.empty((height, width), np.uint8)
+    full_h, full_w = height // block * block, width // block * block
+    # Widen each row of blocks once, then copy it into the block's rows: contiguous copies.
+    wide = np.repeat(coarse[: height // block, : width // block], block, axis=1)
+    image[:full_h, :full_w].reshape(height // block, block, full_w)[...] = wide[:, None, :]
+    image[full_h:] = image[:1]
+    image[:, full_w:] = image[:, :1]
+    return image
 
 
 def generate_road(rng: np.random.Generator, cfg: LaneSimConfig) -> Road:
     """A new random road and route for one episode (deterministic in `rng`'s state)."""
     curvature = curvature_profile(rng, cfg)
     heading, xy = integrate(curvature)
-    raster, origin = build_raster(rng, xy, heading, cfg.lane_width_m, cfg.raster_cell_m)
+    surface = RoadRaster(rng, xy, heading, cfg.lane_width_m, cfg.raster_cell_m)
     return Road(
         xy=xy,
         heading=heading,
         curvature=curvature,
         start_s=cfg.road_margin_back_m,
         goal_s=cfg.road_margin_back_m + cfg.route_length_m,
-        raster=raster,
-        origin=origin,
-        cell=cfg.raster_cell_m,
+        surface=surface,
     )
 
 
