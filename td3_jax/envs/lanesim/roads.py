@@ -195,6 +195,7 @@ class RoadRaster:
         lowest = np.minimum.reduceat(self._centre_x, self._starts) - reach
         self._lowest_later = np.minimum.accumulate(lowest[::-1])[::-1]
         self._painted = 0  # chunks painted so far
+        self._final_below = float(self._lowest_later[0])  # every column below it is final
 
     @classmethod
     def painted(cls, image: np.ndarray, origin: np.ndarray, cell: float) -> "RoadRaster":
@@ -202,7 +203,7 @@ class RoadRaster:
         raster = cls.__new__(cls)
         raster.cell, raster.origin, raster.shape, raster._image = cell, origin, image.shape, image
         raster._starts = raster._lowest_later = np.zeros(0)
-        raster._painted = 0
+        raster._painted, raster._final_below = 0, np.inf
         return raster
 
     @property
@@ -218,7 +219,8 @@ class RoadRaster:
 
     def view(self, max_column: float) -> np.ndarray:
         """The image, painted far enough that every cell of column <= `max_column` holds its final value."""
-        self._paint_through(int(np.searchsorted(self._lowest_later, max_column, side="right")))
+        if max_column >= self._final_below:
+            self._paint_through(int(np.searchsorted(self._lowest_later, max_column, side="right")))
         return self._image
 
     def _paint_through(self, end: int) -> None:
@@ -242,6 +244,7 @@ class RoadRaster:
         shade = np.where(self._dash[span, None], self._shade_dashed, self._shade)
         self._image.reshape(-1)[index.ravel()] = shade.ravel()
         self._painted = end
+        self._final_below = float(self._lowest_later[end]) if end < len(self._starts) else np.inf
 
 
 def _terrain(rng: np.random.Generator, height: int, width: int, block: int) -> np.ndarray:
