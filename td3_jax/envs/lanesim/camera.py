@@ -110,13 +110,13 @@ class Camera:
         if surface.complete:
             raster = surface.image
         else:
-            # The largest column the near points map to (2 cells spare for rounding): a linear map's maximum
-            # over a box, term by term.
-            reach = -1.0
+            # The largest column the near points map to (2 cells spare for rounding; a linear map's maximum
+            # over a box, term by term), clamped as the reads are.
+            reach = 0.0
             if self.near_box is not None:
                 x0, y0, x1, y1 = self.near_box
                 reach = transform[0, 2] + max(c * x0, c * x1) + max(-s * y0, -s * y1) + 2
-            raster = surface.view(min(reach, width - 1))
+            raster = surface.view(min(max(reach, 0.0), width - 1))
         frame = self.background.copy() if out is None else _fill(out, self.background)
         flat = frame.reshape(-1)
         ground = raster.reshape(-1).take(cells[1] * width + cells[0])
