@@ -613,3 +613,23 @@ def test_smoothness_off_is_plain_td3_and_on_reports_the_action_change(rng):
     assert float(on_metrics["debug/all_finite"]) == 1.0
     chex.assert_trees_all_equal(on_state.critic_params, plain_state.critic_params)  # the critic step is untouched
     assert _tree_changed(on_state.actor_params, plain_state.actor_params)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+def test_target_policy_params_act_as_the_td_targets_target_actor(rng, shared):
+    """`policy_params(state, target=True)` is the policy the TD target bootstraps with: the target actor,
+    on the target critic's encoder when the encoder is shared; after updates it differs from the online one."""
+    state = _shared_state() if shared else _state()
+    for _ in range(4):
+        state, _ = td3.update(state, random_batch(rng))
+    actor, _ = networks.make_networks(state.config.network)
+    batch = random_batch(rng)
+    target_policy = dict(state.actor_target_params)
+    if shared:
+        target_policy["encoder"] = state.critic_target_params["encoder"]
+    expected = actor.apply({"params": target_policy}, batch.next_image, batch.next_vector)
+    act = functools.partial(td3.act, image=batch.next_image, vector=batch.next_vector, key=jax.random.key(0),
+                            network=state.config.network)
+    np.testing.assert_allclose(np.asarray(act(td3.policy_params(state, target=True))), np.asarray(expected),
+                               rtol=1e-6, atol=1e-6)
+    assert _tree_changed(td3.policy_params(state, target=True), td3.policy_params(state))

@@ -197,6 +197,42 @@ def test_eval_cli_runs_the_checkpointed_policy(trained_run, tmp_path, capsys):
     assert "eval/mean_reward" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_the_target_policy_is_what_training_and_eval_evaluate_when_configured(tmp_path):
+    """training.eval_policy=target: the run's final evaluation drives the target actor (on the target critic's
+    encoder: shared here), `td3-jax eval` follows the run's choice and `--policy` picks either."""
+    from td3_jax.cli import main
+    from td3_jax.core.td3 import policy_params
+    from td3_jax.envs import make_env
+    from td3_jax.training.evaluate import episode_step_limit, evaluate, td3_policy
+
+    run_dir = tmp_path / "run"
+    run = _config("training.max_timesteps=100", "training.num_eval_episodes=2", "training.eval_freq=0",
+                  "training.eval_policy=target", "training.compare_baseline=false", "networks.cnn.shared=true")
+    assert Trainer(run, run_dir).train(resume=False) == 0
+    final = json.loads((run_dir / "results.json").read_text())["evaluations"][-1]
+    final.pop("env_step")
+
+    reports = {}
+    for which in (None, "target", "online"):
+        out = tmp_path / f"eval_{which}.json"
+        flags = ["--policy", which] if which else []
+        assert main(["eval", "--checkpoint", str(run_dir), "--json", str(out), *flags]) == 0
+        reports[which] = json.loads(out.read_text())
+    assert reports[None]["policy"] == "target" and reports[None]["metrics"] == final
+    assert reports["target"]["metrics"] == final
+    assert reports["online"]["policy"] == "online" and reports["online"]["metrics"] != final
+
+    trainer = Trainer(run, tmp_path / "unused")
+    state = _final(run_dir, run).train_state
+    env = make_env(run.env)
+    for which, target in (("target", True), ("online", False)):
+        policy = td3_policy(policy_params(state, target=target), trainer.td3_config.network)
+        summary, _ = evaluate(env, policy, 2, run.training.eval_seed, max_steps=episode_step_limit(run.env, env))
+        assert summary == reports[which]["metrics"]
+    env.close()
+
+
 def test_bad_resume_and_existing_run_dir_are_one_line_errors(trained_run, tmp_path, capsys):
     from td3_jax.cli import main
 

@@ -368,11 +368,18 @@ def update_many(state: TD3State, batches: Batch | PackedBatch) -> tuple[TD3State
     return jax.lax.scan(_update, state, batches)
 
 
-def policy_params(state: TD3State) -> Params:
-    """The parameters `act` takes: the actor's, plus the critic's encoder when the encoder is shared."""
+def policy_params(state: TD3State, *, target: bool = False) -> Params:
+    """The parameters `act` takes: the actor's, plus the critic's encoder when the encoder is shared.
+
+    `target=True` gives the target policy instead: the target actor (the Polyak average of the actor's
+    recent parameters), with the target critic's encoder when the encoder is shared, the pair the TD
+    target acts with.
+    """
+    actor, critic = (state.actor_target_params, state.critic_target_params) if target else (
+        state.actor_params, state.critic_params)
     if state.config.network.shared_encoder:
-        return {**state.actor_params, "encoder": state.critic_params["encoder"]}
-    return state.actor_params
+        return {**actor, "encoder": critic["encoder"]}
+    return actor
 
 
 @functools.partial(jax.jit, static_argnames="network")

@@ -211,6 +211,10 @@ class TrainingConfig:
     """Episodes per evaluation, on a separate env with fixed seeds, deterministic policy."""
     eval_seed: int = 1000000
     """Seed of the first evaluation episode; episode i uses eval_seed + i."""
+    eval_policy: Literal["online", "target"] = "online"
+    """The policy the evaluations run (during training, at the end, and `td3-jax eval`): online = the actor being
+    trained (plain TD3); target = the target actor, the Polyak average (tau) of the actor's recent parameters,
+    which does not carry the noise of the last few updates (docs/results.md)."""
     eval_max_episode_steps: int = 0
     """Env steps after which an evaluation episode is cut (reason eval_step_limit); 0: the env's own time limit (an env without one must set this)."""
     checkpoint_freq: int = 10000

@@ -317,7 +317,8 @@ class Trainer:
             return
         self._check_updates_finite()
         training = self.run.training
-        policy = td3_policy(self.parallel.local_params(policy_params(self.state)), self.td3_config.network)
+        target = training.eval_policy == "target"
+        policy = td3_policy(self.parallel.local_params(policy_params(self.state, target=target)), self.td3_config.network)
         try:
             summary, _ = evaluate(
                 self.eval_env, policy, training.num_eval_episodes, training.eval_seed,
