@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How a checkpoint's steering, and the critic's preferred steering, follow the car's place in the lane.
 
-    python scripts/steering_probe.py RUN_DIR [--step N] [--episodes 3] [--seed 2000000] [--offset-m 0.5]
+    python scripts/steering_probe.py RUN_DIR [--step N] [--episodes 3] [--seed 2000000] [--offset-m 0.5] [--policy target]
 
 The states are the policy's own: it drives `--episodes` evaluation routes deterministically. On
 each state the observation vector is moved as if the car stood +-offset further left (the lateral
@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=3, help="evaluation routes driven to collect states")
     parser.add_argument("--seed", type=int, default=2_000_000, help="seed of the first route")
     parser.add_argument("--offset-m", type=float, default=0.5, help="lateral-deviation perturbation, m")
+    parser.add_argument("--policy", choices=("online", "target"), default=None,
+                        help="the actor probed and driven: online or the target actor (default: the run's "
+                             "training.eval_policy); the critic probed is always the online one")
     args = parser.parse_args(argv)
     try:
         if not (args.run_dir / "config.yaml").is_file():
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state = restored.train_state
     actor, critic = networks.make_networks(td3_cfg.network)
-    actor_params = td3.policy_params(state)
+    which = args.policy or run.training.eval_policy
+    actor_params = td3.policy_params(state, target=which == "target")
     apply_actor = jax.jit(lambda i, v: actor.apply({"params": actor_params}, i, v))
     apply_critic = jax.jit(lambda i, v, a: jnp.minimum(*critic.apply({"params": state.critic_params}, i, v, a)))
 
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         policy, q_fn, images, vectors, episode_of, offset_m=args.offset_m, scale=run.env.observation,
         reference=reference,
     )
-    print(f"checkpoint {args.run_dir}/{restored.step}: {len(images)} states of {args.episodes} routes from seed "
+    print(f"checkpoint {args.run_dir}/{restored.step}, {which} actor: {len(images)} states of {args.episodes} routes from seed "
           f"{args.seed}; lateral deviation mean {deviation.mean():+.2f} m, std {deviation.std():.2f} m (+ left)")
     columns = ["actor", "critic"] + (["reference"] if reference is not None else [])
     names = {"actor": "actor", "critic": "critic", "reference": "pursuit"}

@@ -380,7 +380,12 @@ def test_steering_probe_reads_a_trained_run(trained_run, capsys):
     run_dir, _ = trained_run
     assert steering_probe.main([str(run_dir), "--episodes", "1"]) == 0
     out = capsys.readouterr().out
-    assert f"{run_dir}/100" in out
+    assert f"{run_dir}/100, online actor" in out
     assert "steering per m of deviation" in out and "nan" not in out
+    assert steering_probe.main([str(run_dir), "--episodes", "1", "--policy", "target"]) == 0
+    target_out = capsys.readouterr().out
+    assert f"{run_dir}/100, target actor" in target_out
+    actor_row = lambda text: [line for line in text.splitlines() if "per m of deviation" in line]
+    assert actor_row(target_out) != actor_row(out)  # another actor, other gains
     assert steering_probe.main([str(run_dir.parent / "missing")]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
