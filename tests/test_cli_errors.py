@@ -115,6 +115,11 @@ def test_eval_json_that_is_a_directory_is_refused(run_dir, tmp_path, capsys):
     assert_one_line_error(code, capsys, "is a directory")
 
 
+def test_eval_policy_with_the_baseline_is_refused(run_dir, capsys):
+    code = cli.main(["eval", "--checkpoint", str(run_dir), "--baseline", "--policy", "target"])
+    assert_one_line_error(code, capsys, "--policy", "--baseline")
+
+
 def test_bench_json_into_a_missing_folder_is_refused_before_measuring(tmp_path, capsys):
     code = cli.main(["bench", "--quick", "--no-torch", "--json", str(tmp_path / "missing_dir" / "b.json")])
     assert_one_line_error(code, capsys, "--json", "does not exist")

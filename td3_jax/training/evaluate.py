@@ -288,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and not (args.baseline and args.config):
         raise UserError("pass --checkpoint RUN_DIR (or --baseline --config FILE)")
+    if args.baseline and args.policy:
+        raise UserError("--policy picks which TD3 actor drives; drop it with --baseline")
     # Every argument is checked before the evaluation, which can take long: a bad one must not cost its results.
     if args.json:
         check_output_file(args.json, "--json")
