@@ -223,14 +223,15 @@ def test_the_target_policy_is_what_training_and_eval_evaluate_when_configured(tm
     assert reports["target"]["metrics"] == final
     assert reports["online"]["policy"] == "online" and reports["online"]["metrics"] != final
 
-    trainer = Trainer(run, tmp_path / "unused")
     state = _final(run_dir, run).train_state
     env = make_env(run.env)
-    for which, target in (("target", True), ("online", False)):
-        policy = td3_policy(policy_params(state, target=target), trainer.td3_config.network)
-        summary, _ = evaluate(env, policy, 2, run.training.eval_seed, max_steps=episode_step_limit(run.env, env))
-        assert summary == reports[which]["metrics"]
-    env.close()
+    try:
+        for which, target in (("target", True), ("online", False)):
+            policy = td3_policy(policy_params(state, target=target), state.config.network)
+            summary, _ = evaluate(env, policy, 2, run.training.eval_seed, max_steps=episode_step_limit(run.env, env))
+            assert summary == reports[which]["metrics"]
+    finally:
+        env.close()
 
 
 def test_bad_resume_and_existing_run_dir_are_one_line_errors(trained_run, tmp_path, capsys):
