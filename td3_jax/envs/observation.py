@@ -1,7 +1,9 @@
 """The observation vector shared by the driving backends (lanesim and CARLA).
 
 Layout, as in the original: ``[speed, lateral deviation, heading error, then
-per look-ahead point (x, y)]`` in float32. Unlike the original, the lateral
+per look-ahead point (x, y)]`` in float32, followed, with
+``previous_action``, by the previous env step's action ``(steer,
+throttle_brake)``. Unlike the original, the lateral
 deviation is signed (left of the lane centre positive), the heading error is
 taken from the ego's own lane, and the scales bring what matters for lane
 keeping to unit order: the original's ``/ 30, / 3.5, / pi, / 50`` turned a
@@ -24,6 +26,8 @@ WAYPOINT_SCALE = 20.0
 """m per unit of a look-ahead coordinate."""
 HEADER = 3
 """Entries before the look-ahead points."""
+ACTION_ENTRIES = 2
+"""Entries of the previous action at the vector's end, with `ObservationConfig.previous_action`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,15 @@ class ObservationConfig:
     """Metres of lateral deviation per unit of vector entry 1; smaller makes a small offset a larger input."""
     heading_scale_rad: float = 0.25
     """Radians of heading error per unit of vector entry 2."""
+    previous_action: bool = False
+    """Append the previous env step's action (steer, throttle_brake; 0, 0 after a reset) to the vector. The
+    steer being applied is state the frames show only through its effect; a reward on steering changes
+    (`reward.steering_change_penalty`) needs it in the observation to stay Markov. False is the original's vector."""
+
+    @property
+    def action_entries(self) -> int:
+        """Entries the previous action adds at the vector's end (0 or `ACTION_ENTRIES`)."""
+        return ACTION_ENTRIES if self.previous_action else 0
 
     def __post_init__(self):
         for name in ("deviation_scale_m", "heading_scale_rad"):
@@ -48,6 +61,7 @@ def build_vector(
     heading_error: np.ndarray,
     waypoints: np.ndarray,
     scale: ObservationConfig,
+    previous_action: np.ndarray | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scales measurements into the observation vector.
@@ -57,19 +71,25 @@ def build_vector(
       lateral_deviation: (N,) signed, m.
       heading_error: (N,) rad in [-pi, pi].
       waypoints: (N, W, 2) look-ahead points in the vehicle frame, m.
-      scale: the deviation and heading scales.
-      out: optional (N, 3 + 2W) float32 buffer.
+      scale: the scales, and whether the previous action is appended.
+      previous_action: (N, 2) the previous env step's actions; required with `scale.previous_action`.
+      out: optional (N, 3 + 2W [+ 2]) float32 buffer.
 
     Returns:
-      (N, 3 + 2W) float32.
+      (N, 3 + 2W [+ 2]) float32.
     """
     num, count, _ = waypoints.shape
+    end = HEADER + 2 * count
     if out is None:
-        out = np.empty((num, HEADER + 2 * count), np.float32)
+        out = np.empty((num, end + scale.action_entries), np.float32)
     out[:, 0] = speed / SPEED_SCALE
     out[:, 1] = lateral_deviation / scale.deviation_scale_m
     out[:, 2] = heading_error / scale.heading_scale_rad
-    out[:, HEADER:] = waypoints.reshape(num, 2 * count) / WAYPOINT_SCALE
+    out[:, HEADER:end] = waypoints.reshape(num, 2 * count) / WAYPOINT_SCALE
+    if scale.previous_action:
+        if previous_action is None:
+            raise ValueError("observation.previous_action is on: pass the previous actions")
+        out[:, end:] = previous_action
     return out
 
 
@@ -77,18 +97,19 @@ def parse_vector(vector: np.ndarray, scale: ObservationConfig) -> tuple[float, f
     """Inverse of `build_vector` for one observation.
 
     Args:
-      vector: (3 + 2W,) float32.
-      scale: the scales it was built with.
+      vector: (3 + 2W [+ 2],) float32.
+      scale: the config it was built with.
 
     Returns:
       (speed m/s, lateral deviation m, heading error rad, (W, 2) waypoints m).
     """
-    speed, points = speed_and_points(vector)
+    speed, points = speed_and_points(vector, scale)
     vector = np.asarray(vector, np.float64)
     return speed, float(vector[1] * scale.deviation_scale_m), float(vector[2] * scale.heading_scale_rad), points
 
 
-def speed_and_points(vector: np.ndarray) -> tuple[float, np.ndarray]:
-    """(speed m/s, (W, 2) look-ahead points m) of one observation vector; their scales are fixed."""
+def speed_and_points(vector: np.ndarray, scale: ObservationConfig = ObservationConfig()) -> tuple[float, np.ndarray]:
+    """(speed m/s, (W, 2) look-ahead points m) of one observation vector built with `scale`'s layout."""
     vector = np.asarray(vector, np.float64)
-    return float(vector[0] * SPEED_SCALE), vector[HEADER:].reshape(-1, 2) * WAYPOINT_SCALE
+    points = vector[HEADER:len(vector) - scale.action_entries]
+    return float(vector[0] * SPEED_SCALE), points.reshape(-1, 2) * WAYPOINT_SCALE

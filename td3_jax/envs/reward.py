@@ -80,6 +80,11 @@ class RewardConfig:
     """Jerk (m/s^3) at which comfort crosses zero."""
     comfort_scale: float = 0.3
     """Comfort value at zero jerk, and the scale of the quadratic penalty above `jerk_scale_mps3`."""
+    steering_change_penalty: float = 0.0
+    """Comfort per unit of change of the steer command from one env step to the next (<= 0; steer is in
+    [-1, 1]), paid once per env step. 0 is the original's reward, whose jerk term barely notices a policy that
+    alternates its steer every decision. Pair it with `observation.previous_action`, so the critic sees the
+    steer a change is measured from."""
     proximity_distance_m: float = 10.0
     """Obstacles closer than this (bumper gap) cost proximity_penalty / max(gap, proximity_floor_m) per step."""
     proximity_penalty: float = -1.0
@@ -137,7 +142,7 @@ class RewardConfig:
         for name in ("lateral_share", "heading_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"reward.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("offroad_penalty", "lane_departure_penalty", "overspeed_penalty", "wrong_way_onset_penalty", "wrong_way_penalty", "lane_invasion_penalty",
+        for name in ("offroad_penalty", "lane_departure_penalty", "steering_change_penalty", "overspeed_penalty", "wrong_way_onset_penalty", "wrong_way_penalty", "lane_invasion_penalty",
                      "proximity_penalty", "ttc_penalty"):
             if getattr(self, name) > 0:
                 raise ValueError(f"reward.{name} must be <= 0, got {getattr(self, name)}")
@@ -188,6 +193,8 @@ class Measurements(NamedTuple):
       waypoints_passed: route waypoints passed for the first time on this step (>= 0).
       goal_reached: the route was completed on this step (true once per episode).
       distance_to_goal: route arc length left, m.
+      steer_change: |steer command - the previous env step's|, on the first simulator step of an env step
+        (0 on the others and after a reset).
     """
 
     speed: np.ndarray
@@ -208,6 +215,7 @@ class Measurements(NamedTuple):
     waypoints_passed: np.ndarray
     goal_reached: np.ndarray
     distance_to_goal: np.ndarray
+    steer_change: np.ndarray | float = 0.0
 
 
 def efficiency(m: Measurements, cfg: RewardConfig) -> np.ndarray:
@@ -232,7 +240,8 @@ def lane_keeping(m: Measurements, cfg: RewardConfig) -> np.ndarray:
 
 
 def comfort(m: Measurements, cfg: RewardConfig) -> np.ndarray:
-    """+comfort_scale at zero jerk, falling linearly to 0 at jerk_scale, quadratic penalty beyond."""
+    """+comfort_scale at zero jerk, falling linearly to 0 at jerk_scale, quadratic penalty beyond; plus the
+    steering-change penalty."""
     jerk = np.hypot((m.accel - m.prev_accel) / m.dt, (m.lateral_accel - m.prev_lateral_accel) / m.dt)
     normalised = np.minimum(jerk / cfg.jerk_scale_mps3, 2.0)
     value = np.where(
@@ -240,6 +249,7 @@ def comfort(m: Measurements, cfg: RewardConfig) -> np.ndarray:
         cfg.comfort_scale * (1.0 - normalised),
         -cfg.comfort_scale * (normalised - 1.0) ** 2,
     )
+    value = value + cfg.steering_change_penalty * np.asarray(m.steer_change)
     return np.where(m.speed < cfg.standstill_speed_mps, 0.0, value)
 
 

@@ -250,7 +250,7 @@ class BaselinePolicy:
 
         if env_config.backend != "lanesim":
             raise ValueError("the baseline evaluation here is set up for the embedded simulator (env.backend: lanesim)")
-        self.controller = BaselineController(for_lanesim(env_config.lanesim))
+        self.controller = BaselineController(for_lanesim(env_config.lanesim), env_config.observation)
 
     def reset(self) -> None:
         self.controller.reset()

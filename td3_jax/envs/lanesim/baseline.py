@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from td3_jax.envs.config import LaneSimConfig
-from td3_jax.envs.observation import speed_and_points
+from td3_jax.envs.observation import ObservationConfig, speed_and_points
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +82,9 @@ def for_lanesim(cfg: LaneSimConfig, **changes: Any) -> BaselineConfig:
 class BaselineController:
     """Stateful driver; call `reset` at every episode start and `act` every step."""
 
-    def __init__(self, cfg: BaselineConfig = BaselineConfig()):
+    def __init__(self, cfg: BaselineConfig = BaselineConfig(), observation: ObservationConfig = ObservationConfig()):
         self.cfg = cfg
+        self.observation = observation  # the vector's layout
         self.reset()
 
     def reset(self) -> None:
@@ -95,13 +96,13 @@ class BaselineController:
         """Action for one observation.
 
         Args:
-          obs: {"vector": (3 + 2W,) float32, ...} of one env.
+          obs: {"vector": (3 + 2W [+ 2],) float32, ...} of one env, laid out as `self.observation` says.
           info: the last step's info (may be empty after a reset).
 
         Returns:
           (2,) float32 (steer, throttle_brake) in [-1, 1].
         """
-        speed, points = speed_and_points(obs["vector"])
+        speed, points = speed_and_points(obs["vector"], self.observation)
         info = info or {}
         steer = self.steer(points, speed)
         target = min(

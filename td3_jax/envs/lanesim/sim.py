@@ -89,7 +89,8 @@ class LaneSimCore:
         self.boxes[:, :, 3] = traffic.NPC_LENGTH_M / 2
         self.boxes[:, :, 4] = traffic.NPC_WIDTH_M / 2
         self.frames = np.zeros((n, FRAME_SIZE, FRAME_SIZE), np.uint8)
-        self.vector = np.zeros((n, cfg.vector_dim), np.float32)
+        self.vector = np.zeros((n, cfg.vector_dim + observation_cfg.action_entries), np.float32)
+        self.prev_action = np.zeros((n, 2))
         self._waypoint_offsets = cfg.waypoint_spacing_m * np.arange(1, cfg.num_waypoints + 1)
         self._points = np.zeros((n, cfg.num_waypoints, 2))
         self._ego_half = (cfg.vehicle_length_m / 2, cfg.vehicle_width_m / 2)
@@ -122,6 +123,7 @@ class LaneSimCore:
         self.steps[index] = 0
         self.best_waypoint[index] = 0
         self.on_marking[index] = False
+        self.prev_action[index] = 0.0
         self._spawn_npcs(index, rng, road)
         envs = slice(index, index + 1)
         self._set_boxes(envs)
@@ -167,10 +169,11 @@ class LaneSimCore:
         if not np.isfinite(actions).all():
             raise ValueError(f"actions must be finite, got {actions}")
         actions = np.minimum(np.maximum(actions, -1.0), 1.0)
-        reward, terminated, truncated, info, heading_error = self._simulate(actions)
+        steer_change = np.abs(actions[:, 0] - self.prev_action[:, 0])
+        reward, terminated, truncated, info, heading_error = self._simulate(actions, steer_change)
         for _ in range(self.cfg.action_repeat - 1):
             live = ~(terminated | truncated)
-            step_reward, step_terminated, step_truncated, step_info, step_heading = self._simulate(actions)
+            step_reward, step_terminated, step_truncated, step_info, step_heading = self._simulate(actions, 0.0)
             reward = reward + np.where(live, step_reward, 0.0)
             terminated = terminated | (live & step_terminated)
             truncated = truncated | (live & step_truncated)
@@ -183,11 +186,17 @@ class LaneSimCore:
                 else:
                     info[key] = np.where(live, value, info[key])
             heading_error = np.where(live, step_heading, heading_error)
+        self.prev_action[:] = actions
         self._observe(self._all, heading_error)
         return reward, terminated, truncated, info
 
-    def _simulate(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
-        """One simulator step without rendering: `step`'s outputs plus the heading error."""
+    def _simulate(
+        self, actions: np.ndarray, steer_change: np.ndarray | float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+        """One simulator step without rendering: `step`'s outputs plus the heading error.
+
+        `steer_change` is |steer - the previous env step's| on an env step's first simulator step, else 0.
+        """
         cfg = self.cfg
         prev_accel, prev_lat = np.hypot(self.accel, self.lat_accel), np.abs(self.lat_accel)
         self._drive(actions)
@@ -215,7 +224,7 @@ class LaneSimCore:
             lateral_accel=np.abs(self.lat_accel), prev_lateral_accel=prev_lat, dt=cfg.dt,
             obstacle_distance=gap, time_to_collision=ttc, collision=collision, offroad=offroad,
             progress_m=self.to_goal - to_goal, waypoints_passed=passed, goal_reached=completed,
-            distance_to_goal=to_goal,
+            distance_to_goal=to_goal, steer_change=steer_change,
         )
         reward, components = compute_reward(measurements, self.reward_cfg)
         self.to_goal = to_goal
@@ -343,13 +352,15 @@ class LaneSimCore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A snapshot saved before the vector's scales were settings was built with today's defaults.
         state.setdefault("observation_cfg", ObservationConfig())
+        # ... and before the previous action was kept (nothing read it then).
+        state.setdefault("prev_action", np.zeros((state["num_envs"], 2)))
         self.__dict__.update(state)
 
     def _observe(self, envs: slice, heading_error: np.ndarray) -> None:
         """Renders the frames and fills the observation vectors of `envs`."""
         self.vector[envs] = build_vector(
             self.speed[envs], self.d[envs] - self._lane_centre, heading_error, self._lookahead(envs),
-            self.observation_cfg,
+            self.observation_cfg, self.prev_action[envs],
         )
         for i in range(self.num_envs)[envs]:
             self.camera.render(
@@ -413,7 +424,7 @@ class LaneSimEnv(gymnasium.Env):
         observation_cfg: ObservationConfig = ObservationConfig(),
     ):
         self.core = LaneSimCore(cfg, reward_cfg, 1, observation_cfg)
-        self.observation_space = spaces.observation_space(stack, cfg.vector_dim)
+        self.observation_space = spaces.observation_space(stack, cfg.vector_dim + observation_cfg.action_entries)
         self.action_space = spaces.action_space()
         self.render_mode = "rgb_array"
         self._images = np.zeros((1, FRAME_SIZE, FRAME_SIZE, stack), np.uint8)
@@ -488,7 +499,7 @@ class LaneSimVec(VectorEnv):
     ):
         self.core = LaneSimCore(cfg, reward_cfg, num_envs, observation_cfg)
         self.num_envs = num_envs
-        self.single_observation_space = spaces.observation_space(stack, cfg.vector_dim)
+        self.single_observation_space = spaces.observation_space(stack, cfg.vector_dim + observation_cfg.action_entries)
         self.single_action_space = spaces.action_space()
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, num_envs)
