@@ -82,9 +82,9 @@ class RewardConfig:
     """Comfort value at zero jerk, and the scale of the quadratic penalty above `jerk_scale_mps3`."""
     steering_change_penalty: float = 0.0
     """Comfort per unit of change of the steer command from one env step to the next (<= 0; steer is in
-    [-1, 1]), paid once per env step. 0 is the original's reward, whose jerk term barely notices a policy that
-    alternates its steer every decision. Pair it with `observation.previous_action`, so the critic sees the
-    steer a change is measured from."""
+    [-1, 1]), paid once per env step while moving. 0 is the original's reward, where only the jerk term sees
+    a steering change, through the acceleration it causes. Pair it with `observation.previous_action`, so
+    the critic sees the steer a change is measured from."""
     proximity_distance_m: float = 10.0
     """Obstacles closer than this (bumper gap) cost proximity_penalty / max(gap, proximity_floor_m) per step."""
     proximity_penalty: float = -1.0
@@ -142,8 +142,11 @@ class RewardConfig:
         for name in ("lateral_share", "heading_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"reward.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("offroad_penalty", "lane_departure_penalty", "steering_change_penalty", "overspeed_penalty", "wrong_way_onset_penalty", "wrong_way_penalty", "lane_invasion_penalty",
-                     "proximity_penalty", "ttc_penalty"):
+        non_positive = (
+            "offroad_penalty", "lane_departure_penalty", "overspeed_penalty", "wrong_way_onset_penalty",
+            "wrong_way_penalty", "lane_invasion_penalty", "proximity_penalty", "ttc_penalty", "steering_change_penalty",
+        )
+        for name in non_positive:
             if getattr(self, name) > 0:
                 raise ValueError(f"reward.{name} must be <= 0, got {getattr(self, name)}")
         if len(self.collision_penalties) != 3 or any(p > 0 for p in self.collision_penalties):

@@ -33,6 +33,7 @@ FIXED_KEYS = {
     "env.num_envs": "the replay buffer has one stream per env",
     "env.observation.deviation_scale_m": "the replayed vectors and the trained networks' inputs are on this scale",
     "env.observation.heading_scale_rad": "the replayed vectors and the trained networks' inputs are on this scale",
+    "env.observation.previous_action": "the replayed vectors and the trained networks' inputs have this length",
     "networks.cnn.features": "the checkpoint's arrays have this shape",
     "networks.cnn.layer_norm": "the checkpoint's arrays have this shape",
     "networks.cnn.activation": "the checkpoint's weights were trained with it",

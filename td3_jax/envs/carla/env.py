@@ -131,14 +131,14 @@ class CarlaEnv(gym.Env):
           carla_module: the `carla` module; None imports it.
           client_factory: builds a client from (host, port); None uses `carla.Client`.
           sleep: waits between reconnection attempts.
-          observation: scales of the observation vector (shared with lanesim).
+          observation: scales and layout of the observation vector (shared with lanesim).
         """
         if carla_module is None:
             import carla as carla_module  # noqa: PLC0415 - optional dependency, imported on use
         self.config = config
         self.reward_config = reward
         self.observation_config = observation
-        self.observation_space = observation_space(stack, 3 + 2 * config.num_waypoints)
+        self.observation_space = observation_space(stack, 3 + 2 * config.num_waypoints + observation.action_entries)
         self.action_space = action_space()
         self._carla = carla_module
         self._client_factory = client_factory or carla_module.Client
@@ -195,13 +195,15 @@ class CarlaEnv(gym.Env):
         if self._route is None:
             raise RuntimeError("call reset() before step(), and after an episode ends")
         control = vehicle_control(self._carla, action)
+        action = np.clip(np.asarray(action, np.float64).reshape(2), -1.0, 1.0)  # as applied; vehicle_control checked it
+        steer_change = abs(action[0] - self._prev_action[0])
         total, components, collided, invaded, impulse = 0.0, None, False, False, 0.0
         for tick in range(self.config.action_repeat):
             try:
                 reading = self._res.session.tick(control)
             except RuntimeError as error:
                 return self._interrupted(error)
-            measurements, tracking = self._measure(reading)
+            measurements, tracking = self._measure(reading, steer_change if tick == 0 else 0.0)
             tick_total, weighted = compute_reward(measurements, self.reward_config)
             steps_done = self._steps + (tick == self.config.action_repeat - 1)  # the env step counts at its last tick
             terminated, truncated, reason = termination(
@@ -216,6 +218,7 @@ class CarlaEnv(gym.Env):
             if terminated or truncated:
                 break
         self._steps += 1
+        self._prev_action = action
         obs = self._observe(reading, tracking, push=True)
         info = self._info(reading, measurements, tracking, components, reason)
         info.update(collision=collided, lane_invasion=invaded, collision_impulse=impulse)
@@ -262,6 +265,7 @@ class CarlaEnv(gym.Env):
         self._goal_paid = False
         self._odometer, self._position = 0.0, reading.position
         self._prev_accel, self._prev_lateral_accel = reading.accel, 0.0
+        self._prev_action = np.zeros(2)
         self._episodes += 1
         tracking = self._track(reading, projection)
         obs = self._observe(reading, tracking, push=False)
@@ -302,7 +306,7 @@ class CarlaEnv(gym.Env):
             "speed": speed,
         }
 
-    def _measure(self, reading: Reading) -> tuple[Measurements, dict[str, float]]:
+    def _measure(self, reading: Reading, steer_change: float) -> tuple[Measurements, dict[str, float]]:
         route = self._route
         projection = logic.project_to_route(route.dense, route.dense_arcs, reading.position, self._segment)
         self._segment = projection.segment
@@ -342,6 +346,7 @@ class CarlaEnv(gym.Env):
             waypoints_passed=np.int64(passed),
             goal_reached=np.bool_(goal),
             distance_to_goal=np.float64(remaining),
+            steer_change=np.float64(steer_change),
         )
         self._prev_accel, self._prev_lateral_accel = reading.accel, lateral_accel
         return measurements, tracking
@@ -357,7 +362,7 @@ class CarlaEnv(gym.Env):
             "image": image,
             "vector": build_vector(
                 np.array([tracking["speed"]]), np.array([tracking["lateral"]]), np.array([tracking["heading"]]),
-                local[None], self.observation_config,
+                local[None], self.observation_config, self._prev_action[None],
             )[0],
         }
         return {k: v.copy() for k, v in self._obs.items()}
