@@ -66,12 +66,17 @@ def steering_change(steer: np.ndarray, episode_of: np.ndarray) -> float:
     return float(np.abs(np.diff(steer))[same].mean()) if same.any() else float("nan")
 
 
+def _points(vectors: np.ndarray, scale: observation.ObservationConfig) -> np.ndarray:
+    """The look-ahead entries (x, y interleaved) of vectors built with `scale`: a view."""
+    return vectors[:, observation.HEADER:vectors.shape[1] - scale.action_entries]
+
+
 def moved_left(vectors: np.ndarray, metres: float, scale: observation.ObservationConfig) -> np.ndarray:
     """The vectors (built with `scale`) of a car `metres` further left: the deviation grows, the look-ahead
     points move right."""
     out = vectors.copy()
     out[:, 1] += metres / scale.deviation_scale_m
-    out[:, observation.HEADER + 1::2] -= metres / observation.WAYPOINT_SCALE
+    _points(out, scale)[:, 1::2] -= metres / observation.WAYPOINT_SCALE
     return out
 
 
@@ -80,10 +85,10 @@ def turned_left(vectors: np.ndarray, radians: float, scale: observation.Observat
     points rotate right."""
     out = vectors.copy()
     out[:, 2] += radians / scale.heading_scale_rad
-    x, y = vectors[:, observation.HEADER::2], vectors[:, observation.HEADER + 1::2]
+    x, y = _points(vectors, scale)[:, 0::2], _points(vectors, scale)[:, 1::2]
     cos, sin = np.cos(radians), np.sin(radians)
-    out[:, observation.HEADER::2] = x * cos + y * sin
-    out[:, observation.HEADER + 1::2] = -x * sin + y * cos
+    _points(out, scale)[:, 0::2] = x * cos + y * sin
+    _points(out, scale)[:, 1::2] = -x * sin + y * cos
     return out
 
 
@@ -125,8 +130,9 @@ def probe(
     return out
 
 
-def pure_pursuit(lanesim_config):
-    """The baseline's steering (pure pursuit on the look-ahead points of the vector) as a batched policy."""
+def pure_pursuit(lanesim_config, scale: observation.ObservationConfig = observation.ObservationConfig()):
+    """The baseline's steering (pure pursuit on the look-ahead points of vectors built with `scale`) as a batched
+    policy."""
     from td3_jax.envs.lanesim.baseline import BaselineController, for_lanesim
 
     controller = BaselineController(for_lanesim(lanesim_config))
@@ -134,7 +140,7 @@ def pure_pursuit(lanesim_config):
     def policy(images, vectors):
         steer = []
         for vector in vectors:
-            speed, points = observation.speed_and_points(vector)
+            speed, points = observation.speed_and_points(vector, scale)
             steer.append(controller.steer(points, speed))
         return np.stack([np.asarray(steer), np.zeros(len(steer))], axis=1)
 
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         env.close()
     deviation = vectors[:, 1] * run.env.observation.deviation_scale_m
-    reference = pure_pursuit(run.env.lanesim) if run.env.backend == "lanesim" else None
+    reference = pure_pursuit(run.env.lanesim, run.env.observation) if run.env.backend == "lanesim" else None
     gains = probe(
         policy, q_fn, images, vectors, episode_of, offset_m=args.offset_m, scale=run.env.observation,
         reference=reference,

@@ -9,7 +9,11 @@ from conftest import load_script
 from td3_jax.envs import observation
 
 
-SCALES = [observation.ObservationConfig(), observation.ObservationConfig(deviation_scale_m=0.25, heading_scale_rad=0.05)]
+SCALES = [
+    observation.ObservationConfig(),
+    observation.ObservationConfig(deviation_scale_m=0.25, heading_scale_rad=0.05),
+    observation.ObservationConfig(previous_action=True),
+]
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -52,7 +56,8 @@ def test_reports_the_gains_of_a_linear_actor_and_a_quadratic_critic(actor_gain, 
 def test_a_car_moved_or_turned_left_sees_the_route_points_where_they_would_be(scale):
     probe = load_script("steering_probe")
     points = np.array([[5.0, 0.0], [10.0, 1.0], [20.0, -2.0]])  # vehicle frame, m: x forward, y left
-    vector = observation.build_vector(np.array([8.0]), np.array([0.1]), np.array([0.05]), points[None], scale)
+    previous = np.array([[0.3, -0.6]])
+    vector = observation.build_vector(np.array([8.0]), np.array([0.1]), np.array([0.05]), points[None], scale, previous)
     moved = probe.moved_left(vector, 0.5, scale)
     speed, deviation, heading, moved_points = observation.parse_vector(moved[0], scale)
     assert (speed, deviation, heading) == pytest.approx((8.0, 0.6, 0.05))
@@ -63,18 +68,22 @@ def test_a_car_moved_or_turned_left_sees_the_route_points_where_they_would_be(sc
     np.testing.assert_allclose(np.hypot(*turned_points.T), np.hypot(*points.T), rtol=1e-5)  # a rotation
     bearing = np.arctan2(turned_points[:, 1], turned_points[:, 0]) - np.arctan2(points[:, 1], points[:, 0])
     np.testing.assert_allclose(bearing, -0.1, atol=1e-5)  # every point 0.1 rad further right
+    if scale.previous_action:  # the previous action is not moved
+        for vectors in (moved, turned):
+            np.testing.assert_array_equal(vectors[:, -observation.ACTION_ENTRIES:], previous.astype(np.float32))
 
 
-def test_pure_pursuit_steers_back_towards_the_lane_centre():
+@pytest.mark.parametrize("scale", SCALES)
+def test_pure_pursuit_steers_back_towards_the_lane_centre(scale):
     from td3_jax.envs.config import LaneSimConfig
 
     probe = load_script("steering_probe")
     points = np.stack([np.arange(1.0, 26.0) * 2.0, np.zeros(25)], axis=1)  # a straight lane ahead
-    default = observation.ObservationConfig()
+    previous = np.full((4, 2), 0.9)  # were it read as a look-ahead point, pursuit would steer
     vectors = observation.build_vector(
-        np.full(4, 8.0), np.zeros(4), np.zeros(4), np.repeat(points[None], 4, axis=0), default
+        np.full(4, 8.0), np.zeros(4), np.zeros(4), np.repeat(points[None], 4, axis=0), scale, previous
     )
-    steer = probe.pure_pursuit(LaneSimConfig())
+    steer = probe.pure_pursuit(LaneSimConfig(), scale)
     assert np.all(steer(None, vectors)[:, 0] == 0.0)
-    assert np.all(steer(None, probe.moved_left(vectors, 0.5, default))[:, 0] > 0.0)  # left of the centre: steer right
-    assert np.all(steer(None, probe.turned_left(vectors, 0.1, default))[:, 0] > 0.0)
+    assert np.all(steer(None, probe.moved_left(vectors, 0.5, scale))[:, 0] > 0.0)  # left of the centre: steer right
+    assert np.all(steer(None, probe.turned_left(vectors, 0.1, scale))[:, 0] > 0.0)
