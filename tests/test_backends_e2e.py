@@ -194,6 +194,8 @@ CARLA_SETTINGS = [
     f"env.carla.max_episode_steps={EPISODE_STEPS}",
     "env.workers.carla_in_process=true",  # the stand-in server is patched into this process only
     "training.prefetch_batches=true",  # batches drawn on a thread while the server ticks
+    "env.observation.previous_action=true",  # a longer vector through replay, checkpoint and evaluation
+    "env.reward.steering_change_penalty=-1.0",
 ]
 
 

@@ -62,3 +62,15 @@ def test_baseline_completes_short_routes_in_light_traffic(seed):
     result = run_episode(LaneSimEnv(cfg), BaselineController(for_lanesim(cfg)), seed=seed)
     assert result["success"] == 1.0 and result["collision"] == 0.0
     assert result["lateral_rmse_m"] < 0.3
+
+
+def test_the_previous_action_in_the_vector_changes_nothing_the_baseline_does():
+    from td3_jax.envs.observation import ObservationConfig
+
+    cfg = LaneSimConfig(scenario=0, route_length_m=120.0, road_margin_front_m=60.0)
+    with_action = ObservationConfig(previous_action=True)
+    plain = run_episode(LaneSimEnv(cfg), BaselineController(for_lanesim(cfg)), seed=1)
+    extended = run_episode(
+        LaneSimEnv(cfg, observation_cfg=with_action), BaselineController(for_lanesim(cfg), with_action), seed=1
+    )
+    assert extended == plain

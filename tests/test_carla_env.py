@@ -352,3 +352,41 @@ def test_the_observation_scales_reach_the_carla_vector():
     assert scaled[1] * scale.deviation_scale_m == pytest.approx(info["lateral_deviation_m"], rel=1e-5)
     assert scaled[2] * scale.heading_scale_rad == pytest.approx(info["heading_error_rad"], rel=1e-5, abs=1e-6)
     np.testing.assert_array_equal(np.delete(scaled, [1, 2]), np.delete(default, [1, 2]))  # speed and points unchanged
+
+
+def test_the_previous_action_ends_the_carla_vector_and_each_steer_change_is_paid_once_per_env_step():
+    from td3_jax.envs.config import EnvConfig
+    from td3_jax.envs.observation import ObservationConfig
+    from td3_jax.envs.reward import RewardConfig
+
+    # Moving throughout: at a standstill steering is free.
+    actions = [np.array([0.1, 0.5]), np.array([-0.3, 0.5]), np.array([2.0, 0.4]), np.array([0.2, 0.3])]
+
+    def drive(observation, reward):
+        small = CarlaConfig(npc_counts=(2, 3, 4), route_length_m=100.0, camera_width=8, camera_height=6,
+                            action_repeat=3)
+        env = make_carla_env(
+            EnvConfig(backend="carla", carla=small, seed=7, observation=observation, reward=reward),
+            carla_module=CarlaWithFakeCommands(), client_factory=FakeServer().client, sleep=lambda s: None,
+        )
+        first, _ = env.reset()
+        steps = [env.step(action) for action in actions]
+        env.close()
+        return first, steps
+
+    first, paid = drive(ObservationConfig(previous_action=True), RewardConfig(steering_change_penalty=-2.0))
+    _, base = drive(ObservationConfig(), RewardConfig())
+    np.testing.assert_array_equal(first["vector"][-2:], 0.0)
+    previous = 0.0
+    for action, (obs, reward, terminated, truncated, info), (base_obs, base_reward, *_, base_info) in zip(
+        actions, paid, base
+    ):
+        assert not (terminated or truncated)
+        applied = np.clip(action, -1.0, 1.0)
+        np.testing.assert_allclose(obs["vector"][-2:], applied, rtol=1e-6)
+        np.testing.assert_array_equal(obs["vector"][:-2], base_obs["vector"])  # the same drive
+        penalty = -2.0 * abs(applied[0] - previous)
+        assert reward == pytest.approx(base_reward + penalty)
+        comfort = info["reward_components"]["comfort"]
+        assert comfort == pytest.approx(base_info["reward_components"]["comfort"] + penalty)
+        previous = applied[0]

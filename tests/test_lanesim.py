@@ -129,6 +129,42 @@ def test_the_observation_scales_reach_the_vector_of_both_lanesim_envs():
         assert np.abs(vector[:, 1]).max() > 0
 
 
+def test_the_previous_action_ends_the_vector_and_each_steer_change_is_paid_once_per_env_step():
+    # Four simulator steps per env step: the change is measured between env steps' commands, paid on the first.
+    cfg = dataclasses.replace(SMALL, action_repeat=4)
+    plain = observation.ObservationConfig()
+    with_action = observation.ObservationConfig(previous_action=True)
+    actions = np.random.default_rng(5).uniform(-0.3, 0.3, (10, 1, 2)) + [0.0, 0.6]  # stays on the road
+    actions[3] = [[1.7, 0.6]]  # clipped to 1 as applied
+    for make, batch in ((lambda c: make_vec_env(c, 1), lambda a: a), (make_env, lambda a: a[0])):
+        base = make(EnvConfig(lanesim=cfg, seed=4, observation=plain))
+        paid = make(EnvConfig(lanesim=cfg, seed=4, observation=with_action,
+                              reward=dataclasses.replace(EnvConfig().reward, steering_change_penalty=-2.0)))
+        obs, _ = paid.reset()
+        base.reset()
+        assert paid.observation_space["vector"].shape[-1] == base.observation_space["vector"].shape[-1] + 2
+        assert paid.observation_space.contains(obs)
+        np.testing.assert_array_equal(np.atleast_2d(obs["vector"])[:, -2:], 0.0)  # nothing done yet
+        previous = np.zeros(2)
+        for action in actions:
+            obs, reward, terminated, truncated, info = paid.step(batch(action))
+            base_obs, base_reward, *_, base_info = base.step(batch(action))
+            applied = np.clip(action[0], -1.0, 1.0)
+            vector, base_vector = np.atleast_2d(obs["vector"]), np.atleast_2d(base_obs["vector"])
+            np.testing.assert_array_equal(vector[:, :-2], base_vector)  # the same drive
+            np.testing.assert_allclose(vector[0, -2:], applied, rtol=1e-6)
+            penalty = -2.0 * abs(applied[0] - previous[0])
+            np.testing.assert_allclose(np.ravel(reward), np.ravel(base_reward) + penalty, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(
+                np.ravel(info["reward_components"]["comfort"]),
+                np.ravel(base_info["reward_components"]["comfort"]) + penalty, rtol=1e-9, atol=1e-9,
+            )
+            previous = applied
+            assert not (np.any(terminated) or np.any(truncated))
+        obs, _ = paid.reset()
+        np.testing.assert_array_equal(np.atleast_2d(obs["vector"])[:, -2:], 0.0)  # a new episode starts from rest
+
+
 def test_collision_terminates():
     env = LaneSimEnv(SMALL)
     env.reset(seed=3)

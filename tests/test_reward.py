@@ -136,6 +136,18 @@ def test_comfort_penalises_jerk():
     assert jerky == pytest.approx(-0.3)
 
 
+@given(st.floats(0.0, 2.0), st.floats(-5.0, 0.0), st.floats(0.0, 12.0))
+def test_steering_change_penalty_is_paid_in_comfort_per_unit_of_change_while_moving(change, penalty, speed):
+    cfg = dataclasses.replace(CFG, steering_change_penalty=penalty)
+    total, weighted = compute_reward(cruise(speed=speed, steer_change=change), cfg)
+    base_total, base = compute_reward(cruise(speed=speed), cfg)  # no change this step
+    assert compute_reward(cruise(speed=speed, steer_change=change), CFG)[0] == base_total  # off: the original's
+    moving = speed >= cfg.standstill_speed_mps
+    assert weighted["comfort"] == pytest.approx(base["comfort"] + (penalty * change if moving else 0.0))
+    assert total == pytest.approx(base_total + cfg.comfort_weight * (penalty * change if moving else 0.0))
+    assert {k: v for k, v in weighted.items() if k != "comfort"} == {k: v for k, v in base.items() if k != "comfort"}
+
+
 @settings(max_examples=30)
 @given(st.sampled_from(COMPONENTS), st.floats(0.0, 10.0))
 def test_each_weight_scales_only_its_component(name, weight):
@@ -168,7 +180,7 @@ def test_vectorised_equals_elementwise():
 
 @pytest.mark.parametrize(
     "field, value", [("efficiency_weight", -1.0), ("lateral_share", 1.5), ("collision_penalties", (1.0, -2.0, -3.0)),
-                     ("progress_clip", (5.0, 1.0)), ("offroad_penalty", 3.0)],
+                     ("progress_clip", (5.0, 1.0)), ("offroad_penalty", 3.0), ("steering_change_penalty", 0.5)],
 )
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -170,7 +170,9 @@ def test_resume_refuses_a_change_it_cannot_apply_in_one_line(short_run, tmp_path
     assert (run_dir / "config.yaml").read_text() == config_before
 
 
-@pytest.mark.parametrize("key", ["env.observation.deviation_scale_m", "env.observation.heading_scale_rad"])
+@pytest.mark.parametrize(
+    "key", ["env.observation.deviation_scale_m", "env.observation.heading_scale_rad", "env.observation.previous_action"]
+)
 def test_resume_refuses_new_observation_scales_without_a_simulator_snapshot(key):
     # A CARLA or gym run has no env snapshot to pin env.*, but its replay holds vectors on the old scale.
     from td3_jax.training import resume
