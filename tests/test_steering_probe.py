@@ -79,10 +79,11 @@ def test_pure_pursuit_steers_back_towards_the_lane_centre(scale):
 
     probe = load_script("steering_probe")
     points = np.stack([np.arange(1.0, 26.0) * 2.0, np.zeros(25)], axis=1)  # a straight lane ahead
-    previous = np.full((4, 2), 0.9)  # were it read as a look-ahead point, pursuit would steer
+    previous = np.full((4, 2), 0.9)  # never a look-ahead point
     vectors = observation.build_vector(
         np.full(4, 8.0), np.zeros(4), np.zeros(4), np.repeat(points[None], 4, axis=0), scale, previous
     )
+    assert observation.speed_and_points(vectors[0], scale)[1].shape == points.shape
     steer = probe.pure_pursuit(LaneSimConfig(), scale)
     assert np.all(steer(None, vectors)[:, 0] == 0.0)
     assert np.all(steer(None, probe.moved_left(vectors, 0.5, scale))[:, 0] > 0.0)  # left of the centre: steer right

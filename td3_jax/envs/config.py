@@ -177,11 +177,6 @@ class LaneSimConfig:
         """Total arc length of the generated road: margin behind, route, margin beyond."""
         return self.road_margin_back_m + self.route_length_m + self.road_margin_front_m
 
-    @property
-    def vector_dim(self) -> int:
-        """Size of the observation vector: speed, deviation, heading error, 2 per waypoint."""
-        return 3 + 2 * self.num_waypoints
-
     def num_npcs(self) -> int:
         """NPC vehicles of the configured scenario on the two lanes of the road."""
         lane_km = 2.0 * self.road_length_m / 1000.0

@@ -48,6 +48,10 @@ class ObservationConfig:
         """Entries the previous action adds at the vector's end (0 or `ACTION_ENTRIES`)."""
         return ACTION_ENTRIES if self.previous_action else 0
 
+    def vector_size(self, num_waypoints: int) -> int:
+        """Length of a vector with `num_waypoints` look-ahead points in this layout."""
+        return HEADER + 2 * num_waypoints + self.action_entries
+
     def __post_init__(self):
         for name in ("deviation_scale_m", "heading_scale_rad"):
             value = getattr(self, name)

@@ -138,7 +138,7 @@ class CarlaEnv(gym.Env):
         self.config = config
         self.reward_config = reward
         self.observation_config = observation
-        self.observation_space = observation_space(stack, 3 + 2 * config.num_waypoints + observation.action_entries)
+        self.observation_space = observation_space(stack, observation.vector_size(config.num_waypoints))
         self.action_space = action_space()
         self._carla = carla_module
         self._client_factory = client_factory or carla_module.Client

@@ -89,7 +89,7 @@ class LaneSimCore:
         self.boxes[:, :, 3] = traffic.NPC_LENGTH_M / 2
         self.boxes[:, :, 4] = traffic.NPC_WIDTH_M / 2
         self.frames = np.zeros((n, FRAME_SIZE, FRAME_SIZE), np.uint8)
-        self.vector = np.zeros((n, cfg.vector_dim + observation_cfg.action_entries), np.float32)
+        self.vector = np.zeros((n, observation_cfg.vector_size(cfg.num_waypoints)), np.float32)
         self.prev_action = np.zeros((n, 2))
         self._waypoint_offsets = cfg.waypoint_spacing_m * np.arange(1, cfg.num_waypoints + 1)
         self._points = np.zeros((n, cfg.num_waypoints, 2))
@@ -424,7 +424,7 @@ class LaneSimEnv(gymnasium.Env):
         observation_cfg: ObservationConfig = ObservationConfig(),
     ):
         self.core = LaneSimCore(cfg, reward_cfg, 1, observation_cfg)
-        self.observation_space = spaces.observation_space(stack, cfg.vector_dim + observation_cfg.action_entries)
+        self.observation_space = spaces.observation_space(stack, self.core.vector.shape[1])
         self.action_space = spaces.action_space()
         self.render_mode = "rgb_array"
         self._images = np.zeros((1, FRAME_SIZE, FRAME_SIZE, stack), np.uint8)
@@ -499,7 +499,7 @@ class LaneSimVec(VectorEnv):
     ):
         self.core = LaneSimCore(cfg, reward_cfg, num_envs, observation_cfg)
         self.num_envs = num_envs
-        self.single_observation_space = spaces.observation_space(stack, cfg.vector_dim + observation_cfg.action_entries)
+        self.single_observation_space = spaces.observation_space(stack, self.core.vector.shape[1])
         self.single_action_space = spaces.action_space()
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, num_envs)
