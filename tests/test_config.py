@@ -41,6 +41,7 @@ def test_shipped_configs_load(name):
         ("nonsense: 1", "unknown config key 'nonsense' at the top level"),
         ("networks: {actor: {hidden_sizes: 256}}", "networks.actor.hidden_sizes must be a list"),
         ("env: {observation: {deviation_scale_m: 0}}", "env.observation.deviation_scale_m must be in"),
+        ("networks: {critic: {vector_after_trunk: true}}", "(networks.critic): vector_after_trunk must be false without a trunk"),
         ("env: {backend: 'gym:CarRacing-v3', observation: {heading_scale_rad: 0.05}}", "Remove env.observation"),
     ],
 )

@@ -307,6 +307,34 @@ def test_trunks_are_mlp_group_parameters_that_train(rng):
     assert float(metrics["debug/all_finite"]) == 1.0
 
 
+def test_vector_after_trunk_reaches_the_heads_unsqueezed(rng):
+    """With vector_after_trunk the trunks read the image features only and the heads read the vector itself:
+    zeroing a trunk leaves the vector's whole effect on the action and on Q."""
+    network = dataclasses.replace(
+        tiny_config().network, actor_trunk=5, critic_trunk=6, actor_vector_after_trunk=True,
+        critic_vector_after_trunk=True,
+    )
+    state = _state(tiny_config(network=network))
+    chex.assert_shape(state.actor_params["trunk"]["Dense_0"]["kernel"], (16, 5))
+    chex.assert_shape(state.actor_params["head"]["Dense_0"]["kernel"], (5 + TINY_VECTOR_DIM, 8))
+    chex.assert_shape(state.critic_params["q1"]["Dense_0"]["kernel"], (6 + TINY_VECTOR_DIM + 2, 8))
+    batch = random_batch(rng)
+    other = batch.vector + 1.0
+    for layout, after in ((network, True), (dataclasses.replace(network, actor_vector_after_trunk=False,
+                                                                 critic_vector_after_trunk=False), False)):
+        actor, critic = networks.make_networks(layout)
+        params = _state(tiny_config(network=layout))
+        no_trunk = lambda p: {**p, "trunk": jax.tree.map(jnp.zeros_like, p["trunk"])}  # noqa: E731
+        a = [actor.apply({"params": no_trunk(params.actor_params)}, batch.image, v) for v in (batch.vector, other)]
+        q = [critic.apply({"params": no_trunk(params.critic_params)}, batch.image, v, batch.action)[0]
+             for v in (batch.vector, other)]
+        assert (float(jnp.abs(a[0] - a[1]).max()) > 1e-4) == after
+        assert (float(jnp.abs(q[0] - q[1]).max()) > 1e-4) == after
+    new_state, metrics = td3.update(state, batch)
+    assert _tree_changed(new_state.actor_params["trunk"], state.actor_params["trunk"])
+    assert float(metrics["debug/all_finite"]) == 1.0
+
+
 def test_actor_warmup_trains_only_the_critic_while_its_target_keeps_tracking(rng):
     state = _state(tiny_config(policy_freq=2, actor_warmup_updates=4))
     for step in range(7):

@@ -43,6 +43,11 @@ class NetworkConfig:
     """Width of the actor's trunk (Dense + LayerNorm + tanh over [features, vector]); 0: none (the original)."""
     critic_trunk: int = 0
     """Width of the critic's trunk, shared by both Q heads, before the action joins; 0: none (the original)."""
+    actor_vector_after_trunk: bool = False
+    """The observation vector skips the actor's trunk and joins its output; False: it goes through it."""
+    critic_vector_after_trunk: bool = False
+    """The observation vector skips the critic's trunk and joins its output with the action; False: it goes
+    through it."""
     action_dim: int = 2
     """Action size: (steer, throttle_brake)."""
     shared_encoder: bool = False

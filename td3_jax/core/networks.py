@@ -113,21 +113,27 @@ class MLP(nn.Module):
 
 
 class Trunk(nn.Module):
-    """Dense + LayerNorm + tanh: squeezes [encoder features, vector] to a few bounded features (DrQ-v2).
+    """Dense + LayerNorm + tanh: squeezes the encoder features (and the vector) to a few bounded features (DrQ-v2).
 
     Without it the action is 2 of the Q head's 567 inputs, and the head stays close to linear in
     the action for thousands of updates; the actor then runs to a corner of the action box.
-    With `width` 0 it is the identity (the original architecture).
+    With `width` 0 it is the identity on [features, vector] (the original architecture). With
+    `vector_after` the vector skips the squeeze and joins its output unchanged: inside, its few
+    entries are 25 of the Dense's 537 inputs and reach the head only through the LayerNorm
+    shared with the image features.
     """
 
     width: int
+    vector_after: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, features: jax.Array, vector: jax.Array) -> jax.Array:
         if not self.width:
-            return x
+            return jnp.concatenate([features, vector], axis=-1)
+        x = features if self.vector_after else jnp.concatenate([features, vector], axis=-1)
         x = nn.Dense(self.width, kernel_init=_dense_kernel_init)(x)
-        return jnp.tanh(nn.LayerNorm(epsilon=LAYER_NORM_EPSILON)(x))
+        x = jnp.tanh(nn.LayerNorm(epsilon=LAYER_NORM_EPSILON)(x))
+        return jnp.concatenate([x, vector], axis=-1) if self.vector_after else x
 
 
 class Actor(nn.Module):
@@ -137,7 +143,7 @@ class Actor(nn.Module):
 
     def setup(self):
         self.encoder = Encoder(self.config.encoder)
-        self.trunk = Trunk(self.config.actor_trunk)
+        self.trunk = Trunk(self.config.actor_trunk, self.config.actor_vector_after_trunk)
         self.head = MLP(self.config.actor_hidden, self.config.action_dim)
 
     def __call__(self, image: jax.Array, vector: jax.Array) -> jax.Array:
@@ -149,7 +155,7 @@ class Actor(nn.Module):
 
     def head_preactivation(self, features: jax.Array, vector: jax.Array) -> jax.Array:
         """`preactivation` from encoder features computed elsewhere (the critic's, when shared)."""
-        return self.head(self.trunk(jnp.concatenate([features, vector], axis=-1)))
+        return self.head(self.trunk(features, vector))
 
 
 class Critic(nn.Module):
@@ -163,7 +169,7 @@ class Critic(nn.Module):
 
     def setup(self):
         self.encoder = Encoder(self.config.encoder)
-        self.trunk = Trunk(self.config.critic_trunk)
+        self.trunk = Trunk(self.config.critic_trunk, self.config.critic_vector_after_trunk)
         self.q1 = MLP(self.config.critic_hidden, 1)
         self.q2 = MLP(self.config.critic_hidden, 1)
 
@@ -181,7 +187,7 @@ class Critic(nn.Module):
         return self.q1(self._head_input(features, vector, action))[..., 0]
 
     def _head_input(self, features: jax.Array, vector: jax.Array, action: jax.Array) -> jax.Array:
-        return jnp.concatenate([self.trunk(jnp.concatenate([features, vector], axis=-1)), action], axis=-1)
+        return jnp.concatenate([self.trunk(features, vector), action], axis=-1)
 
 
 def make_networks(config: NetworkConfig) -> tuple[Actor, Critic]:

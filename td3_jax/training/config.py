@@ -172,6 +172,8 @@ class HeadConfig:
     """Hidden layer widths (depth = number of entries)."""
     trunk_features: int = 0
     """0: the head reads [encoder features, vector] directly (the original). n > 0: first Dense(n) + LayerNorm + tanh (DrQ-v2's trunk); the critic's action joins after it."""
+    vector_after_trunk: bool = False
+    """true: the observation vector skips the trunk and joins its output (with the critic's action), so the head reads the lateral deviation and the look-ahead points unsqueezed. false: the trunk squeezes [encoder features, vector]. Needs trunk_features > 0."""
     weight_decay: float = 0.0
     """Coupled L2 on every parameter of this network (torch Adam style)."""
     adam_eps: float = 1e-8
@@ -181,6 +183,9 @@ class HeadConfig:
         _check(self.learning_rate >= 0, "learning_rate", ">= 0", self.learning_rate)
         _check(all(w >= 1 for w in self.hidden_sizes), "hidden_sizes", "positive widths", self.hidden_sizes)
         _check(self.trunk_features >= 0, "trunk_features", ">= 0", self.trunk_features)
+        _check(not self.vector_after_trunk or self.trunk_features > 0, "vector_after_trunk",
+               "false without a trunk (trunk_features 0: the vector already reaches the head directly)",
+               self.vector_after_trunk)
         _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
         _check(self.adam_eps > 0, "adam_eps", "> 0", self.adam_eps)
 
@@ -280,6 +285,8 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
             critic_hidden=tuple(nets.critic.hidden_sizes),
             actor_trunk=nets.actor.trunk_features,
             critic_trunk=nets.critic.trunk_features,
+            actor_vector_after_trunk=nets.actor.vector_after_trunk,
+            critic_vector_after_trunk=nets.critic.vector_after_trunk,
             action_dim=action_dim,
             shared_encoder=nets.cnn.shared,
         ),

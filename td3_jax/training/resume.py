@@ -40,8 +40,10 @@ FIXED_KEYS = {
     "networks.cnn.shared": "the checkpoint's networks have one encoder or two",
     "networks.actor.hidden_sizes": "the checkpoint's arrays have this shape",
     "networks.actor.trunk_features": "the checkpoint's arrays have this shape",
+    "networks.actor.vector_after_trunk": "the checkpoint's arrays have this shape",
     "networks.critic.hidden_sizes": "the checkpoint's arrays have this shape",
     "networks.critic.trunk_features": "the checkpoint's arrays have this shape",
+    "networks.critic.vector_after_trunk": "the checkpoint's arrays have this shape",
 }
 """Keys a resumed run cannot change, with the reason."""
 
