@@ -2,6 +2,7 @@
 """How a checkpoint's steering, and the critic's preferred steering, follow the car's place in the lane.
 
     python scripts/steering_probe.py RUN_DIR [--step N] [--episodes 3] [--seed 2000000] [--offset-m 0.5] [--policy target]
+        [--added-gains 0.5,1.0]
 
 The states are the policy's own: it drives `--episodes` evaluation routes deterministically. On
 each state the observation vector is moved as if the car stood +-offset further left (the lateral
@@ -17,7 +18,10 @@ jitters), and how it moves per metre of deviation and per 0.1 rad of heading err
   alone: the gains of a controller that keeps the lane centre.
 
 An actor that falls short of gains its critic prefers is held back by its own learning; a critic
-that prefers weak gains is held back by its reward or its fit.
+that prefers weak gains is held back by its reward or its fit. `--added-gains 0.5,1` tells which:
+it drives the same routes again with c * lateral deviation (m, read from the vector) added to the
+actor's steering for each c, and prints return, discounted return, lateral RMSE and success. A
+return that rises with c means the reward pays for centring the actor has not learned.
 Steering +1 turns right and the deviation is positive to the left, so centring gains are positive.
 Driving backends only (lanesim, CARLA): the vector's layout is `td3_jax.envs.observation`'s.
 """
@@ -58,6 +62,42 @@ def collect_states(env, policy, episodes: int, seed: int) -> tuple[np.ndarray, n
             if terminated or truncated:
                 break
     return np.stack(images), np.stack(vectors), np.asarray(episode_of)
+
+
+def drive_with_added_gain(
+    env, policy, scale: observation.ObservationConfig, gain: float, episodes: int, seed: int, discount: float
+) -> dict[str, float]:
+    """Drives `episodes` routes with `gain` * lateral deviation (m; left positive) added to the policy's steering.
+
+    Steering +1 turns right, so a positive gain steers back towards the lane centre.
+
+    Returns:
+      {"return", "discounted_return" (per decision, at `discount`), "decisions" (per route): means over the
+      routes; "lateral_rmse_m", "lateral_mean_m" over every decision; "success": share of routes}.
+    """
+    returns, discounted, decisions, deviations, successes = [], [], [], [], 0
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        total, total_discounted, t = 0.0, 0.0, 0
+        while True:
+            deviation = float(obs["vector"][1]) * scale.deviation_scale_m
+            action = np.array(policy(obs["image"][None], obs["vector"][None])[0], np.float32)
+            action[0] = np.clip(action[0] + gain * deviation, -1.0, 1.0)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total, total_discounted, t = total + reward, total_discounted + discount**t * reward, t + 1
+            deviations.append(deviation)
+            if terminated or truncated:
+                successes += bool(info.get("success", False))
+                break
+        returns.append(total)
+        discounted.append(total_discounted)
+        decisions.append(t)
+    deviations = np.asarray(deviations)
+    return {
+        "return": float(np.mean(returns)), "discounted_return": float(np.mean(discounted)),
+        "decisions": float(np.mean(decisions)), "lateral_rmse_m": float(np.sqrt(np.mean(deviations**2))),
+        "lateral_mean_m": float(deviations.mean()), "success": successes / episodes,
+    }
 
 
 def steering_change(steer: np.ndarray, episode_of: np.ndarray) -> float:
@@ -157,12 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", choices=("online", "target"), default=None,
                         help="the actor probed and driven: online or the target actor (default: the run's "
                              "training.eval_policy); the critic probed is always the online one")
+    parser.add_argument("--added-gains", default="",
+                        help="comma-separated gains c (steering per m of lateral deviation): drive the routes again "
+                             "with c * deviation added to the actor's steering, and print their returns")
     args = parser.parse_args(argv)
     try:
         if not (args.run_dir / "config.yaml").is_file():
             raise UserError(f"{args.run_dir} has no config.yaml; pass a td3-jax run directory")
         if args.episodes < 1 or not args.offset_m > 0:
             raise UserError("--episodes must be >= 1 and --offset-m > 0")
+        try:
+            added_gains = [float(gain) for gain in args.added_gains.split(",") if gain.strip()]
+        except ValueError:
+            raise UserError(f"--added-gains takes comma-separated numbers, got {args.added_gains!r}") from None
         run, _ = config_lib.load(args.run_dir / "config.yaml")
         if run.env.backend not in ("lanesim", "carla"):
             raise UserError(f"the probe reads the driving observation vector; {run.env.backend} has none")
@@ -185,8 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     def q_fn(images, vectors, actions):
         return np.asarray(apply_critic(jnp.asarray(images), jnp.asarray(vectors), jnp.asarray(actions)))
 
+    drives = {}
     try:
         images, vectors, episode_of = collect_states(env, policy, args.episodes, args.seed)
+        for gain in ([0.0] + added_gains) if added_gains else []:
+            drives[gain] = drive_with_added_gain(
+                env, policy, run.env.observation, gain, args.episodes, args.seed, run.algorithm.discount
+            )
     finally:
         env.close()
     deviation = vectors[:, 1] * run.env.observation.deviation_scale_m
@@ -205,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
                        ("steering per 0.1 rad of heading", "per_heading")):
         sign = "" if key == "change" else "+"  # a magnitude
         print(f"{label:34s}" + "".join(f" {gains[f'{c}_steer_{key}']:{sign}8.3f}" for c in columns))
+    if drives:
+        print(f"\nthe same routes with c * lateral deviation (m) added to the actor's steering (discount "
+              f"{run.algorithm.discount}):")
+        print(f"{'c':>6s} {'return':>9s} {'discounted':>10s} {'decisions':>9s} {'RMSE m':>7s} {'mean m':>7s} {'success':>7s}")
+        for gain, d in drives.items():
+            print(f"{gain:6.2f} {d['return']:9.1f} {d['discounted_return']:10.1f} {d['decisions']:9.1f} "
+                  f"{d['lateral_rmse_m']:7.3f} {d['lateral_mean_m']:+7.3f} {d['success']:7.2f}")
     return 0
 
 

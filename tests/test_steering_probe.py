@@ -88,3 +88,42 @@ def test_pure_pursuit_steers_back_towards_the_lane_centre(scale):
     assert np.all(steer(None, vectors)[:, 0] == 0.0)
     assert np.all(steer(None, probe.moved_left(vectors, 0.5, scale))[:, 0] > 0.0)  # left of the centre: steer right
     assert np.all(steer(None, probe.turned_left(vectors, 0.1, scale))[:, 0] > 0.0)
+
+
+def test_an_added_centring_gain_steers_a_biased_policy_back_and_its_returns_are_the_env_s():
+    """A pursuit policy that also steers 0.1 to the right holds right of the centre; c * deviation added to
+    its steering (+ right, the deviation + left) brings it back; the drive's bookkeeping is the env's."""
+    from td3_jax.envs.config import LaneSimConfig
+    from td3_jax.envs.lanesim.sim import LaneSimEnv
+
+    probe = load_script("steering_probe")
+    scale = observation.ObservationConfig(deviation_scale_m=0.25, previous_action=True)
+    cfg = LaneSimConfig(route_length_m=60.0, action_repeat=2)
+    pursuit = probe.pure_pursuit(cfg, scale)
+
+    def biased(images, vectors):
+        action = pursuit(images, vectors)
+        return np.stack([action[:, 0] + 0.1, np.full(len(action), 0.3)], axis=1)
+
+    env = LaneSimEnv(cfg, observation_cfg=scale)
+    drives = {gain: probe.drive_with_added_gain(env, biased, scale, gain, 2, 5, 0.9) for gain in (0.0, 1.0)}
+    assert drives[0.0]["lateral_mean_m"] < -0.1
+    assert abs(drives[1.0]["lateral_mean_m"]) < abs(drives[0.0]["lateral_mean_m"]) / 2
+    assert drives[1.0]["lateral_rmse_m"] < drives[0.0]["lateral_rmse_m"]
+
+    returns, discounted, decisions = [], [], []
+    for episode in range(2):  # the gain-0 drive, by hand
+        obs, _ = env.reset(seed=5 + episode)
+        rewards = []
+        while True:
+            obs, reward, terminated, truncated, _ = env.step(biased(None, obs["vector"][None])[0].astype(np.float32))
+            rewards.append(reward)
+            if terminated or truncated:
+                break
+        returns.append(sum(rewards))
+        discounted.append(sum(0.9**t * r for t, r in enumerate(rewards)))
+        decisions.append(len(rewards))
+    assert drives[0.0]["return"] == pytest.approx(np.mean(returns))
+    assert drives[0.0]["discounted_return"] == pytest.approx(np.mean(discounted))
+    assert drives[0.0]["decisions"] == np.mean(decisions)
+    assert drives[0.0]["success"] == 1.0
