@@ -118,9 +118,9 @@ class Trunk(nn.Module):
     Without it the action is 2 of the Q head's 567 inputs, and the head stays close to linear in
     the action for thousands of updates; the actor then runs to a corner of the action box.
     With `width` 0 it is the identity on [features, vector] (the original architecture). With
-    `vector_after` the vector skips the squeeze and joins its output unchanged: inside, its few
-    entries are 25 of the Dense's 537 inputs and reach the head only through the LayerNorm
-    shared with the image features.
+    `vector_after` the vector skips the squeeze and joins its output unchanged: inside, the driving
+    vector's 55 entries are a tenth of the Dense's inputs and reach the head only through the
+    LayerNorm shared with the 512 image features.
     """
 
     width: int
