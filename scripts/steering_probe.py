@@ -80,7 +80,7 @@ def drive_with_added_gain(
         obs, _ = env.reset(seed=seed + episode)
         total, total_discounted, t = 0.0, 0.0, 0
         while True:
-            deviation = float(obs["vector"][1]) * scale.deviation_scale_m
+            _, deviation, _, _ = observation.parse_vector(obs["vector"], scale)
             action = np.array(policy(obs["image"][None], obs["vector"][None])[0], np.float32)
             action[0] = np.clip(action[0] + gain * deviation, -1.0, 1.0)
             obs, reward, terminated, truncated, info = env.step(action)

@@ -323,10 +323,11 @@ def test_vector_after_trunk_reaches_the_heads_unsqueezed(rng):
     for layout, after in ((network, True), (dataclasses.replace(network, actor_vector_after_trunk=False,
                                                                  critic_vector_after_trunk=False), False)):
         actor, critic = networks.make_networks(layout)
-        params = _state(tiny_config(network=layout))
+        layout_state = _state(tiny_config(network=layout))
         no_trunk = lambda p: {**p, "trunk": jax.tree.map(jnp.zeros_like, p["trunk"])}  # noqa: E731
-        a = [actor.apply({"params": no_trunk(params.actor_params)}, batch.image, v) for v in (batch.vector, other)]
-        q = [critic.apply({"params": no_trunk(params.critic_params)}, batch.image, v, batch.action)[0]
+        a = [actor.apply({"params": no_trunk(layout_state.actor_params)}, batch.image, v)
+             for v in (batch.vector, other)]
+        q = [critic.apply({"params": no_trunk(layout_state.critic_params)}, batch.image, v, batch.action)[0]
              for v in (batch.vector, other)]
         assert (float(jnp.abs(a[0] - a[1]).max()) > 1e-4) == after
         assert (float(jnp.abs(q[0] - q[1]).max()) > 1e-4) == after
