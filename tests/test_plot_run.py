@@ -12,3 +12,27 @@ def test_first_of_three_consecutive_evaluations_at_90_percent_reads_float32_valu
     plot_run = load_script("plot_run")
     assert plot_run.first_sustained(evaluations)["env_step"] == 4000  # 0.9 as float32 is 0.8999999761581421
     assert plot_run.first_sustained(evaluations[:6]) is None  # the run ends before a third one
+
+
+def test_a_driving_run_is_drawn_and_tabulated_with_its_collisions(tmp_path, capsys):
+    import json
+
+    from tensorboardX import SummaryWriter
+
+    run_dir = tmp_path / "traffic_s1"
+    writer = SummaryWriter(str(run_dir))
+    for step, success, collisions in [(2500, 0.0, 0.9), (5000, 0.9, 0.1), (7500, 1.0, 0.0), (10000, 0.9, 0.0)]:
+        writer.add_scalar("eval/success_rate", success, step)
+        writer.add_scalar("eval/avg_collisions", collisions, step)
+        writer.add_scalar("eval/lateral_rmse_m", 0.5, step)
+    writer.close()
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"metrics": {"eval/success_rate": 1.0, "eval/avg_collisions": 0.0}}))
+
+    out = tmp_path / "curves.png"
+    assert load_script("plot_run").main([str(run_dir), "--out", str(out), "--baseline", str(baseline), "--panels",
+                                         "eval/success_rate,eval/avg_collisions,eval/lateral_rmse_m"]) == 0
+    table = capsys.readouterr().out
+    assert "| env step | minutes | success | collisions | lateral RMSE (m) |" in table
+    assert "| 2500 |" in table and "| 0.00 | 0.90 |" in table  # success, then that evaluation's collisions
+    assert out.stat().st_size > 0
