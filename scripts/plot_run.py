@@ -4,9 +4,9 @@
     python scripts/plot_run.py RUN_DIR [RUN_DIR ...] --out docs/figures/runs.png [--baseline baseline.json]
 
 Reads each RUN_DIR's eval/* tags from its event files (a resumed run's files
-are merged). `--baseline` adds the baseline controller's success rate, collisions per
-route and lateral RMSE as horizontal lines (the JSON of `td3-jax eval
---baseline --json`).
+are merged). `--baseline` adds the baseline controller's success rate,
+collisions per route and lateral RMSE as horizontal lines (the JSON of
+`td3-jax eval --baseline --json`).
 
 `--panels` picks the curves (eval/* tags); a panel no run has is left out, as a
 gymnasium env's runs have no success rate, lateral RMSE or distance.
@@ -38,6 +38,8 @@ TITLES = {
     "eval/avg_distance_m": "eval distance per episode (m)",
     "eval/avg_episode_length": "eval episode length (env steps)",
 }
+BASELINE_LINES = ("eval/success_rate", "eval/avg_collisions", "eval/lateral_rmse_m")
+"""The panels that show the baseline controller's value as a horizontal line."""
 DEFAULT_PANELS = ("eval/mean_reward", "eval/success_rate", "eval/lateral_rmse_m", "eval/avg_distance_m")
 TABLE = (  # column, tag, format
     ("return", "eval/mean_reward", "{:.1f}"),
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = json.loads(Path(args.baseline).read_text())
         metrics = baseline.get("metrics", baseline)
         for tag, ax in axes.items():
-            if tag in ("eval/success_rate", "eval/avg_collisions", "eval/lateral_rmse_m") and tag in metrics:
+            if tag in BASELINE_LINES and tag in metrics:
                 ax.axhline(metrics[tag], color="gray", ls="--", label="baseline")
     for tag, ax in axes.items():
         ax.set_title(TITLES[tag])

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+import matplotlib.axes
 import numpy as np
 from conftest import load_script
+from tensorboardX import SummaryWriter
 
 
 def test_first_of_three_consecutive_evaluations_at_90_percent_reads_float32_values():
@@ -14,11 +18,7 @@ def test_first_of_three_consecutive_evaluations_at_90_percent_reads_float32_valu
     assert plot_run.first_sustained(evaluations[:6]) is None  # the run ends before a third one
 
 
-def test_a_driving_run_is_drawn_and_tabulated_with_its_collisions(tmp_path, capsys):
-    import json
-
-    from tensorboardX import SummaryWriter
-
+def test_a_driving_run_is_drawn_and_tabulated_with_its_collisions(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "traffic_s1"
     writer = SummaryWriter(str(run_dir))
     for step, success, collisions in [(2500, 0.0, 0.9), (5000, 0.9, 0.1), (7500, 1.0, 0.0), (10000, 0.9, 0.0)]:
@@ -29,6 +29,10 @@ def test_a_driving_run_is_drawn_and_tabulated_with_its_collisions(tmp_path, caps
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps({"metrics": {"eval/success_rate": 1.0, "eval/avg_collisions": 0.0}}))
 
+    baseline_lines = []
+    draw_line = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
+                        lambda ax, y, *a, **k: baseline_lines.append(y) or draw_line(ax, y, *a, **k))
     out = tmp_path / "curves.png"
     assert load_script("plot_run").main([str(run_dir), "--out", str(out), "--baseline", str(baseline), "--panels",
                                          "eval/success_rate,eval/avg_collisions,eval/lateral_rmse_m"]) == 0
@@ -36,3 +40,5 @@ def test_a_driving_run_is_drawn_and_tabulated_with_its_collisions(tmp_path, caps
     assert "| env step | minutes | success | collisions | lateral RMSE (m) |" in table
     assert "| 2500 |" in table and "| 0.00 | 0.90 |" in table  # success, then that evaluation's collisions
     assert out.stat().st_size > 0
+    # a line at the baseline's value on each panel it has a value for (it reports no lateral RMSE here)
+    assert sorted(baseline_lines) == [0.0, 1.0]
