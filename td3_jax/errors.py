@@ -8,6 +8,7 @@ with code 2. This module imports nothing of td3_jax, so it sits at the bottom.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -61,3 +62,22 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
     except OSError as error:
         raise UserError(f"{what} {path}: cannot write in {folder} ({error.strerror})") from None
     return path
+
+
+def os_errno(error: BaseException) -> int | None:
+    """The OS error number behind an exception, also in tensorstore's form (`[os_error_code='28']`)."""
+    if getattr(error, "errno", None) is not None:
+        return error.errno
+    found = re.search(r"os_error_code='(\d+)'", str(error))
+    return int(found.group(1)) if found else None
+
+
+def brief(error: BaseException) -> str:
+    """An exception's type and first line, capped, for one-line messages; an OS error by its errno text."""
+    code = os_errno(error)
+    if code is not None:
+        return f"{os.strerror(code)} (errno {code})"
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -222,3 +222,59 @@ def test_carla_env_against_a_stand_in_server_trains_resumes_and_evaluates(tmp_pa
     assert report["checkpoint_step"] == 60 and len(report["episodes"]) == 2
     assert all(1 <= e["length"] <= EPISODE_STEPS for e in report["episodes"])
     assert {"eval/mean_reward", "eval/lateral_rmse_m", "eval/mean_speed_kmh"} <= report["metrics"].keys()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["gym", "carla"])
+def test_the_best_evaluation_s_policy_is_kept_through_a_resume_and_evaluates(tmp_path, monkeypatch, backend):
+    """Evaluations during training on the backend (CARLA's on the training env's server), best/ across a
+    resume from an earlier checkpoint than the last, and `td3-jax eval --checkpoint RUN/best`."""
+    settings = ["training.num_eval_episodes=1", "training.eval_freq=10", "training.compare_baseline=false"]
+    if backend == "carla":
+        pytest.importorskip("carla")
+        from carla_fakes import CarlaWithFakeCommands, FakeServer
+
+        from td3_jax.envs.carla import env as carla_env
+        server = FakeServer()
+        monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
+            carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
+            sleep=lambda seconds: None,
+        ))
+        settings += CARLA_SETTINGS
+        vehicles_per_tick = []  # (egos, NPCs) in the world at each tick, training and evaluation alike
+        server_tick = server.tick
+
+        def tick(seconds):
+            roles = [a.attributes.get("role_name", "") for a in server.actors.values() if a.type_id.startswith("vehicle.")]
+            vehicles_per_tick.append((sum("_ego@" in r for r in roles), sum("_npc@" in r for r in roles)))
+            return server_tick(seconds)
+        monkeypatch.setattr(server, "tick", tick)
+    else:
+        backend = f"gym:{TINY_GYM_ID}"
+    _train(_config(backend, 60, *settings), tmp_path)
+    with Checkpointer(tmp_path / "checkpoints") as checkpointer:  # as if the checkpoint at 60 had been lost
+        assert checkpointer.committed_steps() == [40, 60]
+        checkpointer.delete(60)
+    _train(_config(backend, 80, *settings), tmp_path, resume=True)
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    evaluations = results["evaluations"]
+    assert [e["env_step"] for e in evaluations] == list(range(10, 90, 10))  # 50 and 60 from the resumed run
+    returns = [e["eval/mean_reward"] for e in evaluations]
+    best = evaluations[returns.index(max(returns))]
+    assert results["best_checkpoint"] == {"env_step": best["env_step"], "metric": "eval/mean_reward",
+                                          "value": best["eval/mean_reward"]}
+    with Checkpointer(tmp_path / "best", read_only=True) as kept:
+        assert kept.committed_steps() == [best["env_step"]]
+
+    out = tmp_path / "best.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "best"), "--episodes", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["checkpoint_step"] == best["env_step"]
+    if backend == "carla":  # its camera shows the server's frame count, which differs from the run's
+        assert server.settings.synchronous_mode is False  # the training and evaluation envs gave the world back
+        # One ego at a time: an evaluation never meets the training ego or its traffic (scenario 0: 2 NPCs).
+        assert {egos for egos, _ in vehicles_per_tick} == {1}
+        assert max(npcs for _, npcs in vehicles_per_tick) <= 2
+    else:  # the same policy on the same episode of a deterministic env
+        assert report["metrics"]["eval/mean_reward"] == best["eval/mean_reward"]

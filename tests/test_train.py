@@ -99,6 +99,47 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, variant, caps
     assert "eval/mean_reward" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_the_best_evaluation_s_policy_is_kept_through_a_lost_checkpoint_and_a_resume(tmp_path):
+    """best/ holds the policy of the run's best evaluation (here the lowest mean return); a run that loses its last checkpoint and
+    resumes from the one before ends with the uninterrupted run's best/, bit for bit, and `td3-jax eval --checkpoint
+    RUN/best` drives that policy on the evaluation's episodes to the recorded metrics."""
+    from td3_jax.cli import main
+
+    # min: the tiny run's returns fall as it trains, so bests come after the checkpoint at 40 and the resume from it
+    # must drop them (a save at a step best/ already holds would fail).
+    evaluations = ("training.num_eval_episodes=1", "training.eval_freq=20", "training.checkpoint_freq=40",
+                   "training.compare_baseline=false", "training.best_checkpoint_mode=min")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert Trainer(_config("training.max_timesteps=120", *evaluations), straight).train(resume=False) == 0
+    assert Trainer(_config("training.max_timesteps=60", *evaluations), split).train(resume=False) == 0
+    with Checkpointer(split / "checkpoints") as checkpointer:  # as if the checkpoint at 60 had been lost
+        assert checkpointer.committed_steps() == [40, 60]
+        checkpointer.delete(60)
+    assert Trainer(_config("training.max_timesteps=120", *evaluations), split).train(resume=True) == 0
+
+    results = json.loads((straight / "results.json").read_text())
+    returns = [e["eval/mean_reward"] for e in results["evaluations"]]
+    assert [e["env_step"] for e in results["evaluations"]] == [20, 40, 60, 80, 100, 120]
+    best_index = returns.index(min(returns))  # the first of equal values: only an improvement replaces the best
+    best_step = results["evaluations"][best_index]["env_step"]
+    assert results["best_checkpoint"] == {"env_step": best_step, "metric": "eval/mean_reward", "value": returns[best_index]}
+    assert json.loads((split / "results.json").read_text())["best_checkpoint"] == results["best_checkpoint"]
+    kept = {}
+    for run_dir in (straight, split):
+        with Checkpointer(run_dir / "best", read_only=True) as best:
+            assert best.committed_steps() == [best_step]  # the final checkpoint pruned the older bests
+            kept[run_dir] = best.restore(abstract_train_state=Trainer(_config(), tmp_path / "abstract").state)
+    chex.assert_trees_all_equal(kept[straight].train_state, kept[split].train_state)
+    assert kept[straight].host_state == kept[split].host_state
+
+    out = tmp_path / "best.json"
+    assert main(["eval", "--checkpoint", str(split / "best"), "--episodes", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["checkpoint_step"] == best_step
+    assert report["metrics"] == {k: v for k, v in results["evaluations"][best_index].items() if k != "env_step"}
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, config_lib.RunConfig]:
     run_dir = tmp_path_factory.mktemp("trained") / "run"

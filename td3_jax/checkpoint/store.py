@@ -60,7 +60,7 @@ from orbax.checkpoint.path import atomicity
 from td3_jax.checkpoint import contents
 from td3_jax.checkpoint import integrity
 from td3_jax.core.td3 import TD3State
-from td3_jax.errors import UserError
+from td3_jax.errors import UserError, brief, os_errno
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint layout; bumped when it changes."""
@@ -365,6 +365,22 @@ class Checkpointer:
         self._verify(step, hash_skipped=(_TRAIN_STATE, _REPLAY))
         return self._read_json(step, _CONFIG)
 
+    def read_host_state(self, step: int | None = None) -> dict:
+        """The host state of a committed checkpoint, without reading any array."""
+        step = self._committed_step(step)
+        self._verify(step, hash_skipped=(_TRAIN_STATE, _REPLAY))
+        return self._read_json(step, _HOST)
+
+    def delete(self, step: int) -> None:
+        """Deletes committed checkpoint `step`.
+
+        Raises:
+          CheckpointError: read-only, or no such committed step.
+        """
+        if self.read_only:
+            raise CheckpointError(f"checkpoint directory {self.directory} was opened read-only; cannot delete")
+        self._manager.delete(self._committed_step(step))
+
     def _verify(self, step: int, hash_skipped: tuple[str, ...]) -> None:
         """Checks the step's files against the checksums recorded at save (sizes of all, digests of the rest)."""
         where = self.directory / str(step)
@@ -458,7 +474,7 @@ class Checkpointer:
             except FileNotFoundError:
                 pass
             except OSError as error:
-                _LOG.warning("could not remove %s after a failed save: %s", path, _brief(error))
+                _LOG.warning("could not remove %s after a failed save: %s", path, brief(error))
         self._manager.reload()
 
     def _require_items(self, step: int, items) -> None:
@@ -476,7 +492,7 @@ class Checkpointer:
             metadata = self._manager.item_metadata(step)[item]
         except (OSError, ValueError) as error:
             raise CheckpointError(
-                f"checkpoint {where} has unreadable {item} metadata ({_brief(error)}); {_FALLBACK}"
+                f"checkpoint {where} has unreadable {item} metadata ({brief(error)}); {_FALLBACK}"
             ) from error
         if metadata is None:
             raise CheckpointError(f"checkpoint {where} has no {item} metadata; {_FALLBACK}")
@@ -496,7 +512,7 @@ class Checkpointer:
             if cause is None:
                 raise
             raise CheckpointError(
-                f"checkpoint {where} could not be read ({_brief(cause)}); it is corrupt or incomplete, "
+                f"checkpoint {where} could not be read ({brief(cause)}); it is corrupt or incomplete, "
                 f"{_FALLBACK}"
             ) from error
 
@@ -529,8 +545,12 @@ def _file_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def _brief(error: BaseException) -> str:
-    """First line of an exception, capped, for one-line messages."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    text = text if len(text) <= 200 else text[:197] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+@contextlib.contextmanager
+def checkpoint_writes(step: int, directory: str | os.PathLike):
+    """Turns a failed write of checkpoint `step` into one line (how orbax and tensorstore report a full disk or
+    lost permissions: OSError or ValueError)."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        hint = "; free disk space or fix permissions" if os_errno(error) is not None else ""
+        raise CheckpointError(f"could not write checkpoint {step} in {directory} ({brief(error)}){hint}") from None

@@ -411,6 +411,18 @@ class EnvConfig:
     gym: GymConfig = GymConfig()
     """gymnasium.make arguments and observation reading of a gym:<id> backend (docs/gym_envs.md)."""
 
+    def evaluation_shares_training_world(self) -> bool:
+        """Whether an evaluation env (on carla.host:carla.port) drives in the world of a training env.
+
+        True for CARLA unless the training envs have servers of their own (started by carla_server_command on
+        other ports, or carla_servers without carla.host:carla.port): a CARLA world holds every client's
+        vehicles and is ticked by each of them.
+        """
+        if self.backend != "carla" or self.workers.carla_server_command is not None:
+            return False
+        servers = {parse_server(server) for server in self.workers.carla_servers}
+        return not servers or (self.carla.host, self.carla.port) in servers
+
     def __post_init__(self):
         if self.backend not in ("lanesim", "carla") and not _is_gym_backend(self.backend):
             raise ValueError(

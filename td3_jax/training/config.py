@@ -25,6 +25,7 @@ import yaml
 from td3_jax.core.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
 from td3_jax.envs.config import EnvConfig
 from td3_jax.errors import UserError
+from td3_jax.training.evaluate import SELECTABLE_METRICS
 from td3_jax.training.guard import GuardConfig
 
 
@@ -222,6 +223,10 @@ class TrainingConfig:
     which does not carry the noise of the last few updates (docs/results.md)."""
     eval_max_episode_steps: int = 0
     """Env steps after which an evaluation episode is cut (reason eval_step_limit); 0: the env's own time limit (an env without one must set this)."""
+    best_checkpoint_metric: str = "eval/mean_reward"
+    """Keep the policy of the evaluation (every eval_freq env steps) with the best value of this eval/* metric in RUN_DIR/best/, for `td3-jax eval --checkpoint RUN_DIR/best` (model selection on the eval_seed episodes, as SB3's EvalCallback keeps best_model); "": keep none."""
+    best_checkpoint_mode: Literal["max", "min"] = "max"
+    """Whether a higher (max) or lower (min) best_checkpoint_metric is better."""
     checkpoint_freq: int = 10000
     """Save a checkpoint every this many env steps (0: only at the end and on interrupt)."""
     keep_checkpoints: int = 3
@@ -247,6 +252,8 @@ class TrainingConfig:
         _check(self.num_eval_episodes >= 0, "training.num_eval_episodes", ">= 0", self.num_eval_episodes)
         _check(0 <= self.eval_seed < 2**32, "training.eval_seed", "in [0, 2**32)", self.eval_seed)
         _check(self.eval_max_episode_steps >= 0, "training.eval_max_episode_steps", ">= 0", self.eval_max_episode_steps)
+        _check(self.best_checkpoint_metric in ("", *SELECTABLE_METRICS), "training.best_checkpoint_metric",
+               f"one of {', '.join(SELECTABLE_METRICS)} or \"\"", self.best_checkpoint_metric)
         _check(self.checkpoint_freq >= 0, "training.checkpoint_freq", ">= 0", self.checkpoint_freq)
         _check(self.keep_checkpoints >= 1, "training.keep_checkpoints", ">= 1", self.keep_checkpoints)
         _check(self.log_freq >= 1, "training.log_freq", ">= 1", self.log_freq)

@@ -61,6 +61,8 @@ DRIVING_METRICS = {
 }
 """Each driving metric and the info key it needs: without the key it is not reported, rather than read as 0."""
 
+SELECTABLE_METRICS = ("eval/mean_reward", "eval/std_reward", "eval/avg_episode_length", *DRIVING_METRICS)
+"""The tags `summarize` reports for every env (the driving ones when the env reports their info keys)."""
 
 STEP_LIMIT_REASON = "eval_step_limit"
 """Termination reason of an evaluation episode cut at its step limit."""

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -26,15 +24,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from td3_jax.checkpoint.store import CheckpointError, Checkpointer
+from td3_jax.checkpoint.store import Checkpointer, checkpoint_writes
 from td3_jax.core import optim
 from td3_jax.core.td3 import act, init_state, policy_params
 from td3_jax.envs.workers import WorkerFailureError
-from td3_jax.errors import UserError
+from td3_jax.errors import UserError, brief
 from td3_jax.replay.batch_feed import BatchFeed
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
 from td3_jax.training import config as config_lib
 from td3_jax.training import resume
+from td3_jax.training.best import BestCheckpoint
 from td3_jax.training.evaluate import (
     BaselinePolicy,
     EvaluationStopped,
@@ -106,6 +105,9 @@ class Trainer:
             self.env.close()
             raise UserError(f"algorithm.buffer_size={algorithm.buffer_size}: {error}") from None
         self.eval_env = make_env(run.env) if run.training.num_eval_episodes > 0 else None
+        # A CARLA evaluation on a training env's server would meet that env's ego (driving on with its last
+        # control) and traffic: the training envs leave the world for it and start new episodes after it.
+        self.eval_shares_world = self.eval_env is not None and run.env.evaluation_shares_training_world()
         self.eval_max_steps = None
         if self.eval_env is not None:
             self.eval_max_steps = run.training.eval_max_episode_steps or episode_step_limit(run.env, self.eval_env)
@@ -127,6 +129,10 @@ class Trainer:
             max_to_keep=run.training.keep_checkpoints,
             save_replay=run.training.save_replay_buffer,
         )
+        self.best = None  # the best policy by the evaluations, in best/ (training/best.py)
+        if self.eval_env is not None and run.training.best_checkpoint_metric:
+            self.best = BestCheckpoint(run_dir / "best", run.training.best_checkpoint_metric,
+                                       run.training.best_checkpoint_mode)
         self.feed = BatchFeed(
             self.buffer, self.parallel.place_batches, batch_size=algorithm.batch_size,
             gradient_steps=algorithm.gradient_steps, n_step=algorithm.n_step, discount=algorithm.discount,
@@ -202,18 +208,39 @@ class Trainer:
             snapshot = resume.unpack_snapshot(host["env_snapshot"], self.checkpointer.directory / str(restored.step))
             self.env.close()
             self.env, self.obs, self.episode_stats = snapshot
-        else:  # CARLA or gym: a new episode starts; the buffer must not bridge it
-            self.obs, _ = self.env.reset(seed=self.run.env.seed + self.episodes)
-            self.buffer.end_episodes(np.ones(self.n_envs, bool))
-            self.episode_stats = EpisodeStats(self.n_envs)
-        return resume.describe_changes(changes)
+        else:  # CARLA or gym: a new episode starts
+            self._start_new_episodes()
+        best_changed = self.best.resumed(self.env_step) if self.best is not None else None
+        return resume.describe_changes(changes) + ([best_changed] if best_changed else [])
+
+    def _start_new_episodes(self) -> None:
+        """Every env starts a new episode (after a resume, or an evaluation in its world); the buffer does not
+        bridge the cut, and the cut episodes are not counted."""
+        self.obs, _ = self.env.reset(seed=self.run.env.seed + self.episodes)
+        self.buffer.end_episodes(np.ones(self.n_envs, bool))
+        self.episode_stats = EpisodeStats(self.n_envs)
+
+    def _leave_world(self) -> None:
+        """Before the eval env drives: a training env that shares its world closes (its actors go)."""
+        if self.eval_shares_world and self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def _rejoin_world(self) -> None:
+        """Before the next training step: the eval env gives the world back and the training envs reconnect."""
+        if self.env is None:
+            self.eval_env.close()  # its actors go; a later evaluation reconnects
+            from td3_jax.envs.workers import make_worker_vec_env
+
+            self.env = make_worker_vec_env(self.run.env, self.run.env.workers)
+            self._start_new_episodes()
 
     def save_checkpoint(self) -> None:
         if self.checkpointer.latest_step() == self.env_step:
             return
         self._check_updates_finite()
         replay = self.buffer.state_dict() if self.run.training.save_replay_buffer else None
-        try:
+        with checkpoint_writes(self.env_step, self.checkpointer.directory):
             self.checkpointer.save(
                 self.env_step,
                 train_state=self.state,
@@ -221,11 +248,8 @@ class Trainer:
                 config=config_lib.to_dict(self.run),
                 replay_state=replay,
             )
-        except (OSError, ValueError) as error:  # how orbax and tensorstore report a full disk or lost permissions
-            hint = "; free disk space or fix permissions" if _errno(error) is not None else ""
-            raise CheckpointError(
-                f"could not write checkpoint {self.env_step} in {self.checkpointer.directory} ({_brief(error)}){hint}"
-            ) from None
+            if self.best is not None:
+                self.best.checkpointed(self.env_step)
 
     # ------------------------------------------------------------ loop
 
@@ -319,6 +343,7 @@ class Trainer:
         training = self.run.training
         target = training.eval_policy == "target"
         policy = td3_policy(self.parallel.local_params(policy_params(self.state, target=target)), self.td3_config.network)
+        self._leave_world()
         try:
             summary, _ = evaluate(
                 self.eval_env, policy, training.num_eval_episodes, training.eval_seed,
@@ -331,8 +356,13 @@ class Trainer:
         self.results["evaluations"].append({"env_step": self.env_step, **summary})
         driving = [f"{label} {summary[tag]:{spec}}" for label, tag, spec in (
             ("success", "eval/success_rate", ".2f"), ("lateral RMSE (m)", "eval/lateral_rmse_m", ".2f")) if tag in summary]
+        best = []
+        if self.best is not None:
+            with checkpoint_writes(self.env_step, self.best.directory):
+                if self.best.consider(self.env_step, summary, train_state=self.state, config=config_lib.to_dict(self.run)):
+                    best = [f"the best so far ({self.best.metric}): saved in {self.best.directory}"]
         log.line(", ".join([f"eval @ {self.env_step}: return {summary['eval/mean_reward']:.1f}",
-                            f"length {summary['eval/avg_episode_length']:.0f}", *driving]))
+                            f"length {summary['eval/avg_episode_length']:.0f}", *driving, *best]))
 
     def _record_step(self, log: RunLog, actions, next_obs, reward, terminated, truncated, info) -> None:
         done = np.asarray(terminated) | np.asarray(truncated)
@@ -401,21 +431,27 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.feed.close()
+            # The evaluation env first: a CARLA one gives the world back as it found it, then a training env
+            # restores the settings it found.
+            for resource in (self.best, self.eval_env, self.env):
+                if resource is not None:
+                    resource.close()
             log.close(quiet=failed)
         if self._stop_signal is not None:
             print(f"stopped by signal {self._stop_signal} at step {self.env_step}; checkpoint saved. "
                   f"Resume with: td3-jax train --resume {self.run_dir}")
-            self.env.close()
             return 128 + self._stop_signal
         if exit_code == 0:
             self._write_results()
             self._print_diagnosis()
+            if self.best is not None and self.best.step is not None:
+                print(f"best evaluation: step {self.best.step}, {self.best.metric} {self.best.value:.4g}; "
+                      f"evaluate it with: td3-jax eval --checkpoint {self.best.directory}")
             comparison = self.results.get("final_comparison")
             if comparison:
                 print(f"final evaluation at step {self.env_step}: {comparison['episodes']} episodes from seed "
                       f"{comparison['first_seed']}, the same for both, deterministic policy")
                 print(comparison_table({"TD3": comparison["policy"], "baseline": comparison["baseline"]}))
-        self.env.close()
         return exit_code
 
     def _loop(self, log: RunLog) -> int:
@@ -423,6 +459,7 @@ class Trainer:
         training, algorithm = self.run.training, self.run.algorithm
         interval_start = (self.env_step, time.perf_counter(), self.updates)
         while self.env_step < training.max_timesteps and self._stop_signal is None:
+            self._rejoin_world()
             before = self.env_step
             calls = update_calls(before, before + self.n_envs, algorithm.learning_starts, algorithm.train_freq)
             self.feed.prepare(calls)  # with prefetch, drawn while the device updates and the env steps
@@ -466,6 +503,7 @@ class Trainer:
             return
         training = self.run.training
         log.line(f"baseline (pure pursuit + PID) on the same {training.num_eval_episodes} episodes")
+        self._leave_world()
         try:
             baseline, _ = evaluate(
                 self.eval_env, BaselinePolicy(self.run.env), training.num_eval_episodes, training.eval_seed,
@@ -488,7 +526,7 @@ class Trainer:
                 self.save_checkpoint()
                 return f"checkpoint saved at step {self.env_step}; {resume_hint}"
             except Exception as error:  # the first failure is the one to report
-                reason = f"saving a checkpoint failed too ({_brief(error)}); "
+                reason = f"saving a checkpoint failed too ({brief(error)}); "
         else:
             reason = ""  # mid-step or mid-save: the state is not one to save
         latest = self.checkpointer.latest_step()
@@ -534,6 +572,8 @@ class Trainer:
                                         if last and all("eval/success_rate" in e for e in last) else None),
             "evaluations": evaluations,
             "final_comparison": self.results.get("final_comparison"),
+            "best_checkpoint": None if self.best is None or self.best.step is None else {
+                "env_step": self.best.step, "metric": self.best.metric, "value": self.best.value},
         }
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -552,22 +592,3 @@ def _has_env_snapshot(run: config_lib.RunConfig) -> bool:
 
 class _Diverged(Exception):
     """The policy produced non-finite actions: training cannot continue."""
-
-
-def _errno(error: BaseException) -> int | None:
-    """The OS error number behind an exception, also in tensorstore's form (`[os_error_code='28']`)."""
-    if getattr(error, "errno", None) is not None:
-        return error.errno
-    found = re.search(r"os_error_code='(\d+)'", str(error))
-    return int(found.group(1)) if found else None
-
-
-def _brief(error: BaseException) -> str:
-    """An exception's type and first line, capped, for one-line messages; an OS error by its errno text."""
-    code = _errno(error)
-    if code is not None:
-        return f"{os.strerror(code)} (errno {code})"
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
-    text = text if len(text) <= 200 else text[:197] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
