@@ -223,3 +223,16 @@ def test_bad_extends_is_one_clear_error(tmp_path, files, fragment):
         (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         config_lib.load(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("settings, shared", [
+    ([], False),  # the embedded simulator: every env its own world
+    (["env.backend=carla"], True),  # every env on carla.host:carla.port
+    (["env.backend=carla", "env.workers.carla_in_process=true"], True),
+    (["env.backend=carla", "env.workers.carla_server_command=CarlaUE4.sh -carla-rpc-port={port}"], False),
+    (["env.backend=carla", "env.workers.carla_servers=['10.0.0.5:2000']"], False),
+    (["env.backend=carla", "env.carla.host=10.0.0.5", "env.workers.carla_servers=['10.0.0.5:2000']"], True),
+])
+def test_which_evaluation_env_shares_a_training_world(settings, shared):
+    """The evaluation env connects to carla.host:carla.port; the training envs to their servers."""
+    assert config_lib.load(None, settings)[0].env.evaluation_shares_training_world() is shared

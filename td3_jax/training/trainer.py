@@ -229,6 +229,7 @@ class Trainer:
     def _rejoin_world(self) -> None:
         """Before the next training step: the eval env gives the world back and the training envs reconnect."""
         if self.env is None:
+            self.clock.enter("evaluation")  # its cost; and a failure to reconnect saves a checkpoint first
             self.eval_env.close()  # its actors go; a later evaluation reconnects
             from td3_jax.envs.workers import make_worker_vec_env
 
@@ -503,7 +504,6 @@ class Trainer:
             return
         training = self.run.training
         log.line(f"baseline (pure pursuit + PID) on the same {training.num_eval_episodes} episodes")
-        self._leave_world()
         try:
             baseline, _ = evaluate(
                 self.eval_env, BaselinePolicy(self.run.env), training.num_eval_episodes, training.eval_seed,
