@@ -6,7 +6,7 @@ with checkpoints, `Trainer(...).train(resume=True)` to a larger
 
 Exactness across a resume. Only the embedded simulator is saved mid-episode
 (tests/test_train.py). A gym or CARLA env restarts at a resume: `restore()`
-ends the replay's episodes and resets the env with ``env.seed + episodes``.
+ends the replay's episodes and resets the env with ``env.seed + env_step``.
 What holds, and is asserted here:
 - a resume at an episode boundary of a deterministic env whose reset does not
   depend on its seed gives the uninterrupted run bit for bit (train state,
@@ -265,7 +265,7 @@ def test_the_best_evaluation_s_policy_is_kept_through_a_resume_and_evaluates(tmp
     assert results["best_checkpoint"] == {"env_step": best["env_step"], "metric": "eval/mean_reward",
                                           "value": best["eval/mean_reward"]}
     with Checkpointer(tmp_path / "best", read_only=True) as kept:
-        assert kept.committed_steps() == [best["env_step"]]
+        assert kept.latest_step() == best["env_step"]
 
     out = tmp_path / "best.json"
     assert main(["eval", "--checkpoint", str(tmp_path / "best"), "--episodes", "1", "--json", str(out)]) == 0

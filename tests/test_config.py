@@ -232,7 +232,19 @@ def test_bad_extends_is_one_clear_error(tmp_path, files, fragment):
     (["env.backend=carla", "env.workers.carla_server_command=CarlaUE4.sh -carla-rpc-port={port}"], False),
     (["env.backend=carla", "env.workers.carla_servers=['10.0.0.5:2000']"], False),
     (["env.backend=carla", "env.carla.host=10.0.0.5", "env.workers.carla_servers=['10.0.0.5:2000']"], True),
+    (["env.backend=carla", "env.workers.carla_servers=['127.0.0.1:2000']"], True),  # carla.host is localhost
 ])
 def test_which_evaluation_env_shares_a_training_world(settings, shared):
     """The evaluation env connects to carla.host:carla.port; the training envs to their servers."""
     assert config_lib.load(None, settings)[0].env.evaluation_shares_training_world() is shared
+
+
+def test_an_evaluation_server_among_the_training_servers_is_refused_in_one_line(tmp_path):
+    from td3_jax.errors import UserError
+    from td3_jax.training.trainer import Trainer
+
+    run = config_lib.load(None, ["env.backend=carla", "env.workers.carla_servers=['127.0.0.1:2000', '127.0.0.1:2010']",
+                                 "training.num_eval_episodes=1"])[0]
+    with pytest.raises(UserError, match=r"localhost:2000 \(carla.host, carla.port\) is one of env.workers.carla_servers"):
+        Trainer(run, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was started or written

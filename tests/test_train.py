@@ -125,11 +125,18 @@ def test_the_best_evaluation_s_policy_is_kept_through_a_lost_checkpoint_and_a_re
     best_step = results["evaluations"][best_index]["env_step"]
     assert results["best_checkpoint"] == {"env_step": best_step, "metric": "eval/mean_reward", "value": returns[best_index]}
     assert json.loads((split / "results.json").read_text())["best_checkpoint"] == results["best_checkpoint"]
-    kept = {}
+    kept, steps = {}, {}
     for run_dir in (straight, split):
         with Checkpointer(run_dir / "best", read_only=True) as best:
-            assert best.committed_steps() == [best_step]  # the final checkpoint pruned the older bests
+            steps[run_dir] = best.committed_steps()
             kept[run_dir] = best.restore(abstract_train_state=Trainer(_config(), tmp_path / "abstract").state)
+    # Every improvement was saved; those older than the best up to the oldest checkpoint kept (40 of 40, 80, 120)
+    # went, so that a resume from any kept checkpoint finds its best.
+    improved = [e["env_step"] for i, e in enumerate(results["evaluations"]) if all(
+        e["eval/mean_reward"] < earlier["eval/mean_reward"] for earlier in results["evaluations"][:i])]
+    anchor = max((s for s in improved if s <= 40), default=0)
+    assert steps[straight] == steps[split] == [s for s in improved if s >= anchor]
+    assert steps[straight][-1] == best_step
     chex.assert_trees_all_equal(kept[straight].train_state, kept[split].train_state)
     assert kept[straight].host_state == kept[split].host_state
 

@@ -183,6 +183,11 @@ class LaneSimConfig:
         return int(round(self.npc_density_per_km[self.scenario] * lane_km))
 
 
+def _same_host(host: str) -> str:
+    """The host with this machine's names made one, so that localhost:2000 and 127.0.0.1:2000 compare equal."""
+    return "localhost" if host.lower() in ("localhost", "127.0.0.1", "::1", "[::1]") else host.lower()
+
+
 def parse_server(server: str) -> tuple[str, int]:
     """("host", port) of a "host:port" string; ValueError with the expected form otherwise."""
     host, sep, port = server.rpartition(":")
@@ -420,8 +425,8 @@ class EnvConfig:
         """
         if self.backend != "carla" or self.workers.carla_server_command is not None:
             return False
-        servers = {parse_server(server) for server in self.workers.carla_servers}
-        return not servers or (self.carla.host, self.carla.port) in servers
+        servers = {(_same_host(host), port) for host, port in map(parse_server, self.workers.carla_servers)}
+        return not servers or (_same_host(self.carla.host), self.carla.port) in servers
 
     def __post_init__(self):
         if self.backend not in ("lanesim", "carla") and not _is_gym_backend(self.backend):

@@ -8,14 +8,17 @@ state (no replay) as one checkpoint step of best/, so that
 
     td3-jax eval --checkpoint RUN_DIR/best
 
-drives it. Each step's host state records the metric, its direction and its value.
+drives it. Each step's host state records the metric, its direction, its value
+and how the evaluations were run (`how`: episodes, seeds, policy, reward).
 
 best/ is its own record; the run's checkpoints hold nothing of it:
 - values only improve over time, so the latest step of best/ is the best so far;
-- a regular checkpoint at step c deletes best steps older than the latest one at or
-  before c, so a resume from c always finds the best up to c;
+- the run's checkpoints delete best steps older than the latest one at or before
+  the oldest checkpoint kept, so a resume from any kept checkpoint c finds the best up to c;
 - a resume from c deletes best steps after c: they belong to the interrupted
-  continuation, which the resumed run replaces.
+  continuation, which the resumed run replaces;
+- when the metric, its direction or `how` differ from the latest step's, earlier values
+  were measured otherwise: the selection starts again at the next evaluation.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ class BestCheckpoint:
       directory: RUN_DIR/best.
       metric: the evaluation summary's tag to select by (an `eval/*` tag).
       mode: "max" when higher is better, "min" when lower is.
+      how: JSON dict of what makes two evaluations' values comparable (episodes, seeds, policy, reward).
     """
 
-    def __init__(self, directory: Path, metric: str, mode: str):
-        self.metric, self.mode = metric, mode
+    def __init__(self, directory: Path, metric: str, mode: str, how: dict):
+        self.metric, self.mode, self.how = metric, mode, how
         self.directory = directory
         self._checkpointer = Checkpointer(directory, max_to_keep=None, save_replay=False)
         self.step: int | None = None
@@ -48,9 +52,18 @@ class BestCheckpoint:
     def close(self) -> None:
         self._checkpointer.close()
 
-    def _read_latest(self) -> None:
+    def _read_latest(self) -> str | None:
+        """Reads the best so far from best/; returns why the selection starts again, if it does."""
         self.step = self._checkpointer.latest_step()
-        self.value = None if self.step is None else self._checkpointer.read_host_state(self.step)["value"]
+        self.value = None
+        if self.step is None:
+            return None
+        saved = self._checkpointer.read_host_state(self.step)
+        if (saved["metric"], saved["mode"], saved.get("how")) != (self.metric, self.mode, self.how):
+            return (f"its evaluations were measured otherwise ({saved['metric']}, {saved['mode']}, {saved.get('how')}), "
+                    "so the next evaluation starts the selection again")
+        self.value = saved["value"]
+        return None
 
     def consider(self, step: int, summary: dict[str, float], *, train_state: TD3State, config: dict) -> bool:
         """Saves `train_state` when the evaluation `summary` at `step` is the best so far; True if it was.
@@ -61,7 +74,8 @@ class BestCheckpoint:
         if self.metric not in summary:
             raise UserError(
                 f"training.best_checkpoint_metric={self.metric!r} is not among the evaluation's metrics "
-                f"({', '.join(sorted(summary))}); pick one of them, or \"\" to keep no best policy"
+                f"({', '.join(sorted(summary))}); resume with --set training.best_checkpoint_metric= one of them "
+                "(or \"\" to keep no best policy)"
             )
         value = float(summary[self.metric])
         if not math.isfinite(value) or (self.step is not None and step <= self.step):
@@ -70,15 +84,15 @@ class BestCheckpoint:
             return False
         self._checkpointer.save(
             step, train_state=train_state, config=config,
-            host_state={"env_step": step, "metric": self.metric, "mode": self.mode, "value": value},
+            host_state={"env_step": step, "metric": self.metric, "mode": self.mode, "value": value, "how": self.how},
         )
         self.step, self.value = step, value
         return True
 
-    def checkpointed(self, step: int) -> None:
-        """After the run's checkpoint at `step`: older best steps than the best up to `step` go."""
+    def checkpointed(self, oldest_checkpoint: int) -> None:
+        """After a run checkpoint: best steps older than the best up to the oldest checkpoint kept go."""
         steps = self._checkpointer.committed_steps()
-        kept = max((s for s in steps if s <= step), default=None)
+        kept = max((s for s in steps if s <= oldest_checkpoint), default=None)
         for old in steps:
             if kept is not None and old < kept:
                 self._checkpointer.delete(old)
@@ -88,9 +102,12 @@ class BestCheckpoint:
         dropped = [s for s in self._checkpointer.committed_steps() if s > step]
         for later in dropped:
             self._checkpointer.delete(later)
-        self._read_latest()
-        if not dropped:
-            return None
-        kept = "none" if self.step is None else f"step {self.step} ({self.metric} {self.value:.4g})"
-        return (f"{self.directory}: removed the best policies of steps {', '.join(map(str, dropped))}, "
-                f"after the checkpoint the run resumes from; the best so far is {kept}")
+        restart = self._read_latest()
+        lines = []
+        if dropped:
+            kept = "none" if self.step is None else f"step {self.step}"
+            lines.append(f"removed the best policies of steps {', '.join(map(str, dropped))}, after the checkpoint "
+                         f"the run resumes from; the latest left is {kept}")
+        if restart:
+            lines.append(restart)
+        return f"{self.directory}: {'; '.join(lines)}" if lines else None

@@ -28,8 +28,6 @@ from td3_jax.training import config as config_lib
 FIXED_KEYS = {
     "algorithm.buffer_size": "the replay buffer's capacity is fixed by the saved buffer",
     "training.seed": "the random streams continue from the checkpoint",
-    "training.best_checkpoint_metric": "best/ holds the best policy by this metric (start a new run to select by another)",
-    "training.best_checkpoint_mode": "best/ holds the best policy in this direction (start a new run to select by another)",
     "env.backend": "the observation shapes and the replay come from this backend",
     "env.stack": "the replay buffer and the networks are built for this stack",
     "env.num_envs": "the replay buffer has one stream per env",

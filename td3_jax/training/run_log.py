@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -292,3 +293,31 @@ class EpisodeStats:
         self.collisions[index] = 0
         self.lane_invasions[index] = 0
         return values
+
+
+def write_results(path: Path, run, *, env_step: int, updates: int, episodes: int, results: dict,
+                  best: dict | None) -> None:
+    """results.json: the run's counters, training returns and evaluations (the original's keys, null where the
+    env reports no such info), the final comparison with the baseline and the best evaluation's checkpoint."""
+    evaluations = results["evaluations"]
+    last = evaluations[-5:]
+    Path(path).write_text(json.dumps({
+        "scenario": {"lanesim": run.env.lanesim.scenario, "carla": run.env.carla.scenario}.get(
+            run.env.backend),  # a gymnasium env has none
+        "backend": run.env.backend,
+        "seed": run.training.seed,
+        "total_timesteps": env_step,
+        "total_updates": updates,
+        "total_episodes": episodes,
+        "training_rewards": results["training_rewards"],
+        "eval_rewards": [e["eval/mean_reward"] for e in evaluations],
+        "eval_success_rates": [e.get("eval/success_rate") for e in evaluations],
+        "eval_collisions": [e.get("eval/avg_collisions") for e in evaluations],
+        "eval_lane_invasions": [e.get("eval/avg_lane_invasions") for e in evaluations],
+        "final_eval_mean_reward": float(np.mean([e["eval/mean_reward"] for e in last])) if last else None,
+        "final_eval_success_rate": (float(np.mean([e["eval/success_rate"] for e in last]))
+                                    if last and all("eval/success_rate" in e for e in last) else None),
+        "evaluations": evaluations,
+        "final_comparison": results.get("final_comparison"),
+        "best_checkpoint": best,
+    }, indent=2))

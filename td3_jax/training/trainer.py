@@ -15,7 +15,7 @@ time limit bootstraps, a crash does not.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import signal
 import time
@@ -44,10 +44,11 @@ from td3_jax.training.evaluate import (
 )
 from td3_jax.training.guard import DivergenceGuard, alert_scalars
 from td3_jax.training.parallel import DataParallel
-from td3_jax.training.run_log import EpisodeStats, LoopClock, RunLog
+from td3_jax.training.run_log import EpisodeStats, LoopClock, RunLog, write_results
 from td3_jax.training.schedule import crossed, exploration_std, update_calls
 
 EPISODE_HISTORY = 100  # episodes in the console's running mean
+_LOG = logging.getLogger(__name__)
 
 
 def random_streams(seed: int, process_index: int) -> tuple[jax.Array, jax.Array, np.random.SeedSequence, int | list[int]]:
@@ -76,6 +77,12 @@ class Trainer:
 
         self.run = run
         self.run_dir = run_dir
+        if run.training.num_eval_episodes and run.env.workers.carla_servers and run.env.evaluation_shares_training_world():
+            raise UserError(
+                f"the evaluation env's CARLA server {run.env.carla.host}:{run.env.carla.port} (carla.host, carla.port) "
+                "is one of env.workers.carla_servers: each evaluation would restart every training worker; point "
+                "carla.host and carla.port at a server of its own, or set training.num_eval_episodes: 0"
+            )
         self.await_updates = await_updates
         run_dir.mkdir(parents=True, exist_ok=True)
         algorithm = run.algorithm
@@ -131,8 +138,11 @@ class Trainer:
         )
         self.best = None  # the best policy by the evaluations, in best/ (training/best.py)
         if self.eval_env is not None and run.training.best_checkpoint_metric:
+            env_settings = {k: v for k, v in config_lib.to_dict(run)["env"].items() if k != "workers"}
+            how = {"episodes": run.training.num_eval_episodes, "first_seed": run.training.eval_seed,
+                   "policy": run.training.eval_policy, "max_steps": self.eval_max_steps, "env": env_settings}
             self.best = BestCheckpoint(run_dir / "best", run.training.best_checkpoint_metric,
-                                       run.training.best_checkpoint_mode)
+                                       run.training.best_checkpoint_mode, how)
         self.feed = BatchFeed(
             self.buffer, self.parallel.place_batches, batch_size=algorithm.batch_size,
             gradient_steps=algorithm.gradient_steps, n_step=algorithm.n_step, discount=algorithm.discount,
@@ -216,15 +226,17 @@ class Trainer:
     def _start_new_episodes(self) -> None:
         """Every env starts a new episode (after a resume, or an evaluation in its world); the buffer does not
         bridge the cut, and the cut episodes are not counted."""
-        self.obs, _ = self.env.reset(seed=self.run.env.seed + self.episodes)
+        self.obs, _ = self.env.reset(seed=self.run.env.seed + self.env_step)  # a new seed at every cut
         self.buffer.end_episodes(np.ones(self.n_envs, bool))
         self.episode_stats = EpisodeStats(self.n_envs)
 
     def _leave_world(self) -> None:
         """Before the eval env drives: a training env that shares its world closes (its actors go)."""
         if self.eval_shares_world and self.env is not None:
-            self.env.close()
-            self.env = None
+            try:
+                self.env.close()
+            finally:
+                self.env = None
 
     def _rejoin_world(self) -> None:
         """Before the next training step: the eval env gives the world back and the training envs reconnect."""
@@ -249,8 +261,8 @@ class Trainer:
                 config=config_lib.to_dict(self.run),
                 replay_state=replay,
             )
-            if self.best is not None:
-                self.best.checkpointed(self.env_step)
+        if self.best is not None:  # a resume may start from any checkpoint kept
+            self.best.checkpointed(min(self.checkpointer.committed_steps()))
 
     # ------------------------------------------------------------ loop
 
@@ -414,6 +426,11 @@ class Trainer:
             log.text("config", "```\n" + (self.run_dir / "config.yaml").read_text() + "\n```", 0)
         for line in changes:
             log.line(line)
+        limit = episode_step_limit(self.run.env, self.eval_env) if self.eval_shares_world else None
+        if limit and training.eval_freq and training.eval_freq // self.n_envs < limit:
+            log.line(f"warning: each evaluation ends the training episodes (they share the CARLA world), every "
+                     f"{training.eval_freq // self.n_envs} steps per env, before their {limit}-step limit; "
+                     "raise training.eval_freq to let them run to it")
         log.line(f"run directory {self.run_dir}; {self.buffer.summary()}")
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         failed = True
@@ -433,10 +450,13 @@ class Trainer:
                 signal.signal(sig, handler)
             self.feed.close()
             # The evaluation env first: a CARLA one gives the world back as it found it, then a training env
-            # restores the settings it found.
-            for resource in (self.best, self.eval_env, self.env):
-                if resource is not None:
-                    resource.close()
+            # restores the settings it found. Each is closed even if another fails; none hides the run's error.
+            for resource in (self.eval_env, self.env, self.best):
+                try:
+                    if resource is not None:
+                        resource.close()
+                except Exception as error:  # noqa: BLE001
+                    _LOG.warning("closing %s failed: %s", type(resource).__name__, brief(error))
             log.close(quiet=failed)
         if self._stop_signal is not None:
             print(f"stopped by signal {self._stop_signal} at step {self.env_step}; checkpoint saved. "
@@ -551,31 +571,10 @@ class Trainer:
         return 1
 
     def _write_results(self) -> None:
-        evaluations = self.results["evaluations"]
-        last = evaluations[-5:]
-        results = {
-            "scenario": {"lanesim": self.run.env.lanesim.scenario, "carla": self.run.env.carla.scenario}.get(
-                self.run.env.backend),  # a gymnasium env has none
-            "backend": self.run.env.backend,
-            "seed": self.run.training.seed,
-            "total_timesteps": self.env_step,
-            "total_updates": self.updates,
-            "total_episodes": self.episodes,
-            "training_rewards": self.results["training_rewards"],
-            "eval_rewards": [e["eval/mean_reward"] for e in evaluations],
-            # null where the env reports no such info (a gymnasium env), not 0
-            "eval_success_rates": [e.get("eval/success_rate") for e in evaluations],
-            "eval_collisions": [e.get("eval/avg_collisions") for e in evaluations],
-            "eval_lane_invasions": [e.get("eval/avg_lane_invasions") for e in evaluations],
-            "final_eval_mean_reward": float(np.mean([e["eval/mean_reward"] for e in last])) if last else None,
-            "final_eval_success_rate": (float(np.mean([e["eval/success_rate"] for e in last]))
-                                        if last and all("eval/success_rate" in e for e in last) else None),
-            "evaluations": evaluations,
-            "final_comparison": self.results.get("final_comparison"),
-            "best_checkpoint": None if self.best is None or self.best.step is None else {
-                "env_step": self.best.step, "metric": self.best.metric, "value": self.best.value},
-        }
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        best = None if self.best is None or self.best.step is None else {
+            "env_step": self.best.step, "metric": self.best.metric, "value": self.best.value}
+        write_results(self.run_dir / "results.json", self.run, env_step=self.env_step, updates=self.updates,
+                      episodes=self.episodes, results=self.results, best=best)
 
     def _print_diagnosis(self) -> None:
         from td3_jax.diagnose.diagnose import diagnose_run, format_text, write_diagnosis
