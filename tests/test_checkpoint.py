@@ -230,7 +230,7 @@ def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_pat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint_integrity, "fsync_tree", disk_full)
-    with Checkpointer(tmp_path) as checkpointer, pytest.raises(OSError, match="No space"):
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(CheckpointError, match="could not write checkpoint 2 .*No space left on device.*free disk space"):
         checkpointer.save(2, train_state=random_state(abstract, 1), host_state={}, config={}, replay_state=None)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]  # a save that raised cleans up after itself
@@ -299,7 +299,7 @@ def test_failed_save_raises_its_cause_and_leaves_nothing_behind(tmp_path, abstra
     threads_before = set(threading.enumerate())
     with Checkpointer(tmp_path) as checkpointer:
         checkpointer.save(1, train_state=state, host_state={}, config=CONFIG)
-        with pytest.raises(ValueError, match="Unsupported data type"):
+        with pytest.raises(CheckpointError, match="Unsupported data type"):
             checkpointer.save(2, train_state=state, host_state={}, config=CONFIG, replay_state=unstorable)
         # orbax's executor threads may still be exiting on a loaded machine: give them a moment, no more.
         for thread in set(threading.enumerate()) - threads_before:
@@ -511,7 +511,7 @@ def test_checkpoint_without_checksums_loads_with_one_warning(tmp_path, abstract,
 def test_failed_save_logs_no_orbax_thread_tracebacks(tmp_path, state, caplog):
     """The save raises its cause once; orbax's writer threads would each log it with a traceback too."""
     unstorable = {"frames": REPLAY["frames"], "names": np.array(["a", "b"]), "format": 1}  # orbax has no str dtype
-    with Checkpointer(tmp_path) as checkpointer, pytest.raises(ValueError, match="Unsupported data type"):
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(CheckpointError, match="Unsupported data type"):
         checkpointer.save(1, train_state=state, host_state={}, config=CONFIG, replay_state=unstorable)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert logging.getLogger("absl").filters == []  # only while saving

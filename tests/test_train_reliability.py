@@ -318,6 +318,31 @@ def test_divergence_stops_before_non_finite_actions_reach_the_env_and_last_good_
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.actor_params))
 
 
+def test_a_divergence_stop_that_cannot_write_last_good_still_reports_the_divergence(tmp_path, monkeypatch, capsys):
+    from td3_jax.checkpoint import integrity
+    from td3_jax.training.run_log import RunLog
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(_config("training.max_timesteps=100"), run_dir)
+    trainer._last_good_state = (40, trainer.state)
+
+    def disk_full(root):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(integrity, "fsync_tree", disk_full)
+    log = RunLog(run_dir, total_steps=100, start_step=0, progress="lines")
+    log.scalars(0, {"train/critic_loss": 1.0})  # written, not yet flushed: the stop's diagnosis must see it
+    try:
+        assert trainer._divergence_stop(log, "the networks diverged") == 1
+    finally:
+        log.close()
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out.startswith("the networks diverged; the last good state (step 40) was not saved: could not write")
+    assert "No space left on device" in out and "free disk space" in out
+    assert not any((run_dir / "last_good").glob("40*"))  # nothing half-written
+    assert (run_dir / "results.json").exists()
+
+
 # ---------------------------------------------------------------- multi-host random streams
 
 
@@ -346,15 +371,17 @@ def test_resuming_a_run_that_never_saved_says_so_in_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_last_checkpoint(tmp_path, monkeypatch, capsys):
-    real_save = Checkpointer.save
+    import orbax.checkpoint as ocp
 
-    def save(self, step, **items):
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
         if step > 50:
             raise ValueError("RESOURCE_EXHAUSTED: Failed to write 4096 bytes to file 8: No space left on device "
                              "[os_error_code='28']")  # what tensorstore raises
-        return real_save(self, step, **items)
+        return real_save(self, step, *args, **kwargs)
 
-    monkeypatch.setattr(Checkpointer, "save", save)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
     args = ["train", "--run-dir", str(tmp_path / "run")]
     for assignment in TINY + ["training.max_timesteps=200", "training.checkpoint_freq=50"]:
         args += ["--set", assignment]

@@ -235,7 +235,8 @@ class Checkpointer:
         Raises:
           TypeError: a JSON part would not come back identical from JSON, or
             the train state holds a typed PRNG key (orbax cannot store those).
-          CheckpointError: read-only, or `step` is not after the latest committed step.
+          CheckpointError: read-only, `step` is not after the latest committed step, or the write failed
+            (a full disk, lost permissions: one line; nothing of the step is left behind).
         """
         if self.read_only:
             raise CheckpointError(f"checkpoint directory {self.directory} was opened read-only; cannot save")
@@ -284,8 +285,13 @@ class Checkpointer:
                 if not self._manager.save(step, args=ocp.args.Composite(**items)):
                     raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
                 self._manager.wait_until_finished()
-            except Exception:
+            except Exception as error:
                 self._abandon_failed_save(step, threads_before)
+                if isinstance(error, (OSError, ValueError)):  # how orbax and tensorstore report a full disk
+                    hint = "; free disk space or fix permissions" if os_errno(error) is not None else ""
+                    raise CheckpointError(
+                        f"could not write checkpoint {step} in {self.directory} ({brief(error)}){hint}"
+                    ) from error
                 raise
 
     def restore(
@@ -543,14 +549,3 @@ def _file_error(error: BaseException) -> BaseException | None:
     if type(error) is Exception and isinstance(error.__cause__, (OSError, ValueError)):
         return error.__cause__
     return None
-
-
-@contextlib.contextmanager
-def checkpoint_writes(step: int, directory: str | os.PathLike):
-    """Turns a failed write of checkpoint `step` into one line (how orbax and tensorstore report a full disk or
-    lost permissions: OSError or ValueError)."""
-    try:
-        yield
-    except (OSError, ValueError) as error:
-        hint = "; free disk space or fix permissions" if os_errno(error) is not None else ""
-        raise CheckpointError(f"could not write checkpoint {step} in {directory} ({brief(error)}){hint}") from None

@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from td3_jax.checkpoint.store import Checkpointer, checkpoint_writes
+from td3_jax.checkpoint.store import CheckpointError, Checkpointer
 from td3_jax.core import optim
 from td3_jax.core.td3 import act, init_state, policy_params
 from td3_jax.envs.workers import WorkerFailureError
@@ -253,14 +253,13 @@ class Trainer:
             return
         self._check_updates_finite()
         replay = self.buffer.state_dict() if self.run.training.save_replay_buffer else None
-        with checkpoint_writes(self.env_step, self.checkpointer.directory):
-            self.checkpointer.save(
-                self.env_step,
-                train_state=self.state,
-                host_state=self.host_state(),
-                config=config_lib.to_dict(self.run),
-                replay_state=replay,
-            )
+        self.checkpointer.save(
+            self.env_step,
+            train_state=self.state,
+            host_state=self.host_state(),
+            config=config_lib.to_dict(self.run),
+            replay_state=replay,
+        )
         if self.best is not None:  # a resume may start from any checkpoint kept
             self.best.checkpointed(min(self.checkpointer.committed_steps()))
 
@@ -371,9 +370,8 @@ class Trainer:
             ("success", "eval/success_rate", ".2f"), ("lateral RMSE (m)", "eval/lateral_rmse_m", ".2f")) if tag in summary]
         best = []
         if self.best is not None:
-            with checkpoint_writes(self.env_step, self.best.directory):
-                if self.best.consider(self.env_step, summary, train_state=self.state, config=config_lib.to_dict(self.run)):
-                    best = [f"the best so far ({self.best.metric}): saved in {self.best.directory}"]
+            if self.best.consider(self.env_step, summary, train_state=self.state, config=config_lib.to_dict(self.run)):
+                best = [f"the best so far ({self.best.metric}): saved in {self.best.directory}"]
         log.line(", ".join([f"eval @ {self.env_step}: return {summary['eval/mean_reward']:.1f}",
                             f"length {summary['eval/avg_episode_length']:.0f}", *driving, *best]))
 
@@ -560,11 +558,15 @@ class Trainer:
             where = "no healthy state was recorded, so last_good/ was not written"
         else:
             step, state = self._last_good_state
-            with Checkpointer(self.run_dir / "last_good", max_to_keep=1, save_replay=False) as last_good:
-                last_good.save(step, train_state=state, host_state={"env_step": step},
-                               config=config_lib.to_dict(self.run))
-            where = f"last good state (step {step}) saved in {self.run_dir / 'last_good'}"
+            try:
+                with Checkpointer(self.run_dir / "last_good", max_to_keep=1, save_replay=False) as last_good:
+                    last_good.save(step, train_state=state, host_state={"env_step": step},
+                                   config=config_lib.to_dict(self.run))
+                where = f"last good state (step {step}) saved in {self.run_dir / 'last_good'}"
+            except CheckpointError as error:  # the divergence is the news; the run's checkpoints are intact
+                where = f"the last good state (step {step}) was not saved: {error}"
         log.flush_updates(self.env_step)  # the non-finite values belong in the run's record
+        log.writer.flush()  # the diagnosis below reads the event file
         self._write_results()
         self._print_diagnosis()
         print(f"{message}; {where}")
