@@ -11,9 +11,12 @@ another thread after the tick returned. Value objects
 (Transform, VehicleControl, WorldSettings, ...) are the real `carla` classes;
 only client, world, map, actors and batch commands are fakes. Build an env
 with ``CarlaEnv(..., carla_module=CarlaWithFakeCommands(), client_factory=FakeServer().client)``.
+`SharedWorldServer` is one world for clients in several processes (worker processes and the trainer's).
 """
 
+import os
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import carla
@@ -153,15 +156,25 @@ class FakeServer:
 
     def spawn(self, type_id, transform, parent=None, attributes=None):
         if type_id.startswith("vehicle.") and any(
-            other.type_id.startswith("vehicle.")
-            and other.transform.location.distance(transform.location) < SPAWN_CLEARANCE_M
-            for other in self.actors.values()
+            location.distance(transform.location) < SPAWN_CLEARANCE_M for location, _ in self.vehicles()
         ):
             raise RuntimeError("Spawn failed because of collision at spawn position")
         actor = FakeActor(self, self.next_id, type_id, transform, parent, attributes)
         self.actors[actor.id] = actor
         self.next_id += 1
         return actor
+
+    def destroy(self, actor_id):
+        self.actors.pop(actor_id, None)
+        self.calls.append(("destroy", actor_id))
+
+    def traffic_manager(self, port):
+        return FakeTrafficManager(self)
+
+    def vehicles(self):
+        """(location, role_name) of every vehicle in the world."""
+        return [(a.transform.location, a.attributes.get("role_name", "")) for a in self.actors.values()
+                if a.type_id.startswith("vehicle.")]
 
     def tick(self, seconds):
         self.calls.append(("tick", seconds))
@@ -267,7 +280,7 @@ class FakeClient:
 
     def get_trafficmanager(self, port):
         self.server.calls.append(("tm_port", port))
-        return FakeTrafficManager(self.server)
+        return self.server.traffic_manager(port)
 
     def apply_batch_sync(self, commands, do_tick=False):
         if self.server.fail_destroys and any(command.kind == "destroy" for command in commands):
@@ -285,8 +298,7 @@ class FakeClient:
                     continue
                 responses.append(SimpleNamespace(error="", actor_id=actor.id))
             else:
-                self.server.actors.pop(command.actor_id, None)
-                self.server.calls.append(("destroy", command.actor_id))
+                self.server.destroy(command.actor_id)
                 responses.append(SimpleNamespace(error="", actor_id=command.actor_id))
         if do_tick:
             self.server.tick(10.0)
@@ -319,3 +331,101 @@ class CarlaWithFakeCommands:
 
     def __getattr__(self, name):
         return getattr(carla, name)
+
+
+class SharedWorldServer(FakeServer):
+    """One world for clients in several processes, as a CARLA server is.
+
+    Each process holds a `SharedWorldServer` on the same `world_dir`, where every
+    vehicle is a file ``vehicle-<pid>-<actor id>`` (x y role_name) from its spawn
+    to its destroy, left behind if its process dies without destroying it. A
+    spawn is blocked by any process's vehicle; each tick appends the number of
+    egos in the world to ``egos-per-tick.log``. The rest of the world (time,
+    sensors, settings) is per process.
+    """
+
+    def __init__(self, world_dir):
+        super().__init__()
+        self.world_dir = Path(world_dir)
+
+    def spawn(self, type_id, transform, parent=None, attributes=None):
+        actor = super().spawn(type_id, transform, parent, attributes)
+        if type_id.startswith("vehicle."):
+            self._publish(actor)
+        return actor
+
+    def destroy(self, actor_id):
+        super().destroy(actor_id)
+        self._marker(actor_id).unlink(missing_ok=True)
+
+    def tick(self, seconds):
+        frame = super().tick(seconds)
+        for actor in self.actors.values():
+            if actor.type_id.startswith("vehicle."):
+                self._publish(actor)
+        egos = sum("_ego@" in role for _, role in self.vehicles())
+        with open(self.world_dir / "egos-per-tick.log", "a") as log:
+            log.write(f"{os.getpid()} {egos}\n")
+        return frame
+
+    def traffic_manager(self, port):
+        """As CARLA's client library: the port's Traffic Manager is this process's if it opened one there, a live
+        process's that registered the port (this one becomes its remote client: a line in ``tm-remote.log``), or
+        a new one of this process's, registered in ``tm-<port>`` (it lives until the process exits)."""
+        registry = self.world_dir / f"tm-{port}"
+        owner = int(registry.read_text()) if registry.exists() else None
+        if owner != os.getpid() and owner is not None and _alive(owner):
+            with open(self.world_dir / "tm-remote.log", "a") as log:
+                log.write(f"{os.getpid()} {owner} {port}\n")
+        elif owner != os.getpid():
+            registry.write_text(str(os.getpid()))
+        return super().traffic_manager(port)
+
+    def vehicles(self):
+        found = []
+        for marker in self.world_dir.glob("vehicle-*"):
+            try:
+                x, y, role = marker.read_text().split(" ", 2)
+            except (OSError, ValueError):  # destroyed, or being written, meanwhile
+                continue
+            found.append((carla.Location(x=float(x), y=float(y)), role))
+        return found
+
+    def _marker(self, actor_id):
+        return self.world_dir / f"vehicle-{os.getpid()}-{actor_id}"
+
+    def _publish(self, actor):
+        location = actor.transform.location
+        partial = self.world_dir / f"partial.{os.getpid()}"
+        partial.write_text(f"{location.x} {location.y} {actor.attributes.get('role_name', '')}")
+        partial.replace(self._marker(actor.id))  # readers never see half a line
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def shared_world_block(spec, world_dir: str, trainer_pid: int):
+    """A worker process's envs (`make_block_env`) on a `SharedWorldServer` of `world_dir`.
+
+    gymnasium's AsyncVectorEnv also builds (and closes, unconnected) one in the trainer's process for its
+    spaces: that one keeps the trainer's stand-in. Each build in a worker appends a line to ``worker-builds.log``.
+    """
+    import functools
+
+    from td3_jax.envs.carla import env as carla_env
+    from td3_jax.envs.workers import make_block_env
+
+    if os.getpid() != trainer_pid:
+        with open(Path(world_dir) / "worker-builds.log", "a") as log:
+            log.write(f"{os.getpid()} {spec.first}\n")
+        server = SharedWorldServer(world_dir)
+        carla_env.make_carla_env = functools.partial(  # this worker process only
+            carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
+            sleep=lambda seconds: None,
+        )
+    return make_block_env(spec)

@@ -278,3 +278,56 @@ def test_the_best_evaluation_s_policy_is_kept_through_a_resume_and_evaluates(tmp
         assert max(npcs for _, npcs in vehicles_per_tick) <= 2
     else:  # the same policy on the same episode of a deterministic env
         assert report["metrics"]["eval/mean_reward"] == best["eval/mean_reward"]
+
+
+@pytest.mark.slow
+def test_carla_workers_leave_the_world_to_each_evaluation_and_come_back(tmp_path, monkeypatch):
+    """The default CARLA path: the training env in a worker process, evaluations in the trainer's process, one
+    world (a server process's port for readiness, a `SharedWorldServer` for the world). The worker closes
+    before each evaluation (its ego and traffic destroyed) and a new one drives after it."""
+    pytest.importorskip("carla")
+    import os
+    import subprocess
+    import sys
+
+    from carla_fakes import CarlaWithFakeCommands, SharedWorldServer, shared_world_block
+    from test_carla_supervision import FAKE_SERVER, free_port
+
+    from td3_jax.envs import workers as workers_module
+    from td3_jax.envs.carla import env as carla_env
+    world = tmp_path / "world"
+    world.mkdir()
+    server = SharedWorldServer(world)  # the trainer's client of the world: the evaluation env
+    monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
+        carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
+        sleep=lambda seconds: None,
+    ))
+    monkeypatch.setattr(workers_module, "make_worker_vec_env", functools.partial(
+        workers_module.make_worker_vec_env, env_factory=functools.partial(shared_world_block, world_dir=str(world), trainer_pid=os.getpid()),
+    ))
+    port = free_port()
+    listener = subprocess.Popen([sys.executable, str(FAKE_SERVER), "--port", str(port)])
+    try:
+        settings = [s for s in CARLA_SETTINGS if not s.startswith("env.workers.carla_in_process")] + [
+            f"env.carla.port={port}", "env.workers.carla_server_ready_timeout_s=30",
+            "training.num_eval_episodes=1", "training.eval_freq=15", "training.compare_baseline=false",
+        ]
+        run = _config("carla", 45, *settings)
+        assert run.env.evaluation_shares_training_world()
+        trainer = _train(run, tmp_path / "run")
+    finally:
+        listener.kill()
+        listener.wait()
+    assert trainer.env_step == 45
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [e["env_step"] for e in results["evaluations"]] == [15, 30, 45]
+    # One worker at the start and one after each evaluation but the last (training ends there).
+    builds = (world / "worker-builds.log").read_text().splitlines()
+    assert len(builds) == 3 and len({line.split()[0] for line in builds}) == 3
+    # Every tick of every process saw one ego in the world: evaluations never met the training ego.
+    counts = [line.split() for line in (world / "egos-per-tick.log").read_text().splitlines()]
+    assert {int(egos) for _, egos in counts} == {1}
+    assert len({pid for pid, _ in counts}) == 4  # the three workers and the trainer's evaluations
+    assert not list(world.glob("vehicle-*"))  # every vehicle destroyed at the end
+    # No worker's traffic was driven by the Traffic Manager that an evaluation opened in the trainer's process.
+    assert not (world / "tm-remote.log").exists()

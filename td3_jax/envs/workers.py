@@ -166,6 +166,17 @@ def worker_specs(
     ]
 
 
+def evaluation_env_config(config: EnvConfig, workers: WorkersConfig) -> EnvConfig:
+    """`config` for a CARLA evaluation env beside training: a Traffic Manager port that no training env of the
+    run uses, restarts included (`carla.tm_port + (max_restarts + 1) x num_envs`).
+
+    A Traffic Manager lives in the process that opened it until that process exits, and a client that asks
+    for a port whose Traffic Manager is alive becomes its remote client: on a shared port, the training
+    workers started after an evaluation would have their traffic driven from the training process.
+    """
+    return _with_tm_port(config, (workers.max_restarts + 1) * config.num_envs)
+
+
 def _with_tm_port(config: EnvConfig, offset: int) -> EnvConfig:
     if config.backend != "carla":
         return config

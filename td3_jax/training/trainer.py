@@ -27,7 +27,7 @@ import numpy as np
 from td3_jax.checkpoint.store import CheckpointError, Checkpointer
 from td3_jax.core import optim
 from td3_jax.core.td3 import act, init_state, policy_params
-from td3_jax.envs.workers import WorkerFailureError
+from td3_jax.envs.workers import WorkerFailureError, evaluation_env_config
 from td3_jax.errors import UserError, brief
 from td3_jax.replay.batch_feed import BatchFeed
 from td3_jax.replay import ReplayBuffer, ReplayMemoryError
@@ -111,7 +111,9 @@ class Trainer:
         except ReplayMemoryError as error:
             self.env.close()
             raise UserError(f"algorithm.buffer_size={algorithm.buffer_size}: {error}") from None
-        self.eval_env = make_env(run.env) if run.training.num_eval_episodes > 0 else None
+        self.eval_env = None
+        if run.training.num_eval_episodes > 0:
+            self.eval_env = make_env(evaluation_env_config(run.env, run.env.workers))
         # A CARLA evaluation on a training env's server would meet that env's ego (driving on with its last
         # control) and traffic: the training envs leave the world for it and start new episodes after it.
         self.eval_shares_world = self.eval_env is not None and run.env.evaluation_shares_training_world()
