@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from carla_fakes import TIMEOUT_MESSAGE, CarlaWithFakeCommands, FakeServer
+from carla_fakes import CarlaWithFakeCommands, FakeServer
 
 import carla
 

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import chex
-import jax
 import numpy as np
 import pytest
 
