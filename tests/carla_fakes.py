@@ -403,10 +403,10 @@ class SharedWorldServer(FakeServer):
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:  # gone
         return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    return state != "Z"  # a zombie has exited
 
 
 def shared_world_block(spec, world_dir: str, trainer_pid: int):
