@@ -318,29 +318,47 @@ def test_divergence_stops_before_non_finite_actions_reach_the_env_and_last_good_
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.actor_params))
 
 
-def test_a_divergence_stop_that_cannot_write_last_good_still_reports_the_divergence(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("failure", ["disk full", "last_good is a file", "stale last_good"])
+def test_a_divergence_stop_reports_the_divergence_whatever_happens_to_last_good(tmp_path, monkeypatch, capsys, failure):
+    """last_good/ cannot be written (a full disk, a file in its place) or holds an earlier divergence's state at a
+    later step: the stop still prints the divergence and its diagnosis, and never checkpoints the run."""
     from td3_jax.checkpoint import integrity
+    from td3_jax.checkpoint.store import save_alone
     from td3_jax.training.run_log import RunLog
 
     run_dir = tmp_path / "run"
     trainer = Trainer(_config("training.max_timesteps=100"), run_dir)
     trainer._last_good_state = (40, trainer.state)
+    if failure == "disk full":
+        def disk_full(root):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    def disk_full(root):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(integrity, "fsync_tree", disk_full)
+        monkeypatch.setattr(integrity, "fsync_tree", disk_full)
+    elif failure == "last_good is a file":
+        (run_dir / "last_good").write_text("")
+    else:
+        save_alone(run_dir / "last_good", 90, train_state=trainer.state, config={})
     log = RunLog(run_dir, total_steps=100, start_step=0, progress="lines")
     log.scalars(0, {"train/critic_loss": 1.0})  # written, not yet flushed: the stop's diagnosis must see it
     try:
         assert trainer._divergence_stop(log, "the networks diverged") == 1
     finally:
         log.close()
-    out = capsys.readouterr().out.strip().splitlines()[-1]
-    assert out.startswith("the networks diverged; the last good state (step 40) was not saved: could not write")
-    assert "No space left on device" in out and "free disk space" in out
-    assert not any((run_dir / "last_good").glob("40*"))  # nothing half-written
+        trainer.env.close()
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any("critic_loss=train/critic_loss" in line for line in out)  # the diagnosis read the flushed metric
+    if failure == "stale last_good":
+        assert out[-1].startswith("the networks diverged; last good state (step 40) saved in")
+        with Checkpointer(run_dir / "last_good", read_only=True) as last_good:
+            assert last_good.committed_steps() == [40]
+    else:
+        assert out[-1].startswith("the networks diverged; the last good state (step 40) was not saved: ")
+        if failure == "disk full":
+            assert "could not write" in out[-1] and "No space left on device" in out[-1] and "free disk space" in out[-1]
     assert (run_dir / "results.json").exists()
+    # Had anything failed after the divergence, the run's failure path would not checkpoint the diverged state.
+    assert "the networks diverged, so no checkpoint was saved" in trainer._save_after_failure()
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
 
 
 # ---------------------------------------------------------------- multi-host random streams

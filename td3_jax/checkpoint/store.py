@@ -523,6 +523,20 @@ class Checkpointer:
             ) from error
 
 
+def save_alone(directory: str | os.PathLike, step: int, *, train_state: TD3State, config: dict) -> None:
+    """Saves `train_state` (no replay) as the one checkpoint of `directory`, replacing one at `step` or later.
+
+    Raises:
+      CheckpointError: the write failed (one line).
+      OSError: `directory` cannot be created.
+    """
+    with Checkpointer(directory, max_to_keep=1, save_replay=False) as checkpointer:
+        for stale in checkpointer.committed_steps():
+            if stale >= step:
+                checkpointer.delete(stale)
+        checkpointer.save(step, train_state=train_state, host_state={"env_step": step}, config=config)
+
+
 def load_config(directory: str | os.PathLike, step: int | None = None) -> dict:
     """The resolved run config of the latest (or given) committed checkpoint in `directory`.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from td3_jax.checkpoint.store import CheckpointError, Checkpointer
+from td3_jax.checkpoint.store import CheckpointError, Checkpointer, save_alone
 from td3_jax.core import optim
 from td3_jax.core.td3 import act, init_state, policy_params
 from td3_jax.envs.workers import WorkerFailureError, evaluation_env_config
@@ -163,6 +163,7 @@ class Trainer:
         self._unchecked_updates: list[tuple[int, jax.Array]] = []  # (env step, all_finite) not yet fetched
         self._policy_actions: list[np.ndarray] = []
         self._last_good_state = None
+        self._diverged = False
 
     # ------------------------------------------------------------ state
 
@@ -541,7 +542,9 @@ class Trainer:
         """After an exception: saves the state if it is consistent; says where the run can resume from."""
         resume_hint = f"resume with: td3-jax train --resume {self.run_dir}"
         self.feed.cancel()  # a batch drawn for the abandoned step must not advance the saved sampler
-        if self.clock.phase in ("acting", "env step", "sampling", "update", "logging", "evaluation"):
+        if self._diverged:
+            reason = "the networks diverged, so no checkpoint was saved; "
+        elif self.clock.phase in ("acting", "env step", "sampling", "update", "logging", "evaluation"):
             try:
                 self.save_checkpoint()
                 return f"checkpoint saved at step {self.env_step}; {resume_hint}"
@@ -555,22 +558,26 @@ class Trainer:
         return f"{reason}the last checkpoint is step {latest}: {resume_hint}"
 
     def _divergence_stop(self, log: RunLog, message: str) -> int:
-        """Saves the last state known to be healthy and finite in last_good/; returns exit code 1."""
+        """Saves the last healthy, finite state in last_good/; returns exit code 1. A failure to write it, the
+        metrics or the diagnosis is reported with the divergence (never via `_save_after_failure`)."""
+        self._diverged = True
         if self._last_good_state is None:
             where = "no healthy state was recorded, so last_good/ was not written"
         else:
             step, state = self._last_good_state
             try:
-                with Checkpointer(self.run_dir / "last_good", max_to_keep=1, save_replay=False) as last_good:
-                    last_good.save(step, train_state=state, host_state={"env_step": step},
-                                   config=config_lib.to_dict(self.run))
+                save_alone(self.run_dir / "last_good", step, train_state=state, config=config_lib.to_dict(self.run))
                 where = f"last good state (step {step}) saved in {self.run_dir / 'last_good'}"
-            except CheckpointError as error:  # the divergence is the news; the run's checkpoints are intact
-                where = f"the last good state (step {step}) was not saved: {error}"
-        log.flush_updates(self.env_step)  # the non-finite values belong in the run's record
-        log.writer.flush()  # the diagnosis below reads the event file
-        self._write_results()
-        self._print_diagnosis()
+            except (CheckpointError, OSError) as error:  # the divergence is the news; the checkpoints are intact
+                why = error if isinstance(error, CheckpointError) else brief(error)
+                where = f"the last good state (step {step}) was not saved: {why}"
+        try:
+            log.flush_updates(self.env_step)  # the non-finite values belong in the run's record
+            log.writer.flush()  # the diagnosis below reads the event file
+            self._write_results()
+            self._print_diagnosis()
+        except (OSError, UserError) as error:
+            print(f"the run's metrics and diagnosis could not all be written ({brief(error)})")
         print(f"{message}; {where}")
         return 1
 
