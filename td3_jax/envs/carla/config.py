@@ -19,7 +19,8 @@ class CarlaConfig:
     port: int = 2000
     """RPC port of the CARLA server (the server also uses port + 1 for streaming)."""
     tm_port: int = 8000
-    """Traffic Manager port; give every concurrent training its own."""
+    """First Traffic Manager port of a training: it uses tm_port to tm_port + (env.workers.max_restarts + 1) x
+    num_envs (env i, each restart, then the evaluation env); give concurrent trainings ranges that do not overlap."""
     connect_timeout_s: float = 10.0
     """Client RPC timeout: the first connection fails with a clear error after this long."""
     tick_timeout_s: float = 10.0
