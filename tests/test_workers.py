@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium
 import numpy as np
@@ -30,6 +31,7 @@ from td3_jax.envs.workers import (
     WorkersConfig,
     WorkerSpec,
     WorkerVecEnv,
+    evaluation_env_config,
     make_worker_vec_env,
     merge_infos,
     parse_server,
@@ -146,6 +148,23 @@ def test_worker_specs_split_envs_evenly_and_keep_env_seeds():
     assert all(s.config.num_envs == s.num_envs for s in specs)
     with pytest.raises(ValueError, match="between 1 and env.num_envs=2"):
         worker_specs(EnvConfig(num_envs=2), WorkersConfig(workers=3))
+
+
+@pytest.mark.parametrize("num_envs, workers, servers", [(1, 1, False), (3, 3, False), (5, 2, False), (2, 0, True)])
+@pytest.mark.parametrize("max_restarts", [0, 3])
+def test_the_evaluation_env_s_traffic_manager_port_is_none_a_training_worker_uses(num_envs, workers, servers, max_restarts):
+    """Every port of every worker and each of its restarts (as the vector restarts them) differs from the
+    evaluation env's, whatever the blocks."""
+    carla_servers = tuple(f"localhost:{2000 + 2 * i}" for i in range(num_envs)) if servers else ()
+    config = EnvConfig(backend="carla", num_envs=num_envs)
+    workers_config = WorkersConfig(workers=workers, carla_servers=carla_servers, max_restarts=max_restarts)
+    specs = worker_specs(config, workers_config)
+    vector = SimpleNamespace(_slices=[slice(s.first, s.first + s.num_envs) for s in specs])
+    training = {WorkerVecEnv._restarted_spec(vector, spec, attempt).config.carla.tm_port
+                for spec in specs for attempt in range(max_restarts + 1)}
+    assert len(training) == len(specs) * (max_restarts + 1)  # no two processes of a run share one either
+    assert evaluation_env_config(config, workers_config).carla.tm_port not in training
+    assert evaluation_env_config(config, workers_config).carla.tm_port > max(training)
 
 
 def test_carla_servers_get_one_env_and_their_own_traffic_manager_port_each():
