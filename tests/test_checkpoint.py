@@ -188,6 +188,17 @@ def test_keeps_the_last_n_committed_checkpoints(tmp_path, state):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["300", "400"]
 
 
+@pytest.mark.parametrize("cut", [50, 200, 250, 300, 301])
+def test_delete_from_removes_exactly_the_steps_at_or_after_it(tmp_path, state, cut):
+    with Checkpointer(tmp_path, max_to_keep=3) as checkpointer:
+        for step in (100, 200, 300):
+            checkpointer.save(step, train_state=state, host_state={"step": step}, config=CONFIG, replay_state=None)
+        assert checkpointer.delete_from(cut) == [s for s in (100, 200, 300) if s >= cut]
+        assert checkpointer.committed_steps() == [s for s in (100, 200, 300) if s < cut]
+    with Checkpointer(tmp_path, read_only=True) as reopened:  # gone from disk, not only from the manager's list
+        assert reopened.committed_steps() == [s for s in (100, 200, 300) if s < cut]
+
+
 def test_save_refuses_a_step_not_after_the_latest(tmp_path, state):
     save(tmp_path, 5, state)
     with Checkpointer(tmp_path) as checkpointer, pytest.raises(CheckpointError, match="already holds committed step 5"):

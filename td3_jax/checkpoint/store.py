@@ -387,6 +387,17 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint directory {self.directory} was opened read-only; cannot delete")
         self._manager.delete(self._committed_step(step))
 
+    def delete_from(self, step: int) -> list[int]:
+        """Deletes every committed checkpoint at `step` or later; returns their steps.
+
+        Raises:
+          CheckpointError: read-only.
+        """
+        later = [s for s in self.committed_steps() if s >= step]
+        for s in later:
+            self.delete(s)
+        return later
+
     def _verify(self, step: int, hash_skipped: tuple[str, ...]) -> None:
         """Checks the step's files against the checksums recorded at save (sizes of all, digests of the rest)."""
         where = self.directory / str(step)
@@ -531,9 +542,7 @@ def save_alone(directory: str | os.PathLike, step: int, *, train_state: TD3State
       OSError: `directory` cannot be created.
     """
     with Checkpointer(directory, max_to_keep=1, save_replay=False) as checkpointer:
-        for stale in checkpointer.committed_steps():
-            if stale >= step:
-                checkpointer.delete(stale)
+        checkpointer.delete_from(step)
         checkpointer.save(step, train_state=train_state, host_state={"env_step": step}, config=config)
 
 

@@ -99,9 +99,7 @@ class BestCheckpoint:
 
     def resumed(self, step: int) -> str | None:
         """At a resume from the run's checkpoint at `step`; returns a log line when it changed best/."""
-        dropped = [s for s in self._checkpointer.committed_steps() if s > step]
-        for later in dropped:
-            self._checkpointer.delete(later)
+        dropped = self._checkpointer.delete_from(step + 1)
         restart = self._read_latest()
         lines = []
         if dropped:
