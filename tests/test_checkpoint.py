@@ -234,11 +234,16 @@ def test_nan_in_host_state_round_trips(tmp_path, abstract, state):
         assert np.isnan(checkpointer.restore(abstract_train_state=abstract).host_state["last_return"])
 
 
-def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_path, abstract, state, monkeypatch):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["os_error", "wrapped_in_a_bare_exception"])
+def test_interrupted_saves_are_ignored_and_the_previous_checkpoint_loads(tmp_path, abstract, state, monkeypatch, wrapped):
     save(tmp_path, 1, state)
-    # A save that dies before its commit (here: the fsync before the rename fails).
+    # A save that dies before its commit (here: the fsync before the rename fails), raised as it is
+    # or the way orbax wraps a failed array transfer.
     def disk_full(root):
-        raise OSError(28, "No space left on device")
+        full = OSError(28, "No space left on device")
+        if not wrapped:
+            raise full
+        raise Exception("Encountered error while writing an array") from full
 
     monkeypatch.setattr(checkpoint_integrity, "fsync_tree", disk_full)
     with Checkpointer(tmp_path) as checkpointer, pytest.raises(CheckpointError, match="could not write checkpoint 2 .*No space left on device.*free disk space"):

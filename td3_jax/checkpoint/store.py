@@ -287,10 +287,11 @@ class Checkpointer:
                 self._manager.wait_until_finished()
             except Exception as error:
                 self._abandon_failed_save(step, threads_before)
-                if isinstance(error, (OSError, ValueError)):  # how orbax and tensorstore report a full disk
-                    hint = "; free disk space or fix permissions" if os_errno(error) is not None else ""
+                cause = _file_error(error)  # how orbax and tensorstore report a full disk
+                if cause is not None:
+                    hint = "; free disk space or fix permissions" if os_errno(cause) is not None else ""
                     raise CheckpointError(
-                        f"could not write checkpoint {step} in {self.directory} ({brief(error)}){hint}"
+                        f"could not write checkpoint {step} in {self.directory} ({brief(cause)}){hint}"
                     ) from error
                 raise
 
@@ -560,12 +561,13 @@ def load_config(directory: str | os.PathLike, step: int | None = None) -> dict:
 
 
 def _file_error(error: BaseException) -> BaseException | None:
-    """The file-level failure behind a restore error, or None if it is something else.
+    """The file-level failure behind a save or restore error, or None if it is something else.
 
-    orbax and tensorstore report missing, truncated or undecodable files as
-    OSError or ValueError (JSONDecodeError included); orbax wraps failed array
-    reads in a bare Exception whose cause is that error. Shape and structure
-    mismatches are ruled out before reading, so these mean the files are bad.
+    orbax and tensorstore report a full disk, lost permissions and missing,
+    truncated or undecodable files as OSError or ValueError (JSONDecodeError
+    included); orbax wraps failed array reads in a bare Exception whose cause is
+    that error. Shape and structure mismatches are ruled out before reading, so
+    on a restore these mean the files are bad.
     """
     if isinstance(error, (OSError, ValueError)):
         return error
