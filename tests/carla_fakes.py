@@ -21,6 +21,8 @@ from types import SimpleNamespace
 
 import carla
 
+from td3_jax.envs.carla.client import process_alive
+
 TIMEOUT_MESSAGE = "time-out of 10000ms while waiting for the simulator"
 
 
@@ -374,7 +376,7 @@ class SharedWorldServer(FakeServer):
         a new one of this process's, registered in ``tm-<port>`` (it lives until the process exits)."""
         registry = self.world_dir / f"tm-{port}"
         owner = int(registry.read_text()) if registry.exists() else None
-        if owner != os.getpid() and owner is not None and _alive(owner):
+        if owner != os.getpid() and owner is not None and process_alive(owner):
             with open(self.world_dir / "tm-remote.log", "a") as log:
                 log.write(f"{os.getpid()} {owner} {port}\n")
         elif owner != os.getpid():
@@ -399,14 +401,6 @@ class SharedWorldServer(FakeServer):
         partial = self.world_dir / f"partial.{os.getpid()}"
         partial.write_text(f"{location.x} {location.y} {actor.attributes.get('role_name', '')}")
         partial.replace(self._marker(actor.id))  # readers never see half a line
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:  # gone
-        return False
-    return state != "Z"  # a zombie has exited
 
 
 def shared_world_block(spec, world_dir: str, trainer_pid: int):
