@@ -22,6 +22,12 @@ that prefers weak gains is held back by its reward or its fit. `--added-gains 0.
 it drives the same routes again with c * lateral deviation (m, read from the vector) added to the
 actor's steering for each c, and prints return, discounted return, lateral RMSE and success. A
 return that rises with c means the reward pays for centring the actor has not learned.
+`--branch-every N` asks whether the critic knows what steering is worth (embedded simulator only): on
+the same routes, at every N-th decision, copies of the simulator steer the policy's steering plus an
+offset for one decision and then drive the policy for up to `--horizon` decisions; the critic's
+min(Q1, Q2) change for each offset is printed against the change of those discounted returns, with
+the offset each prefers per metre of deviation (a critic that prefers less correction than the
+returns shows it here, state by state).
 Steering +1 turns right and the deviation is positive to the left, so centring gains are positive.
 Driving backends only (lanesim, CARLA): the vector's layout is `td3_jax.envs.observation`'s.
 """
@@ -29,6 +35,7 @@ Driving backends only (lanesim, CARLA): the vector's layout is `td3_jax.envs.obs
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -46,6 +53,8 @@ STEER_GRID = np.linspace(-1.0, 1.0, 41)
 """Steering values over which the critic's preferred steering is searched."""
 HEADING_STEP_RAD = 0.1
 """Heading-error perturbation, rad."""
+BRANCH_OFFSETS = np.array([-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2])
+"""Steering offsets of the Monte Carlo branches (`--branch-every`), added to the policy's steering for one decision."""
 
 
 def collect_states(env, policy, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,6 +107,67 @@ def drive_with_added_gain(
         "decisions": float(np.mean(decisions)), "lateral_rmse_m": float(np.sqrt(np.mean(deviations**2))),
         "lateral_mean_m": float(deviations.mean()), "success": successes / episodes,
     }
+
+
+def branch_returns(env, policy, obs, action: np.ndarray, horizon: int, discount: float) -> np.ndarray:
+    """Discounted returns of `action` with each of `BRANCH_OFFSETS` added to its steering for one decision, then
+    `policy` for up to `horizon` decisions in all, each on its own copy of `env` (left as it is)."""
+    returns = []
+    for offset in BRANCH_OFFSETS:
+        branch = copy.deepcopy(env)
+        first = np.array(action, np.float32)
+        first[0] = np.clip(first[0] + offset, -1.0, 1.0)
+        next_obs, reward, terminated, truncated, _ = branch.step(first)
+        total, t = float(reward), 1
+        while not (terminated or truncated) and t < horizon:
+            action_t = policy(next_obs["image"][None], next_obs["vector"][None])[0]
+            next_obs, reward, terminated, truncated, _ = branch.step(action_t)
+            total, t = total + discount**t * float(reward), t + 1
+        returns.append(total)
+    return np.asarray(returns)
+
+
+def critic_against_returns(
+    env, policy, q_fn, scale: observation.ObservationConfig, *, episodes: int, seed: int, every: int, horizon: int,
+    discount: float,
+) -> dict:
+    """The critic's values of one-decision steering offsets against their Monte Carlo returns (`branch_returns`),
+    on the states of `episodes` deterministic routes, every `every`-th decision.
+
+    Returns:
+      {"states": count; for name in return, q: "{name}_change": mean value at each of `BRANCH_OFFSETS` minus the
+      value at offset 0, "{name}_at_policy": mean value at offset 0, "{name}_preferred_per_deviation":
+      least-squares slope, over the states, of the best offset against the lateral deviation (m, left positive)}.
+    """
+    returns, values, deviations = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        t = 0
+        while True:
+            action = np.asarray(policy(obs["image"][None], obs["vector"][None])[0], np.float32)
+            if t % every == every - 1:
+                returns.append(branch_returns(env, policy, obs, action, horizon, discount))
+                steered = np.repeat(action[None], len(BRANCH_OFFSETS), axis=0)
+                steered[:, 0] = np.clip(steered[:, 0] + BRANCH_OFFSETS, -1.0, 1.0)
+                images = np.repeat(obs["image"][None], len(BRANCH_OFFSETS), axis=0)
+                vectors = np.repeat(obs["vector"][None], len(BRANCH_OFFSETS), axis=0)
+                values.append(np.asarray(q_fn(images, vectors, steered)))
+                deviations.append(observation.parse_vector(obs["vector"], scale)[1])
+            obs, _, terminated, truncated, _ = env.step(action)
+            t += 1
+            if terminated or truncated:
+                break
+    at_policy = int(np.flatnonzero(BRANCH_OFFSETS == 0.0)[0])
+    out: dict = {"states": len(returns)}
+    for name, table in (("return", np.asarray(returns)), ("q", np.asarray(values))):
+        if not len(table):
+            continue
+        out[f"{name}_change"] = (table - table[:, [at_policy]]).mean(axis=0)
+        out[f"{name}_at_policy"] = float(table[:, at_policy].mean())
+        best = BRANCH_OFFSETS[np.argmax(table, axis=1)]
+        spread = len(best) > 1 and np.ptp(deviations) > 0
+        out[f"{name}_preferred_per_deviation"] = float(np.polyfit(deviations, best, 1)[0]) if spread else float("nan")
+    return out
 
 
 def steering_change(steer: np.ndarray, episode_of: np.ndarray) -> float:
@@ -200,12 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--added-gains", default="",
                         help="comma-separated gains c (steering per m of lateral deviation): drive the routes again "
                              "with c * deviation added to the actor's steering, and print their returns")
+    parser.add_argument("--branch-every", type=int, default=0, metavar="N",
+                        help="embedded simulator: at every N-th decision of the routes, compare the critic's values of "
+                             "one-decision steering offsets with Monte Carlo returns from copies of the simulator")
+    parser.add_argument("--horizon", type=int, default=100,
+                        help="decisions per Monte Carlo branch (default 100; 0.97**100 = 0.05)")
     args = parser.parse_args(argv)
     try:
         if not (args.run_dir / "config.yaml").is_file():
             raise UserError(f"{args.run_dir} has no config.yaml; pass a td3-jax run directory")
-        if args.episodes < 1 or not args.offset_m > 0:
-            raise UserError("--episodes must be >= 1 and --offset-m > 0")
+        if args.episodes < 1 or args.horizon < 1 or not args.offset_m > 0 or args.branch_every < 0:
+            raise UserError("--episodes and --horizon must be >= 1, --offset-m > 0 and --branch-every >= 0")
         try:
             added_gains = [float(gain) for gain in args.added_gains.split(",") if gain.strip()]
         except ValueError:
@@ -213,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         run, _ = config_lib.load(args.run_dir / "config.yaml")
         if run.env.backend not in ("lanesim", "carla"):
             raise UserError(f"the probe reads the driving observation vector; {run.env.backend} has none")
+        if args.branch_every and run.env.backend != "lanesim":
+            raise UserError("--branch-every copies the simulator mid-route: the embedded simulator (lanesim) only")
         env = make_env(run.env)
         td3_cfg = config_lib.td3_config(run, env.action_space.shape[0])
         restored = restore_train_state(args.run_dir / "checkpoints", td3_cfg, env, args.step)
@@ -232,12 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     def q_fn(images, vectors, actions):
         return np.asarray(apply_critic(jnp.asarray(images), jnp.asarray(vectors), jnp.asarray(actions)))
 
-    drives = {}
+    drives, branches = {}, None
     try:
         images, vectors, episode_of = collect_states(env, policy, args.episodes, args.seed)
         for gain in ([0.0] + added_gains) if added_gains else []:
             drives[gain] = drive_with_added_gain(
                 env, policy, run.env.observation, gain, args.episodes, args.seed, run.algorithm.discount
+            )
+        if args.branch_every:
+            branches = critic_against_returns(
+                env, policy, q_fn, run.env.observation, episodes=args.episodes, seed=args.seed,
+                every=args.branch_every, horizon=args.horizon, discount=run.algorithm.discount,
             )
     finally:
         env.close()
@@ -264,7 +346,22 @@ def main(argv: list[str] | None = None) -> int:
         for gain, d in drives.items():
             print(f"{gain:6.2f} {d['return']:9.1f} {d['discounted_return']:10.1f} {d['decisions']:9.1f} "
                   f"{d['lateral_rmse_m']:7.3f} {d['lateral_mean_m']:+7.3f} {d['success']:7.2f}")
+    if branches is not None:
+        print_branches(branches, args.branch_every, args.horizon, run.algorithm.discount)
     return 0
+
+
+def print_branches(branches: dict, every: int, horizon: int, discount: float) -> None:
+    """The table of `critic_against_returns`."""
+    print(f"\nthe critic against Monte Carlo returns on {branches['states']} states (every {every}th decision): the "
+          f"steering offset for one decision, then the actor for up to {horizon} decisions (discount {discount}):")
+    if not branches["states"]:
+        return
+    print(f"{'steering offset':>20s}" + "".join(f" {offset:+7.2f}" for offset in BRANCH_OFFSETS)
+          + "  at the policy  preferred offset per m of deviation")
+    for label, name in (("return change", "return"), ("min(Q1, Q2) change", "q")):
+        print(f"{label:>20s}" + "".join(f" {value:+7.2f}" for value in branches[f"{name}_change"])
+              + f"  {branches[f'{name}_at_policy']:13.1f}  {branches[f'{name}_preferred_per_deviation']:+.3f}")
 
 
 if __name__ == "__main__":

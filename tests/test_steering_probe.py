@@ -127,3 +127,117 @@ def test_an_added_centring_gain_steers_a_biased_policy_back_and_its_returns_are_
     assert drives[0.0]["discounted_return"] == pytest.approx(np.mean(discounted))
     assert drives[0.0]["decisions"] == np.mean(decisions)
     assert drives[0.0]["success"] == 1.0
+
+
+class LateralToy:
+    """A car's lateral deviation d (m): steering s moves it to d - s, the reward is -(d - s)^2, then a seeded drift
+    moves it before the next decision. Deterministic from its seed, and copyable like the embedded simulator."""
+
+    steps = 40
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def _obs(self):
+        vector = observation.build_vector(np.array([8.0]), np.array([self.deviation]), np.array([0.0]),
+                                          np.zeros((1, 1, 2)), self.scale)[0]
+        return {"image": np.zeros((4, 4, 1), np.uint8), "vector": vector}
+
+    def reset(self, *, seed):
+        self.rng, self.t = np.random.default_rng(seed), 0
+        self.deviation = self.rng.uniform(-1.0, 1.0)
+        return self._obs(), {}
+
+    def step(self, action):
+        self.deviation -= float(action[0])
+        reward = -self.deviation**2
+        self.deviation += self.rng.uniform(-0.5, 0.5)
+        self.t += 1
+        return self._obs(), reward, False, self.t == self.steps, {}
+
+
+def test_monte_carlo_branches_equal_replays_and_find_the_preferred_offset():
+    probe = load_script("steering_probe")
+    scale = observation.ObservationConfig()
+    gain, critic_gain, discount = 0.85, 0.7, 0.9
+
+    def deviation(vectors):
+        return vectors[:, 1] * scale.deviation_scale_m
+
+    def policy(images, vectors):
+        return np.stack([gain * deviation(vectors), np.zeros(len(vectors))], axis=1)
+
+    def q_fn(images, vectors, actions):  # prefers steering critic_gain * deviation
+        return -((actions[:, 0] - critic_gain * deviation(vectors)) ** 2)
+
+    # Against a replay from the reset: every branch is what driving the route again with that offset returns.
+    env = LateralToy(scale)
+    obs, _ = env.reset(seed=3)
+    for _ in range(5):
+        obs, *_ = env.step(policy(None, obs["vector"][None])[0])
+    action = policy(None, obs["vector"][None])[0]
+    returns = probe.branch_returns(env, policy, obs, action, horizon=10, discount=discount)
+    assert env.t == 5  # the branches drove copies
+    for offset, branch_return in zip(probe.BRANCH_OFFSETS, returns):
+        replay = LateralToy(scale)
+        replay_obs, _ = replay.reset(seed=3)
+        for _ in range(5):
+            replay_obs, *_ = replay.step(policy(None, replay_obs["vector"][None])[0])
+        expected = 0.0
+        for t in range(10):
+            steer = policy(None, replay_obs["vector"][None])[0] + ([offset, 0.0] if t == 0 else 0.0)
+            replay_obs, reward, *_ = replay.step(steer)
+            expected += discount**t * reward
+        assert branch_return == pytest.approx(expected)
+
+    # One decision's return is -(d - steer)^2: the returns prefer an offset of (1 - gain) d, the critic (critic_gain
+    # - gain) d, both searched on the offsets' grid.
+    found = probe.critic_against_returns(
+        LateralToy(scale), policy, q_fn, scale, episodes=6, seed=0, every=2, horizon=1, discount=discount
+    )
+    assert found["states"] == 6 * LateralToy.steps // 2
+    assert found["return_preferred_per_deviation"] == pytest.approx(1 - gain, abs=0.04)
+    assert found["q_preferred_per_deviation"] == pytest.approx(critic_gain - gain, abs=0.04)
+    assert found["q_change"][list(probe.BRANCH_OFFSETS).index(0.0)] == 0.0
+
+
+def test_branches_of_the_embedded_simulator_equal_replays_from_the_reset():
+    """The copies the probe drives are the simulator the user trains on (frame stack, traffic and random streams
+    included): each branch returns what driving the route again from its reset returns."""
+    from td3_jax.envs import make_env
+    from td3_jax.envs.config import EnvConfig, LaneSimConfig
+
+    probe = load_script("steering_probe")
+    env_cfg = EnvConfig(backend="lanesim", lanesim=LaneSimConfig(route_length_m=80.0, action_repeat=2))
+    pursuit = probe.pure_pursuit(env_cfg.lanesim, env_cfg.observation)
+
+    def policy(images, vectors):
+        return np.stack([pursuit(images, vectors)[:, 0], np.full(len(vectors), 0.4)], axis=1).astype(np.float32)
+
+    def drive_to(env, decisions):
+        obs, _ = env.reset(seed=11)
+        for _ in range(decisions):
+            obs, *_ = env.step(policy(obs["image"][None], obs["vector"][None])[0])
+        return obs
+
+    env = make_env(env_cfg)
+    obs = drive_to(env, 6)
+    image_before = obs["image"].copy()
+    returns = probe.branch_returns(env, policy, obs, policy(obs["image"][None], obs["vector"][None])[0], 8, 0.9)
+    continued, *_ = env.step(policy(obs["image"][None], obs["vector"][None])[0])  # the original drives on, unmoved
+    for offset, branch_return in zip(probe.BRANCH_OFFSETS, returns):
+        replay = make_env(env_cfg)
+        replay_obs = drive_to(replay, 6)
+        np.testing.assert_array_equal(replay_obs["image"], image_before)
+        expected = 0.0
+        for t in range(8):
+            action = policy(replay_obs["image"][None], replay_obs["vector"][None])[0]
+            action[0] = np.clip(action[0] + (offset if t == 0 else 0.0), -1.0, 1.0)
+            replay_obs, reward, terminated, truncated, _ = replay.step(action)
+            expected += 0.9**t * reward
+            if offset == 0.0 and t == 0:
+                np.testing.assert_array_equal(replay_obs["image"], continued["image"])
+            if terminated or truncated:
+                break
+        assert branch_return == pytest.approx(expected, rel=1e-6)
+    assert len(set(np.round(returns, 6))) > 1  # the offsets changed the drives

@@ -441,7 +441,13 @@ def test_steering_probe_reads_a_trained_run(trained_run, capsys):
     assert steering_probe.main([str(run_dir), "--episodes", "1", "--added-gains", "0.5, 1"]) == 0
     rows = capsys.readouterr().out.split("added to the actor's steering")[1].splitlines()[2:]
     assert [float(row.split()[0]) for row in rows] == [0.0, 0.5, 1.0] and "nan" not in "".join(rows)
+    assert steering_probe.main([str(run_dir), "--episodes", "1", "--branch-every", "4", "--horizon", "3"]) == 0
+    table = capsys.readouterr().out.split("the critic against Monte Carlo returns on ")[1].splitlines()
+    assert int(table[0].split()[0]) > 0 and "nan" not in "\n".join(table)
+    assert [row.split()[:2] for row in table[2:4]] == [["return", "change"], ["min(Q1,", "Q2)"]]
     assert steering_probe.main([str(run_dir.parent / "missing")]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
+    assert steering_probe.main([str(run_dir), "--branch-every", "-1"]) == 2
+    assert "--branch-every >= 0" in capsys.readouterr().err
     assert steering_probe.main([str(run_dir), "--added-gains", "half"]) == 2
     assert "--added-gains takes comma-separated numbers" in capsys.readouterr().err
