@@ -191,10 +191,53 @@ def test_guard_gap_alert_matches_the_ratio(policy, replay):
         assert severities == []
 
 
-def test_ratio_vectorises_like_the_scalar_form():
-    policy, replay = np.array([1.0, 500.0, -3.0]), np.array([0.2, 20.0, -30.0])
+@given(series=st.lists(st.tuples(finite, finite), min_size=1, max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_a_series_ratio_is_the_scalar_ratio_with_the_largest_replay_q_before_it(series):
+    policy, replay = (np.array(column) for column in zip(*series))
     vector = policy_replay_q_ratio(policy, replay)
-    assert vector.tolist() == [policy_replay_q_ratio(p, r) for p, r in zip(policy, replay)]
+    scalar = [policy_replay_q_ratio(p, r, 1.0, np.abs(replay[:t]).max(initial=0.0)) for t, (p, r) in enumerate(series)]
+    assert vector == pytest.approx(scalar, rel=1e-12, abs=0)
+
+
+@given(series=st.lists(st.tuples(finite, finite), min_size=1, max_size=20))
+@settings(max_examples=100, deadline=None)
+def test_the_guard_s_gap_alerts_follow_the_series_ratio(series):
+    """Checked one interval at a time, the guard alerts exactly where the series' ratio says."""
+    config = GuardConfig(max_abs_q=1e12, max_abs_actor_loss=1e12)
+    guard = DivergenceGuard(config)
+    ratios = policy_replay_q_ratio(*(np.array(column) for column in zip(*series)), config.q_scale_floor)
+    for step, ((policy, replay), ratio) in enumerate(zip(series, ratios)):
+        severities = [a.severity for a in guard.check(step, {"train/q1_value": replay, "debug/actor_q_mean": policy})
+                      if a.tag == Q_GAP_TAG]
+        bound = config.max_policy_replay_q_ratio
+        assert severities == (["critical"] if ratio > bound else ["warning"] if ratio > config.warn_fraction * bound else [])
+
+
+def test_replay_q_crossing_zero_is_not_an_exploited_critic():
+    """The shipped config's seed 9 at 9,250 env steps: replay-Q 1.1 on its way up from -140, policy-Q 37."""
+    guard = DivergenceGuard(GuardConfig(max_abs_q=1e4))
+    assert guard.check(1, {"train/q1_value": -140.0, "debug/actor_q_mean": -130.0}) == []
+    assert guard.check(2, {"train/q1_value": 1.147, "debug/actor_q_mean": 37.16}) == []
+    # The same interval with no history is judged against replay-Q's value alone: 31 units off.
+    # With it the unit is a quarter of the 140 replay-Q has reached: 1.0 units off.
+    fresh = DivergenceGuard(GuardConfig()).check(2, {"train/q1_value": 1.147, "debug/actor_q_mean": 37.16})
+    assert [(a.tag, a.severity) for a in fresh] == [(Q_GAP_TAG, "critical")]
+    # An actor running away from everything replay-Q has reached is still caught.
+    alerts = guard.check(3, {"train/q1_value": 30.0, "debug/actor_q_mean": 30.0 + 11 * 35.0})
+    assert [(a.tag, a.severity) for a in alerts] == [(Q_GAP_TAG, "critical")]
+
+
+def test_the_replay_q_scale_survives_a_resume_and_old_checkpoints_start_from_zero():
+    guard = DivergenceGuard(GuardConfig())
+    guard.check(1, {"train/q1_value": -140.0, "debug/actor_q_mean": -130.0})
+    resumed = DivergenceGuard(GuardConfig())
+    resumed.load_state_dict(json.loads(json.dumps(guard.state_dict())))
+    assert resumed.check(2, {"train/q1_value": 1.147, "debug/actor_q_mean": 37.16}) == []
+    old = {k: v for k, v in guard.state_dict().items() if k != "replay_q_scale"}
+    from_old = DivergenceGuard(GuardConfig())
+    from_old.load_state_dict(old)
+    assert from_old.replay_q_scale == 0.0
 
 
 @pytest.mark.skipif(not REFERENCE_RUNS.is_dir(), reason="shared reference runs not present")
@@ -203,11 +246,12 @@ def test_guard_stops_the_original_diverging_run_at_the_first_gap_crossing():
 
     scalars = read_scalars(REFERENCE_RUNS / "day21-run2")
     guard = DivergenceGuard(GuardConfig(mode="stop"))
-    crossings = []
+    crossings, replay_scale = [], 0.0
     for step in scalars["train/q1_value"].steps.tolist():
         metrics = {tag: float(s.values[s.steps == step][0]) for tag, s in scalars.items() if step in s.steps}
-        ratio = abs(metrics["debug/actor_q_mean"] - metrics["train/q1_value"]) / abs(metrics["train/q1_value"])
-        if ratio > 10:
+        replay_scale = max(replay_scale, abs(metrics["train/q1_value"]))  # the largest |replay-Q| so far
+        unit = max(abs(metrics["train/q1_value"]), replay_scale / 4, 1.0)
+        if abs(metrics["debug/actor_q_mean"] - metrics["train/q1_value"]) / unit > 10:
             crossings.append(step)
         if not guard.should_stop:
             guard.check(step, metrics)

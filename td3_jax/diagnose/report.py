@@ -236,7 +236,7 @@ def _diagnose(scalars, criteria: Criteria, config_norms, path: str) -> Diagnosis
 
 def _gap_row(series, tags, criteria: Criteria) -> tuple[Row, int | None, int | None]:
     bound = criteria.max_policy_replay_q_ratio
-    target = f"|policy-Q - replay-Q| <= {fmt(bound)} x max(|replay-Q|, {fmt(criteria.q_scale_floor)})"
+    target = f"|policy-Q - replay-Q| <= {fmt(bound)} x max(|replay-Q|, its largest so far / 4, {fmt(criteria.q_scale_floor)})"
     name = "Policy-Q vs replay-Q (not in the seed table)"
     if "policy_q" not in series or "replay_q" not in series:
         return Row(name, target, "missing", "n/a", "-"), None, None

@@ -65,7 +65,7 @@ class Criteria:
     max_abs_q: float = 1e3
     """|Q| on replay actions and at the policy action must stay below this (seed table: < 1,000)."""
     max_policy_replay_q_ratio: float = 10.0
-    """Bound on |policy-Q - replay-Q| / max(|replay-Q|, q_scale_floor)."""
+    """Bound on |policy-Q - replay-Q| in units of replay-Q (`td3_jax.training.guard.policy_replay_q_ratio`)."""
     q_scale_floor: float = 1.0
     """Smallest |replay-Q| used as the unit of that ratio (reward units)."""
     onset_fraction: float = 0.5

@@ -52,27 +52,40 @@ ACTOR_METRIC_PREFIXES = ("train/actor_", "debug/actor_", "debug/action_", "agent
 """Metrics of the actor step: NaN placeholders when `debug/actor_updated` is 0, so ignored then."""
 
 
-def policy_replay_q_ratio(policy_q, replay_q, q_scale_floor: float = 1.0):
+REPLAY_Q_SCALE_SHARE = 0.25
+"""The policy/replay ratio's unit never falls below this share of the largest |replay-Q| so far."""
+
+
+def policy_replay_q_ratio(policy_q, replay_q, q_scale_floor: float = 1.0, largest_replay_q: float = 0.0):
     """How far Q at the policy's action sits from Q on replay actions, in units of replay-Q.
 
-    ratio = |policy_q - replay_q| / max(|replay_q|, q_scale_floor). A healthy
-    TD3 run keeps it of order 1 (the policy's action is a little better than the
-    logged one); the original system's runs reached 10 to 1e11 as the actor
-    exploited the critic outside the data. The floor keeps the ratio meaningful
-    while Q is still near zero at the start of learning.
+    ratio_t = |policy_q_t - replay_q_t| / unit_t, unit_t = max(|replay_q_t|, 0.25 x the largest
+    |replay_q| so far, q_scale_floor). A healthy TD3 run keeps it of order 1 (the policy's action is
+    a little better than the logged one); the original system's runs reached 10 to 1e7 as the
+    actor exploited the critic outside the data. A critic's replay-Q passes through zero on its way
+    from the early crashes' negative returns to the positive ones of driving, and a gap of a few
+    reward units there is no policy outside the data: the share of the largest |replay-Q| keeps the
+    unit at the scale replay-Q has reached (healthy driving runs gave ratios of 10 to 31 at such a
+    crossing without it, 0.5 to 6.6 with it; the original's runs give the same ratios either way).
+    The floor keeps the ratio meaningful while Q is still near zero at the start of learning.
 
     Args:
       policy_q: float or float array, mean Q1 at the policy's action.
-      replay_q: float or float array of the same shape, mean Q1 on replay actions.
-      q_scale_floor: smallest |replay_q| used as the unit.
+      replay_q: float or float array of the same shape, mean Q1 on replay actions; an array is a
+        series in step order (NaN entries do not count towards the largest |replay_q|).
+      q_scale_floor: smallest unit.
+      largest_replay_q: the largest |replay_q| before this value or series (the guard's memory).
 
     Returns:
       float or float64 array of the broadcast shape; NaN where an input is NaN.
     """
     policy_q = np.asarray(policy_q, dtype=np.float64)
     replay_q = np.asarray(replay_q, dtype=np.float64)
+    current = np.abs(replay_q)
+    largest = np.fmax(np.fmax.accumulate(current, axis=-1) if current.ndim else current, largest_replay_q)
+    unit = np.maximum(np.maximum(current, REPLAY_Q_SCALE_SHARE * largest), q_scale_floor)
     with np.errstate(invalid="ignore", over="ignore"):
-        ratio = np.abs(policy_q - replay_q) / np.maximum(np.abs(replay_q), q_scale_floor)
+        ratio = np.abs(policy_q - replay_q) / unit
     return float(ratio) if ratio.ndim == 0 else ratio
 
 
@@ -89,7 +102,7 @@ class GuardConfig:
     max_policy_replay_q_ratio: float = 10.0
     """Bound on `policy_replay_q_ratio`: policy-Q an order of magnitude beyond replay-Q's scale."""
     q_scale_floor: float = 1.0
-    """Smallest |replay-Q| used as the unit of the policy/replay ratio (reward units)."""
+    """Smallest unit of the policy/replay ratio (reward units; `policy_replay_q_ratio`)."""
     warn_fraction: float = 0.5
     """A value beyond this fraction of a bound gives a warning before it becomes critical."""
     patience: int = 1
@@ -147,6 +160,8 @@ class DivergenceGuard:
         """True once stop mode has decided that training must end."""
         self.stop_message = ""
         """One line explaining the stop, empty while `should_stop` is False."""
+        self.replay_q_scale = 0.0
+        """Largest |replay-Q| checked so far: the policy/replay ratio's memory (`policy_replay_q_ratio`)."""
 
     def check(self, step: int, metrics: Mapping[str, float]) -> list[Alert]:
         """Checks one logging interval's metrics.
@@ -228,7 +243,8 @@ class DivergenceGuard:
         else:
             return []
         replay_q = float(metrics[REPLAY_Q_TAG])
-        ratio = policy_replay_q_ratio(policy_q, replay_q, self.config.q_scale_floor)
+        ratio = policy_replay_q_ratio(policy_q, replay_q, self.config.q_scale_floor, self.replay_q_scale)
+        self.replay_q_scale = max(self.replay_q_scale, abs(replay_q))
         bound = self.config.max_policy_replay_q_ratio
         what = (
             f"step {step}: Q at the policy action ({source} = {policy_q:.4g}) is {ratio:.3g} x replay-Q's "
@@ -249,11 +265,13 @@ class DivergenceGuard:
             "first_critical_step": self.first_critical_step,
             "should_stop": self.should_stop,
             "stop_message": self.stop_message,
+            "replay_q_scale": self.replay_q_scale,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restores counters written by `state_dict`; unknown or missing keys raise ValueError."""
         expected = set(self.state_dict())
+        state = {"replay_q_scale": 0.0, **state}  # checkpoints from before the scale was kept
         if set(state) != expected:
             raise ValueError(f"guard state keys {sorted(state)} differ from {sorted(expected)}")
         self.checks = int(state["checks"])
@@ -264,3 +282,4 @@ class DivergenceGuard:
         )
         self.should_stop = bool(state["should_stop"])
         self.stop_message = str(state["stop_message"])
+        self.replay_q_scale = float(state["replay_q_scale"])
