@@ -228,16 +228,16 @@ def test_replay_q_crossing_zero_is_not_an_exploited_critic():
     assert [(a.tag, a.severity) for a in alerts] == [(Q_GAP_TAG, "critical")]
 
 
-def test_the_replay_q_scale_survives_a_resume_and_old_checkpoints_start_from_zero():
+def test_the_largest_replay_q_survives_a_resume_and_old_checkpoints_start_from_zero():
     guard = DivergenceGuard(GuardConfig())
     guard.check(1, {"train/q1_value": -140.0, "debug/actor_q_mean": -130.0})
     resumed = DivergenceGuard(GuardConfig())
     resumed.load_state_dict(json.loads(json.dumps(guard.state_dict())))
     assert resumed.check(2, {"train/q1_value": 1.147, "debug/actor_q_mean": 37.16}) == []
-    old = {k: v for k, v in guard.state_dict().items() if k != "replay_q_scale"}
+    old = {k: v for k, v in guard.state_dict().items() if k != "largest_replay_q"}
     from_old = DivergenceGuard(GuardConfig())
     from_old.load_state_dict(old)
-    assert from_old.replay_q_scale == 0.0
+    assert from_old.largest_replay_q == 0.0
 
 
 @pytest.mark.skipif(not REFERENCE_RUNS.is_dir(), reason="shared reference runs not present")

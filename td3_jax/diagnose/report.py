@@ -38,7 +38,7 @@ from td3_jax.diagnose.signals import (
     resolve_signals,
     sustained_onset,
 )
-from td3_jax.training.guard import policy_replay_q_ratio
+from td3_jax.training.guard import REPLAY_Q_SCALE_SHARE, policy_replay_q_ratio
 
 Verdict = Literal["healthy", "diverging", "exploded", "not enough data"]
 
@@ -236,7 +236,8 @@ def _diagnose(scalars, criteria: Criteria, config_norms, path: str) -> Diagnosis
 
 def _gap_row(series, tags, criteria: Criteria) -> tuple[Row, int | None, int | None]:
     bound = criteria.max_policy_replay_q_ratio
-    target = f"|policy-Q - replay-Q| <= {fmt(bound)} x max(|replay-Q|, its largest so far / 4, {fmt(criteria.q_scale_floor)})"
+    target = (f"|policy-Q - replay-Q| <= {fmt(bound)} x max(|replay-Q|, {fmt(REPLAY_Q_SCALE_SHARE)} x its largest so far, "
+              f"{fmt(criteria.q_scale_floor)})")
     name = "Policy-Q vs replay-Q (not in the seed table)"
     if "policy_q" not in series or "replay_q" not in series:
         return Row(name, target, "missing", "n/a", "-"), None, None

@@ -67,7 +67,7 @@ class Criteria:
     max_policy_replay_q_ratio: float = 10.0
     """Bound on |policy-Q - replay-Q| in units of replay-Q (`td3_jax.training.guard.policy_replay_q_ratio`)."""
     q_scale_floor: float = 1.0
-    """Smallest |replay-Q| used as the unit of that ratio (reward units)."""
+    """Smallest unit of that ratio (reward units)."""
     onset_fraction: float = 0.5
     """Divergence begins where the ratio rises above this fraction of its bound and stays there."""
     actor_max_norm: float | None = None

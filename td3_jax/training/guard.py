@@ -160,7 +160,7 @@ class DivergenceGuard:
         """True once stop mode has decided that training must end."""
         self.stop_message = ""
         """One line explaining the stop, empty while `should_stop` is False."""
-        self.replay_q_scale = 0.0
+        self.largest_replay_q = 0.0
         """Largest |replay-Q| checked so far: the policy/replay ratio's memory (`policy_replay_q_ratio`)."""
 
     def check(self, step: int, metrics: Mapping[str, float]) -> list[Alert]:
@@ -243,8 +243,8 @@ class DivergenceGuard:
         else:
             return []
         replay_q = float(metrics[REPLAY_Q_TAG])
-        ratio = policy_replay_q_ratio(policy_q, replay_q, self.config.q_scale_floor, self.replay_q_scale)
-        self.replay_q_scale = max(self.replay_q_scale, abs(replay_q))
+        ratio = policy_replay_q_ratio(policy_q, replay_q, self.config.q_scale_floor, self.largest_replay_q)
+        self.largest_replay_q = max(self.largest_replay_q, abs(replay_q))
         bound = self.config.max_policy_replay_q_ratio
         what = (
             f"step {step}: Q at the policy action ({source} = {policy_q:.4g}) is {ratio:.3g} x replay-Q's "
@@ -265,13 +265,13 @@ class DivergenceGuard:
             "first_critical_step": self.first_critical_step,
             "should_stop": self.should_stop,
             "stop_message": self.stop_message,
-            "replay_q_scale": self.replay_q_scale,
+            "largest_replay_q": self.largest_replay_q,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restores counters written by `state_dict`; unknown or missing keys raise ValueError."""
         expected = set(self.state_dict())
-        state = {"replay_q_scale": 0.0, **state}  # checkpoints from before the scale was kept
+        state = {"largest_replay_q": 0.0, **state}  # checkpoints from before the guard kept it
         if set(state) != expected:
             raise ValueError(f"guard state keys {sorted(state)} differ from {sorted(expected)}")
         self.checks = int(state["checks"])
@@ -282,4 +282,4 @@ class DivergenceGuard:
         )
         self.should_stop = bool(state["should_stop"])
         self.stop_message = str(state["stop_message"])
-        self.replay_q_scale = float(state["replay_q_scale"])
+        self.largest_replay_q = float(state["largest_replay_q"])
