@@ -9,7 +9,9 @@ collisions per route and lateral RMSE as horizontal lines (the JSON of
 `td3-jax eval --baseline --json`).
 
 `--panels` picks the curves (eval/* tags); a panel no run has is left out, as a
-gymnasium env's runs have no success rate, lateral RMSE or distance.
+gymnasium env's runs have no success rate, lateral RMSE or distance. `--x minutes`
+draws them against the minutes since each run's first event instead of env steps
+(the wall time to learn, for runs that trained alone and were never paused).
 
 Each table ends with the first of three consecutive evaluations at >= 90%
 success, in env steps and in minutes since the run's first event. The minutes
@@ -40,6 +42,7 @@ TITLES = {
 }
 BASELINE_LINES = ("eval/success_rate", "eval/avg_collisions", "eval/lateral_rmse_m")
 """The panels that show the baseline controller's value as a horizontal line."""
+X_AXES = {"env_step": "env step", "minutes": "minutes since the start"}
 DEFAULT_PANELS = ("eval/mean_reward", "eval/success_rate", "eval/lateral_rmse_m", "eval/avg_distance_m")
 TABLE = (  # column, tag, format
     ("return", "eval/mean_reward", "{:.1f}"),
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None, help="JSON of td3-jax eval --baseline --json")
     parser.add_argument("--panels", default=",".join(DEFAULT_PANELS),
                         help=f"comma-separated eval/* tags to draw, of {', '.join(TITLES)}")
+    parser.add_argument("--x", choices=X_AXES, default="env_step",
+                        help="the curves' x axis: env steps, or minutes since each run's first event")
     args = parser.parse_args(argv)
     unknown = [tag for tag in args.panels.split(",") if tag not in TITLES]
     if unknown:
@@ -107,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.8), squeeze=False)
     axes = dict(zip(panels, axes[0]))
     for name, evaluations in runs.items():
-        steps = np.array([e["env_step"] for e in evaluations])
+        xs = np.array([e[args.x] for e in evaluations])
         for tag, ax in axes.items():
-            ax.plot(steps, [e.get(tag, np.nan) for e in evaluations], marker="o", ms=3, label=name)
+            ax.plot(xs, [e.get(tag, np.nan) for e in evaluations], marker="o", ms=3, label=name)
     if args.baseline:
         baseline = json.loads(Path(args.baseline).read_text())
         metrics = baseline.get("metrics", baseline)
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 ax.axhline(metrics[tag], color="gray", ls="--", label="baseline")
     for tag, ax in axes.items():
         ax.set_title(TITLES[tag])
-        ax.set_xlabel("env step")
+        ax.set_xlabel(X_AXES[args.x])
         ax.grid(alpha=0.3)
     if "eval/success_rate" in axes:
         axes["eval/success_rate"].set_ylim(-0.05, 1.05)

@@ -42,3 +42,25 @@ def test_a_driving_run_is_drawn_and_tabulated_with_its_collisions(tmp_path, caps
     assert out.stat().st_size > 0
     # a line at the baseline's value on each panel it has a value for (it reports no lateral RMSE here)
     assert sorted(baseline_lines) == [0.0, 1.0]
+
+
+def test_curves_are_drawn_against_the_minutes_since_the_run_s_first_event(tmp_path, monkeypatch):
+    run_dir = tmp_path / "alone_s9"
+    writer = SummaryWriter(str(run_dir))
+    start = 1_000_000.0
+    writer.add_scalar("progress/buffer_size", 250, 250, walltime=start)
+    for step, minutes in [(2500, 2.0), (5000, 4.5)]:
+        writer.add_scalar("eval/success_rate", 0.5, step, walltime=start + 60 * minutes)
+    writer.close()
+
+    drawn = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, x, *a, **k: drawn.append(list(x)) or plot(ax, x, *a, **k))
+    out = tmp_path / "curves.png"
+    plot_run = load_script("plot_run")
+    assert plot_run.main([str(run_dir), "--out", str(out), "--panels", "eval/success_rate", "--x", "minutes"]) == 0
+    assert np.allclose(drawn, [[2.0, 4.5]])
+    drawn.clear()
+    assert plot_run.main([str(run_dir), "--out", str(out), "--panels", "eval/success_rate"]) == 0
+    assert drawn == [[2500, 5000]]
