@@ -59,8 +59,8 @@ REPLAY_Q_SCALE_SHARE = 0.25
 def policy_replay_q_ratio(policy_q, replay_q, q_scale_floor: float = 1.0, largest_replay_q: float = 0.0):
     """How far Q at the policy's action sits from Q on replay actions, in units of replay-Q.
 
-    ratio_t = |policy_q_t - replay_q_t| / unit_t, unit_t = max(|replay_q_t|, 0.25 x the largest
-    |replay_q| so far, q_scale_floor). A healthy TD3 run keeps it of order 1 (the policy's action is
+    ratio_t = |policy_q_t - replay_q_t| / unit_t, unit_t = max(|replay_q_t|, REPLAY_Q_SCALE_SHARE x
+    the largest |replay_q| so far, q_scale_floor). A healthy TD3 run keeps it of order 1 (the policy's action is
     a little better than the logged one); the original system's runs reached 31 to 4e7 as the
     actor exploited the critic outside the data. A critic's replay-Q passes through zero on its way
     from the early crashes' negative returns to the positive ones of driving, and a gap of a few
