@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=3, help="evaluation routes driven to collect states")
     parser.add_argument("--seed", type=int, default=2_000_000, help="seed of the first route")
     parser.add_argument("--offset-m", type=float, default=0.5, help="lateral-deviation perturbation, m")
-    parser.add_argument("--policy", choices=("online", "target"), default=None,
-                        help="the actor probed and driven: online or the target actor (default: the run's "
+    parser.add_argument("--policy", choices=("online", "target", "average"), default=None,
+                        help="the actor probed and driven: online, the target actor or the slow average (default: the run's "
                              "training.eval_policy); the critic probed is always the online one")
     parser.add_argument("--added-gains", default="",
                         help="comma-separated gains c (steering per m of lateral deviation): drive the routes again "
@@ -299,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     state = restored.train_state
     actor, critic = networks.make_networks(td3_cfg.network)
     which = args.policy or run.training.eval_policy
-    actor_params = td3.policy_params(state, target=which == "target")
+    if which == "average" and state.policy_average_params is None:
+        print("steering_probe: error: this run keeps no policy average (algorithm.policy_average_tau is 0)",
+              file=sys.stderr)
+        return 2
+    actor_params = td3.policy_params(state, policy=which)
     apply_actor = jax.jit(lambda i, v: actor.apply({"params": actor_params}, i, v))
     apply_critic = jax.jit(lambda i, v, a: jnp.minimum(*critic.apply({"params": state.critic_params}, i, v, a)))
 

@@ -120,6 +120,17 @@ def test_eval_policy_with_the_baseline_is_refused(run_dir, capsys):
     assert_one_line_error(code, capsys, "--policy", "--baseline")
 
 
+def test_eval_of_an_average_the_run_does_not_keep_is_refused(run_dir, capsys):
+    code = cli.main(["eval", "--checkpoint", str(run_dir), "--policy", "average"])
+    assert_one_line_error(code, capsys, "keeps no policy average", "--policy online")
+
+
+def test_an_evaluated_average_without_its_rate_is_refused(tmp_path, capsys):
+    code = cli.main(train_args("--set", "training.eval_policy=average", "--run-dir", str(tmp_path / "run")))
+    assert_one_line_error(code, capsys, "training.eval_policy=average", "algorithm.policy_average_tau > 0")
+    assert not (tmp_path / "run").exists()
+
+
 def test_bench_json_into_a_missing_folder_is_refused_before_measuring(tmp_path, capsys):
     code = cli.main(["bench", "--quick", "--no-torch", "--json", str(tmp_path / "missing_dir" / "b.json")])
     assert_one_line_error(code, capsys, "--json", "does not exist")

@@ -646,7 +646,7 @@ def test_smoothness_off_is_plain_td3_and_on_reports_the_action_change(rng):
 
 @pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
 def test_target_policy_params_act_as_the_td_targets_target_actor(rng, shared):
-    """`policy_params(state, target=True)` is the policy the TD target bootstraps with: the target actor,
+    """`policy_params(state, policy="target")` is the policy the TD target bootstraps with: the target actor,
     on the target critic's encoder when the encoder is shared; after updates it differs from the online one."""
     state = _shared_state() if shared else _state()
     for _ in range(4):
@@ -659,6 +659,45 @@ def test_target_policy_params_act_as_the_td_targets_target_actor(rng, shared):
     expected = actor.apply({"params": target_policy}, batch.next_image, batch.next_vector)
     act = functools.partial(td3.act, image=batch.next_image, vector=batch.next_vector, key=jax.random.key(0),
                             network=state.config.network)
-    np.testing.assert_allclose(np.asarray(act(td3.policy_params(state, target=True))), np.asarray(expected),
+    np.testing.assert_allclose(np.asarray(act(td3.policy_params(state, policy="target"))), np.asarray(expected),
                                rtol=1e-6, atol=1e-6)
-    assert _tree_changed(td3.policy_params(state, target=True), td3.policy_params(state))
+    assert _tree_changed(td3.policy_params(state, policy="target"), td3.policy_params(state))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+def test_the_policy_average_is_a_polyak_average_of_the_online_policy_on_the_targets_schedule(rng, shared):
+    """A reference: after every update on the targets' schedule (step % policy_freq == 0) the average moves
+    tau_avg of the way to the online policy (with the critic's encoder when shared), between them it stays;
+    it starts as the initial policy and is none of the online, the target policy."""
+    tau = 0.3
+    overrides = dict(policy_average_tau=tau, actor_warmup_updates=2)
+    state = _shared_state(**overrides) if shared else _state(tiny_config(**overrides))
+    chex.assert_trees_all_equal(td3.policy_params(state, policy="average"), td3.policy_params(state))
+    expected = td3.policy_params(state)
+    for _ in range(6):
+        moves = int(state.step) % state.config.policy_freq == 0
+        state, _ = td3.update(state, random_batch(rng))
+        if moves:
+            expected = jax.tree.map(lambda avg, new: (1 - tau) * avg + tau * new, expected, td3.policy_params(state))
+        chex.assert_trees_all_close(td3.policy_params(state, policy="average"), expected, rtol=1e-6, atol=1e-7)
+    assert _tree_changed(td3.policy_params(state, policy="average"), td3.policy_params(state))
+    assert _tree_changed(td3.policy_params(state, policy="average"), td3.policy_params(state, policy="target"))
+
+
+def test_the_policy_average_never_feeds_back_into_learning(rng):
+    """The same updates with and without the average: every other part of the state is bit for bit the same."""
+    batches = [random_batch(rng) for _ in range(5)]
+    plain, averaged = _state(), _state(tiny_config(policy_average_tau=0.1))
+    for batch in batches:
+        (plain, plain_metrics), (averaged, averaged_metrics) = td3.update(plain, batch), td3.update(averaged, batch)
+        chex.assert_trees_all_equal(plain_metrics, averaged_metrics)
+    assert plain.policy_average_params is None
+    chex.assert_trees_all_equal(plain.replace(config=averaged.config, policy_average_params=None),
+                                averaged.replace(policy_average_params=None))
+
+
+def test_policy_params_names_a_missing_average_and_an_unknown_policy():
+    with pytest.raises(ValueError, match="policy_average_tau is 0"):
+        td3.policy_params(_state(), policy="average")
+    with pytest.raises(ValueError, match="online, target, average"):
+        td3.policy_params(_state(), policy="best")

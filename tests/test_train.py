@@ -248,9 +248,11 @@ def test_eval_cli_runs_the_checkpointed_policy(trained_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_target_policy_is_what_training_and_eval_evaluate_when_configured(tmp_path):
-    """training.eval_policy=target: the run's final evaluation drives the target actor (on the target critic's
-    encoder: shared here), `td3-jax eval` follows the run's choice and `--policy` picks either."""
+@pytest.mark.parametrize("configured", ["target", "average"])
+def test_the_configured_policy_is_what_training_and_eval_evaluate(tmp_path, configured):
+    """training.eval_policy=target or average: the run's final evaluation drives that policy (on the target
+    critic's encoder, or the averaged one: shared here), `td3-jax eval` follows the run's choice and `--policy`
+    picks any of the run's policies."""
     from td3_jax.cli import main
     from td3_jax.core.td3 import policy_params
     from td3_jax.envs import make_env
@@ -258,26 +260,28 @@ def test_the_target_policy_is_what_training_and_eval_evaluate_when_configured(tm
 
     run_dir = tmp_path / "run"
     run = _config("training.max_timesteps=100", "training.num_eval_episodes=2", "training.eval_freq=0",
-                  "training.eval_policy=target", "training.compare_baseline=false", "networks.cnn.shared=true")
+                  f"training.eval_policy={configured}", "algorithm.policy_average_tau=0.2",
+                  "training.compare_baseline=false", "networks.cnn.shared=true")
     assert Trainer(run, run_dir).train(resume=False) == 0
     final = json.loads((run_dir / "results.json").read_text())["evaluations"][-1]
     final.pop("env_step")
 
     reports = {}
-    for which in (None, "target", "online"):
+    for which in (None, "target", "average", "online"):
         out = tmp_path / f"eval_{which}.json"
         flags = ["--policy", which] if which else []
         assert main(["eval", "--checkpoint", str(run_dir), "--json", str(out), *flags]) == 0
         reports[which] = json.loads(out.read_text())
-    assert reports[None]["policy"] == "target" and reports[None]["metrics"] == final
-    assert reports["target"]["metrics"] == final
-    assert reports["online"]["policy"] == "online" and reports["online"]["metrics"] != final
+    assert reports[None]["policy"] == configured and reports[None]["metrics"] == final
+    assert reports[configured]["metrics"] == final
+    others = {"target", "average", "online"} - {configured}
+    assert all(reports[which]["policy"] == which and reports[which]["metrics"] != final for which in others)
 
     state = _final(run_dir, run).train_state
     env = make_env(run.env)
     try:
-        for which, target in (("target", True), ("online", False)):
-            policy = td3_policy(policy_params(state, target=target), state.config.network)
+        for which in ("target", "average", "online"):
+            policy = td3_policy(policy_params(state, policy=which), state.config.network)
             summary, _ = evaluate(env, policy, 2, run.training.eval_seed, max_steps=episode_step_limit(run.env, env))
             assert summary == reports[which]["metrics"]
     finally:

@@ -159,7 +159,7 @@ def test_resume_applies_changed_optimizer_settings_and_logs_them(short_run, tmp_
 
 
 @pytest.mark.parametrize("change", [
-    "algorithm.buffer_size=500", "training.seed=3", "networks.cnn.features=16", "env.lanesim.scenario=1",
+    "algorithm.buffer_size=500", "algorithm.policy_average_tau=0.01", "training.seed=3", "networks.cnn.features=16", "env.lanesim.scenario=1",
 ])
 def test_resume_refuses_a_change_it_cannot_apply_in_one_line(short_run, tmp_path, capsys, change):
     run_dir = _copy(short_run, tmp_path)

@@ -77,8 +77,10 @@ def empty_arrays(recorded: dict) -> dict[str, np.ndarray]:
 
 def with_empty_arrays(restored, abstract):
     """`restored` with its None leaves replaced by zero-size arrays shaped, typed and placed like `abstract`'s."""
-    leaves = jax.tree.leaves(restored, is_leaf=lambda leaf: leaf is None)
     targets, structure = jax.tree.flatten(abstract)
+    # Up to the abstract's structure: a None there is a dropped array; a None node of the state (a policy
+    # average it does not keep) is part of the structure itself.
+    leaves = structure.flatten_up_to(restored)
     filled = [
         jax.device_put(np.zeros(target.shape, target.dtype), target.sharding) if leaf is None else leaf
         for leaf, target in zip(leaves, targets, strict=True)

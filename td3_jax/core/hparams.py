@@ -104,3 +104,7 @@ class TD3Config:
     """The actor step reads the critic features of this update's critic step (computed before it,
     DrQ-v2) instead of recomputing them with the updated encoder: one encoder pass fewer per actor step.
     False is Fujimoto's order (the actor loss sees the critic after this step's update)."""
+    policy_average_tau: float = 0.0
+    """Polyak rate of a slow average of the policy's parameters (the actor's, with the critic's encoder
+    when it is shared), updated on the targets' schedule and read only to act (`policy_params(state,
+    policy="average")`): it never feeds back into learning. 0 keeps no average (plain TD3)."""

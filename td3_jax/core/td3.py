@@ -31,6 +31,9 @@ Options, all off by default (plain TD3):
   features computed before the critic step instead of a fresh pass.
 - `actor_smoothness` (CAPS, Mysore et al., ICRA 2021): the actor loss also
   penalises the change of mu between s and s', scaled by mean |Q1|.
+- `policy_average_tau`: a slow Polyak average of the policy's parameters,
+  moved with the targets and read only to act (`policy_params(state,
+  policy="average")`); nothing in the update reads it.
 
 Metric keys are the TensorBoard tags (docs/metrics.md). Every key is present
 on every step; actor metrics are NaN on steps without an actor update and
@@ -76,6 +79,8 @@ class TD3State(flax.struct.PyTreeNode):
     critic_opt_state: optax.OptState
     step: jax.Array  # int32 scalar: number of updates done so far
     key: jax.Array  # uint32 raw key data (checkpointable), see jax.random.key_data
+    # The slow average of `policy_params(state)` (config.policy_average_tau); None when it is 0.
+    policy_average_params: Params | None = None
     config: TD3Config = flax.struct.field(pytree_node=False, default=TD3Config())
 
 
@@ -107,6 +112,7 @@ def init_state(
     actor_params, critic_params = networks.init_params(config.network, init_key, image_shape, vector_dim)
     actor_tx, critic_tx = _optimizers(config)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # real copies: targets never alias online params
+    average = copy(_policy_tree(config, actor_params, critic_params)) if config.policy_average_tau else None
     return TD3State(
         actor_params=actor_params,
         critic_params=critic_params,
@@ -116,6 +122,7 @@ def init_state(
         critic_opt_state=critic_tx.init(critic_params),
         step=jnp.zeros((), jnp.int32),
         key=jax.random.key_data(state_key),
+        policy_average_params=average,
         config=config,
     )
 
@@ -323,6 +330,16 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
         lambda: optax.incremental_update(critic_params, state.critic_target_params, config.tau),
         lambda: state.critic_target_params,
     )
+    policy_average_params = state.policy_average_params
+    if config.policy_average_tau:
+        policy_average_params = jax.lax.cond(
+            is_policy_step,
+            lambda: optax.incremental_update(
+                _policy_tree(config, actor_params, critic_params), state.policy_average_params,
+                config.policy_average_tau,
+            ),
+            lambda: state.policy_average_params,
+        )
     metrics |= actor_metrics
     metrics |= _parameter_metrics("critic", critic_params, critic_opt_state)
     metrics |= _parameter_metrics("actor", actor_params, actor_opt_state)
@@ -337,6 +354,7 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
         critic_opt_state=critic_opt_state,
         step=state.step + 1,
         key=jax.random.key_data(key),
+        policy_average_params=policy_average_params,
     )
     # Finite losses, gradient norms and parameter norms imply finite parameters.
     all_finite = lambda values: jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(values))))
@@ -368,18 +386,33 @@ def update_many(state: TD3State, batches: Batch | PackedBatch) -> tuple[TD3State
     return jax.lax.scan(_update, state, batches)
 
 
-def policy_params(state: TD3State, *, target: bool = False) -> Params:
-    """The parameters `act` takes: the actor's, plus the critic's encoder when the encoder is shared.
+def _policy_tree(config: TD3Config, actor_params: Params, critic_params: Params) -> Params:
+    """What `act` takes: the actor's parameters, plus the critic's encoder when the encoder is shared."""
+    if config.network.shared_encoder:
+        return {**actor_params, "encoder": critic_params["encoder"]}
+    return actor_params
 
-    `target=True` gives the target policy instead: the target actor (the Polyak average of the actor's
-    recent parameters), with the target critic's encoder when the encoder is shared, the pair the TD
-    target acts with.
+
+POLICIES = ("online", "target", "average")
+
+
+def policy_params(state: TD3State, *, policy: str = "online") -> Params:
+    """The parameters `act` takes for one of the state's policies.
+
+    online: the actor being trained (with the critic's encoder when the encoder is shared). target:
+    the target actor (the Polyak average of the actor's recent parameters), with the target critic's
+    encoder when shared, the pair the TD target acts with. average: the slow Polyak average of the
+    online policy (`config.policy_average_tau`, which must be > 0).
     """
-    actor, critic = (state.actor_target_params, state.critic_target_params) if target else (
-        state.actor_params, state.critic_params)
-    if state.config.network.shared_encoder:
-        return {**actor, "encoder": critic["encoder"]}
-    return actor
+    if policy == "online":
+        return _policy_tree(state.config, state.actor_params, state.critic_params)
+    if policy == "target":
+        return _policy_tree(state.config, state.actor_target_params, state.critic_target_params)
+    if policy == "average":
+        if state.policy_average_params is None:
+            raise ValueError("this state keeps no policy average: its config's policy_average_tau is 0")
+        return state.policy_average_params
+    raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
 
 
 @functools.partial(jax.jit, static_argnames="network")

@@ -108,6 +108,9 @@ class AlgorithmConfig:
     """Random-shift augmentation (DrQ) of the update's frame stacks by up to this many pixels per axis (DrQ uses 4); 0 is plain TD3."""
     actor_reuses_critic_features: bool = False
     """The actor step reads the critic features of this update's critic step (computed before that step, DrQ-v2): one encoder pass fewer per actor step; false: recomputed after it (Fujimoto's order)."""
+    policy_average_tau: float = 0.0
+    """Polyak rate of a slow average of the policy's parameters, updated with the targets (every `policy_freq`
+    updates) and read only by evaluations with training.eval_policy=average; learning never reads it; 0: none."""
     exploration_noise: ExplorationNoiseConfig = ExplorationNoiseConfig()
     """Gaussian exploration noise schedule."""
     gradient_clipping: GradientClippingConfig = GradientClippingConfig()
@@ -133,6 +136,7 @@ class AlgorithmConfig:
         _check(0 <= self.image_shift_px <= 16, "algorithm.image_shift_px", "in [0, 16]", self.image_shift_px)
         _check(self.actor_preactivation_l2 >= 0, "algorithm.actor_preactivation_l2", ">= 0", self.actor_preactivation_l2)
         _check(self.actor_smoothness >= 0, "algorithm.actor_smoothness", ">= 0", self.actor_smoothness)
+        _check(0.0 <= self.policy_average_tau <= 1.0, "algorithm.policy_average_tau", "in [0, 1]", self.policy_average_tau)
         _check(self.actor_warmup_updates >= 0, "algorithm.actor_warmup_updates", ">= 0", self.actor_warmup_updates)
 
 
@@ -217,10 +221,11 @@ class TrainingConfig:
     """Episodes per evaluation, on a separate env with fixed seeds, deterministic policy."""
     eval_seed: int = 1000000
     """Seed of the first evaluation episode; episode i uses eval_seed + i."""
-    eval_policy: Literal["online", "target"] = "online"
+    eval_policy: Literal["online", "target", "average"] = "online"
     """The policy the evaluations run (during training, at the end, and `td3-jax eval`): online = the actor being
     trained (plain TD3); target = the target actor, the Polyak average (tau) of the actor's recent parameters,
-    which does not carry the noise of the last few updates (docs/results.md)."""
+    which does not carry the noise of the last few updates (docs/results.md); average = the slower Polyak average
+    of algorithm.policy_average_tau (which must be > 0)."""
     eval_max_episode_steps: int = 0
     """Env steps after which an evaluation episode is cut (reason eval_step_limit); 0: the env's own time limit (an env without one must set this)."""
     best_checkpoint_metric: str = "eval/mean_reward"
@@ -275,6 +280,11 @@ class RunConfig:
     guard: GuardConfig = GuardConfig()
     """Divergence guard."""
 
+    def __post_init__(self):
+        if self.training.eval_policy == "average" and not self.algorithm.policy_average_tau:
+            raise ConfigError("training.eval_policy=average needs the average: set algorithm.policy_average_tau > 0 "
+                              "(e.g. 0.005), or evaluate the online or target policy")
+
 
 def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
     """The jitted core's static configuration for this run."""
@@ -321,6 +331,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
         actor_warmup_updates=algorithm.actor_warmup_updates,
         image_shift_px=algorithm.image_shift_px,
         actor_reuses_critic_features=algorithm.actor_reuses_critic_features,
+        policy_average_tau=algorithm.policy_average_tau,
     )
 
 

@@ -271,9 +271,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="evaluate the pure-pursuit + PID baseline instead, on the same env and seeds")
     parser.add_argument("--config", default=None, help="with --baseline and no --checkpoint: the run config")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--policy", choices=("online", "target"), default=None,
-                        help="the actor being trained or its Polyak-averaged target actor "
-                             "(default: the run's training.eval_policy)")
+    parser.add_argument("--policy", choices=("online", "target", "average"), default=None,
+                        help="the actor being trained, its Polyak-averaged target actor, or the slow average of "
+                             "algorithm.policy_average_tau (default: the run's training.eval_policy)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's num_eval_episodes)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: the run's eval_seed)")
     parser.add_argument("--json", default=None, help="also write the metrics and episodes to this JSON file")
@@ -338,7 +338,10 @@ def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | No
         td3_cfg = config_lib.td3_config(run_config, env.action_space.shape[0])
         restored = restore_train_state(directory, td3_cfg, env, args.step)
         which = args.policy or run_config.training.eval_policy
-        policy = td3_policy(policy_params(restored.train_state, target=which == "target"), td3_cfg.network)
+        if which == "average" and restored.train_state.policy_average_params is None:
+            raise UserError("this run keeps no policy average (its algorithm.policy_average_tau is 0); "
+                            "pass --policy online or --policy target")
+        policy = td3_policy(policy_params(restored.train_state, policy=which), td3_cfg.network)
         source = f"checkpoint {directory}/{restored.step}, {which} policy"
     max_steps = (
         args.max_episode_steps or run_config.training.eval_max_episode_steps

@@ -27,6 +27,7 @@ from td3_jax.training import config as config_lib
 
 FIXED_KEYS = {
     "algorithm.buffer_size": "the replay buffer's capacity is fixed by the saved buffer",
+    "algorithm.policy_average_tau": "the checkpoint keeps the policy average of this rate (or none)",
     "training.seed": "the random streams continue from the checkpoint",
     "env.backend": "the observation shapes and the replay come from this backend",
     "env.stack": "the replay buffer and the networks are built for this stack",

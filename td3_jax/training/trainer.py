@@ -356,8 +356,9 @@ class Trainer:
             return
         self._check_updates_finite()
         training = self.run.training
-        target = training.eval_policy == "target"
-        policy = td3_policy(self.parallel.local_params(policy_params(self.state, target=target)), self.td3_config.network)
+        policy = td3_policy(
+            self.parallel.local_params(policy_params(self.state, policy=training.eval_policy)), self.td3_config.network
+        )
         self._leave_world()
         try:
             summary, _ = evaluate(
