@@ -283,7 +283,7 @@ class RunConfig:
     def __post_init__(self):
         if self.training.eval_policy == "average" and not self.algorithm.policy_average_tau:
             raise ConfigError("training.eval_policy=average needs the average: set algorithm.policy_average_tau > 0 "
-                              "(e.g. 0.005), or evaluate the online or target policy")
+                              "(configs/driving_recipe.yaml: 0.002), or evaluate the online or target policy")
 
 
 def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
