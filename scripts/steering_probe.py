@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=3, help="evaluation routes driven to collect states")
     parser.add_argument("--seed", type=int, default=2_000_000, help="seed of the first route")
     parser.add_argument("--offset-m", type=float, default=0.5, help="lateral-deviation perturbation, m")
-    parser.add_argument("--policy", choices=("online", "target", "average"), default=None,
+    parser.add_argument("--policy", choices=td3.POLICIES, default=None,
                         help="the actor probed and driven: online, the target actor or the slow average (default: the run's "
                              "training.eval_policy); the critic probed is always the online one")
     parser.add_argument("--added-gains", default="",
@@ -293,17 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         env = make_env(run.env)
         td3_cfg = config_lib.td3_config(run, env.action_space.shape[0])
         restored = restore_train_state(args.run_dir / "checkpoints", td3_cfg, env, args.step)
+        which = args.policy or run.training.eval_policy
+        try:
+            actor_params = td3.policy_params(restored.train_state, policy=which)
+        except ValueError:
+            raise UserError("this run keeps no policy average (its algorithm.policy_average_tau is 0); "
+                            "pass --policy online or --policy target") from None
     except UserError as error:
         print(f"steering_probe: error: {error}", file=sys.stderr)
         return 2
     state = restored.train_state
     actor, critic = networks.make_networks(td3_cfg.network)
-    which = args.policy or run.training.eval_policy
-    if which == "average" and state.policy_average_params is None:
-        print("steering_probe: error: this run keeps no policy average (algorithm.policy_average_tau is 0)",
-              file=sys.stderr)
-        return 2
-    actor_params = td3.policy_params(state, policy=which)
     apply_actor = jax.jit(lambda i, v: actor.apply({"params": actor_params}, i, v))
     apply_critic = jax.jit(lambda i, v, a: jnp.minimum(*critic.apply({"params": state.critic_params}, i, v, a)))
 

@@ -168,6 +168,13 @@ def test_no_config_file_keeps_the_built_in_defaults():
     assert config_lib.load(None)[0] == RunConfig()
 
 
+def test_eval_policy_offers_exactly_the_policies_a_train_state_keeps():
+    from td3_jax.core.hparams import POLICIES
+
+    hint = typing.get_type_hints(config_lib.TrainingConfig)["eval_policy"]
+    assert typing.get_args(hint) == POLICIES
+
+
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "driving_recipe.yaml"
 RECIPE_USERS = ("td3_lanesim_cpu.yaml", "td3_carla.yaml")
 

@@ -442,6 +442,9 @@ def test_steering_probe_reads_a_trained_run(trained_run, capsys):
     assert f"{run_dir}/100, target actor" in target_out
     actor_row = lambda text: [line for line in text.splitlines() if "per m of deviation" in line]
     assert actor_row(target_out) != actor_row(out)  # another actor, other gains
+    assert steering_probe.main([str(run_dir), "--episodes", "1", "--policy", "average"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "keeps no policy average" in error and "--policy online" in error and "\n" not in error
     assert steering_probe.main([str(run_dir), "--episodes", "1", "--added-gains", "0.5, 1"]) == 0
     rows = capsys.readouterr().out.split("added to the actor's steering")[1].splitlines()[2:]
     assert [float(row.split()[0]) for row in rows] == [0.0, 0.5, 1.0] and "nan" not in "".join(rows)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+POLICIES = ("online", "target", "average")
+"""The policies a train state can act with (`td3.policy_params`): the actor trained, its target, the slow average."""
+
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:

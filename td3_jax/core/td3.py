@@ -58,7 +58,7 @@ from td3_jax.core import augment
 from td3_jax.core import networks
 
 from td3_jax.core import optim
-from td3_jax.core.hparams import NetworkConfig, TD3Config
+from td3_jax.core.hparams import POLICIES, NetworkConfig, TD3Config
 from td3_jax.core.types import Batch, Metrics, PackedBatch, Params, unpack
 
 SATURATION_THRESHOLD = 0.99  # |action| above this counts as saturated
@@ -393,9 +393,6 @@ def _policy_tree(config: TD3Config, actor_params: Params, critic_params: Params)
     return actor_params
 
 
-POLICIES = ("online", "target", "average")
-
-
 def policy_params(state: TD3State, *, policy: str = "online") -> Params:
     """The parameters `act` takes for one of the state's policies.
 
@@ -410,7 +407,7 @@ def policy_params(state: TD3State, *, policy: str = "online") -> Params:
         return _policy_tree(state.config, state.actor_target_params, state.critic_target_params)
     if policy == "average":
         if state.policy_average_params is None:
-            raise ValueError("this state keeps no policy average: its config's policy_average_tau is 0")
+            raise ValueError("this state keeps no policy average (its policy_average_tau is 0)")
         return state.policy_average_params
     raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
 

@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from td3_jax.core.hparams import POLICIES
+
 Policy = Callable[[dict, dict], np.ndarray]
 """Maps a batched observation {"image": (1, H, W, S), "vector": (1, V)} and the last step's info
 to actions (1, A). A policy with a `reset()` method has it called at every episode start."""
@@ -271,7 +273,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="evaluate the pure-pursuit + PID baseline instead, on the same env and seeds")
     parser.add_argument("--config", default=None, help="with --baseline and no --checkpoint: the run config")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--policy", choices=("online", "target", "average"), default=None,
+    parser.add_argument("--policy", choices=POLICIES, default=None,
                         help="the actor being trained, its Polyak-averaged target actor, or the slow average of "
                              "algorithm.policy_average_tau (default: the run's training.eval_policy)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's num_eval_episodes)")
@@ -338,10 +340,12 @@ def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | No
         td3_cfg = config_lib.td3_config(run_config, env.action_space.shape[0])
         restored = restore_train_state(directory, td3_cfg, env, args.step)
         which = args.policy or run_config.training.eval_policy
-        if which == "average" and restored.train_state.policy_average_params is None:
+        try:
+            params = policy_params(restored.train_state, policy=which)
+        except ValueError:
             raise UserError("this run keeps no policy average (its algorithm.policy_average_tau is 0); "
-                            "pass --policy online or --policy target")
-        policy = td3_policy(policy_params(restored.train_state, policy=which), td3_cfg.network)
+                            "pass --policy online or --policy target") from None
+        policy = td3_policy(params, td3_cfg.network)
         source = f"checkpoint {directory}/{restored.step}, {which} policy"
     max_steps = (
         args.max_episode_steps or run_config.training.eval_max_episode_steps
