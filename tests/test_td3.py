@@ -336,6 +336,37 @@ def test_vector_after_trunk_reaches_the_heads_unsqueezed(rng):
     assert float(metrics["debug/all_finite"]) == 1.0
 
 
+def test_dueling_q_heads_split_the_value_from_how_q_varies_with_the_action(rng):
+    """Q = V(h) + A(h, a) - A(h, 0): without the advantage stream Q ignores the action, without the value
+    stream Q is zero at the zero action in every state; the update trains both streams."""
+    network = dataclasses.replace(tiny_config().network, critic_trunk=6, critic_vector_after_trunk=True,
+                                  critic_dueling=True)
+    state = _state(tiny_config(network=network))
+    head = state.critic_params["q1"]
+    chex.assert_shape(head["value"]["Dense_0"]["kernel"], (6 + TINY_VECTOR_DIM, 8))
+    chex.assert_shape(head["advantage"]["Dense_0"]["kernel"], (6 + TINY_VECTOR_DIM + 2, 8))
+    _, critic = networks.make_networks(network)
+    batch = random_batch(rng)
+    zero = jnp.zeros_like(batch.action)
+
+    def without(stream):
+        return {**state.critic_params, **{q: {**state.critic_params[q], stream: jax.tree.map(
+            jnp.zeros_like, state.critic_params[q][stream])} for q in ("q1", "q2")}}
+
+    q = lambda params, action: critic.apply({"params": params}, batch.image, batch.vector, action)  # noqa: E731
+    for twin in range(2):
+        assert float(jnp.abs(q(state.critic_params, batch.action)[twin] - q(state.critic_params, zero)[twin]).max()) > 1e-4
+        chex.assert_trees_all_close(q(without("advantage"), batch.action)[twin], q(without("advantage"), zero)[twin])
+        chex.assert_trees_all_close(q(without("value"), zero)[twin], jnp.zeros(batch.action.shape[0]), atol=1e-6)
+        assert float(jnp.abs(q(without("value"), batch.action)[twin]).max()) > 1e-4
+    new_state = state
+    for _ in range(2):
+        new_state, metrics = td3.update(new_state, random_batch(rng))
+    for stream in ("value", "advantage"):
+        assert _tree_changed(new_state.critic_params["q1"][stream], head[stream])
+    assert float(metrics["debug/all_finite"]) == 1.0
+
+
 def test_actor_warmup_trains_only_the_critic_while_its_target_keeps_tracking(rng):
     state = _state(tiny_config(policy_freq=2, actor_warmup_updates=4))
     for step in range(7):

@@ -59,7 +59,8 @@ def _final(run_dir: Path, run: config_lib.RunConfig):
          "env.observation.deviation_scale_m=0.25", "env.observation.heading_scale_rad=0.05",
          "env.observation.previous_action=true", "env.reward.steering_change_penalty=-1.0",
          "networks.actor.trunk_features=4", "networks.critic.trunk_features=4",
-         "networks.actor.vector_after_trunk=true", "networks.critic.vector_after_trunk=true"),
+         "networks.actor.vector_after_trunk=true", "networks.critic.vector_after_trunk=true",
+         "networks.critic.dueling=true"),
     ],
     ids=["n1-shared-inline", "n3-separate-prefetch"],
 )

@@ -51,6 +51,9 @@ class NetworkConfig:
     critic_vector_after_trunk: bool = False
     """The observation vector skips the critic's trunk and joins its output with the action; False: it goes
     through it."""
+    critic_dueling: bool = False
+    """Each Q head is V(h) + A(h, a) - A(h, 0), a value and an advantage MLP (`networks.DuelingQ`); False: one MLP
+    over [h, a] (the original)."""
     action_dim: int = 2
     """Action size: (steer, throttle_brake)."""
     shared_encoder: bool = False

@@ -112,6 +112,26 @@ class MLP(nn.Module):
         return nn.Dense(self.out, kernel_init=_dense_kernel_init)(x)
 
 
+class DuelingQ(nn.Module):
+    """Q(h, a) = V(h) + A(h, a) - A(h, 0) over x = [h, a]: a value and an advantage stream (Wang et al., 2016).
+
+    The advantage is zero at the zero action (straight ahead, neither throttle nor brake) in every
+    state, so V is the value of that action and the advantage stream holds only how Q varies with
+    the action: a steering preference worth a few units is no longer a small part of one output
+    that also carries the state's value of ~500.
+    """
+
+    hidden: Sequence[int]
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        head_input = x[..., : -self.action_dim]
+        advantage = MLP(self.hidden, 1, name="advantage")
+        at_zero = jnp.concatenate([head_input, jnp.zeros_like(x[..., -self.action_dim:])], axis=-1)
+        return MLP(self.hidden, 1, name="value")(head_input) + advantage(x) - advantage(at_zero)
+
+
 class Trunk(nn.Module):
     """Dense + LayerNorm + tanh: squeezes the encoder features (and the vector) to a few bounded features (DrQ-v2).
 
@@ -170,8 +190,12 @@ class Critic(nn.Module):
     def setup(self):
         self.encoder = Encoder(self.config.encoder)
         self.trunk = Trunk(self.config.critic_trunk, self.config.critic_vector_after_trunk)
-        self.q1 = MLP(self.config.critic_hidden, 1)
-        self.q2 = MLP(self.config.critic_hidden, 1)
+        if self.config.critic_dueling:
+            self.q1 = DuelingQ(self.config.critic_hidden, self.config.action_dim)
+            self.q2 = DuelingQ(self.config.critic_hidden, self.config.action_dim)
+        else:
+            self.q1 = MLP(self.config.critic_hidden, 1)
+            self.q2 = MLP(self.config.critic_hidden, 1)
 
     def __call__(self, image: jax.Array, vector: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.q_values(self.encoder(image), vector, action)

@@ -196,6 +196,14 @@ class HeadConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CriticHeadConfig(HeadConfig):
+    """The critic's Q heads: a head's settings plus how the action enters Q."""
+
+    dueling: bool = False
+    """true: each Q head is a value MLP over the trunk's output plus an advantage MLP over [it, action], minus the advantage at the zero action (dueling, Wang et al. 2016), so how Q varies with the action has its own stream apart from the state's value. false: one MLP over [trunk output, action] (the original)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class NetworksConfig:
     """Architecture and per-group learning rates."""
 
@@ -203,7 +211,7 @@ class NetworksConfig:
     """The two encoders."""
     actor: HeadConfig = HeadConfig()
     """The actor's MLP head."""
-    critic: HeadConfig = HeadConfig()
+    critic: CriticHeadConfig = CriticHeadConfig()
     """Each of the critic's two Q heads."""
 
 
@@ -304,6 +312,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
             critic_trunk=nets.critic.trunk_features,
             actor_vector_after_trunk=nets.actor.vector_after_trunk,
             critic_vector_after_trunk=nets.critic.vector_after_trunk,
+            critic_dueling=nets.critic.dueling,
             action_dim=action_dim,
             shared_encoder=nets.cnn.shared,
         ),

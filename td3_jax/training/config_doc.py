@@ -18,10 +18,13 @@ import typing
 
 from td3_jax.training import config as config_lib
 def field_docstrings(cls) -> dict[str, str]:
-    """The string literal written right after each annotated field of a dataclass."""
+    """The string literal written right after each annotated field of a dataclass (or of a base it extends)."""
+    docs = {}
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docstrings(base))
     source = textwrap.dedent(inspect.getsource(cls))
     body = ast.parse(source).body[0].body
-    docs = {}
     for node, following in zip(body, body[1:] + [None]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             if (

@@ -45,6 +45,7 @@ FIXED_KEYS = {
     "networks.critic.hidden_sizes": "the checkpoint's arrays have this shape",
     "networks.critic.trunk_features": "the checkpoint's arrays have this shape",
     "networks.critic.vector_after_trunk": "the checkpoint's arrays have this shape",
+    "networks.critic.dueling": "the checkpoint's critic has these heads",
 }
 """Keys a resumed run cannot change, with the reason."""
 
