@@ -13,7 +13,8 @@ the critic's features (DrQ-v2; `td3.policy_params` assembles what `act` needs). 
 `q1_value` takes features the caller computed with the *critic's* encoder; the
 actor loss puts them under `stop_gradient` (see td3.py). Parameter trees:
   actor:  {"encoder": ..., "trunk": ..., "head": ...}  (no "encoder" when shared)
-  critic: {"encoder": ..., "q1": ..., "q2": ...}
+  critic: {"encoder": ..., "trunk": ..., "q1": ..., "q2": ...}  (each q: {"value": ..., "advantage": ...}
+          with `NetworkConfig.critic_dueling`)
 The "encoder" subtree is the optimizer's "cnn" group, the rest is "mlp".
 
 Deliberate deviations from the original: biases start at zero; the dense
@@ -118,7 +119,7 @@ class DuelingQ(nn.Module):
     The advantage is zero at the zero action (straight ahead, neither throttle nor brake) in every
     state, so V is the value of that action and the advantage stream holds only how Q varies with
     the action: a steering preference worth a few units is no longer a small part of one output
-    that also carries the state's value of ~500.
+    that also carries the state's value (~500 in the driving recipe).
     """
 
     hidden: Sequence[int]
