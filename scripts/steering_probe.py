@@ -47,7 +47,7 @@ from td3_jax.core import networks, td3
 from td3_jax.envs import make_env, observation
 from td3_jax.errors import UserError
 from td3_jax.training import config as config_lib
-from td3_jax.training.evaluate import restore_train_state
+from td3_jax.training.evaluate import checkpoint_policy_params, restore_train_state
 
 STEER_GRID = np.linspace(-1.0, 1.0, 41)
 """Steering values over which the critic's preferred steering is searched."""
@@ -294,11 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         td3_cfg = config_lib.td3_config(run, env.action_space.shape[0])
         restored = restore_train_state(args.run_dir / "checkpoints", td3_cfg, env, args.step)
         which = args.policy or run.training.eval_policy
-        try:
-            actor_params = td3.policy_params(restored.train_state, policy=which)
-        except ValueError:
-            raise UserError("this run keeps no policy average (its algorithm.policy_average_tau is 0); "
-                            "pass --policy online or --policy target") from None
+        actor_params = checkpoint_policy_params(restored.train_state, which)
     except UserError as error:
         print(f"steering_probe: error: {error}", file=sys.stderr)
         return 2

@@ -191,12 +191,12 @@ class Critic(nn.Module):
     def setup(self):
         self.encoder = Encoder(self.config.encoder)
         self.trunk = Trunk(self.config.critic_trunk, self.config.critic_vector_after_trunk)
-        if self.config.critic_dueling:
-            self.q1 = DuelingQ(self.config.critic_hidden, self.config.action_dim)
-            self.q2 = DuelingQ(self.config.critic_hidden, self.config.action_dim)
-        else:
-            self.q1 = MLP(self.config.critic_hidden, 1)
-            self.q2 = MLP(self.config.critic_hidden, 1)
+        def q_head():
+            if self.config.critic_dueling:
+                return DuelingQ(self.config.critic_hidden, self.config.action_dim)
+            return MLP(self.config.critic_hidden, 1)
+
+        self.q1, self.q2 = q_head(), q_head()
 
     def __call__(self, image: jax.Array, vector: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.q_values(self.encoder(image), vector, action)

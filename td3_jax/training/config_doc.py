@@ -19,10 +19,8 @@ import typing
 from td3_jax.training import config as config_lib
 def field_docstrings(cls) -> dict[str, str]:
     """The string literal written right after each annotated field of a dataclass (or of a base it extends)."""
-    docs = {}
-    for base in cls.__mro__[1:]:
-        if dataclasses.is_dataclass(base):
-            docs.update(field_docstrings(base))
+    base = cls.__mro__[1]
+    docs = field_docstrings(base) if dataclasses.is_dataclass(base) else {}
     source = textwrap.dedent(inspect.getsource(cls))
     body = ast.parse(source).body[0].body
     for node, following in zip(body, body[1:] + [None]):

@@ -246,6 +246,18 @@ def restore_train_state(directory, td3_cfg, env, step: int | None = None):
         return ckpt.restore(step, abstract_train_state=abstract, with_replay=False)
 
 
+def checkpoint_policy_params(train_state, policy: str):
+    """`td3.policy_params` of a restored run, its one refusal (no policy average kept) as a `UserError`."""
+    from td3_jax.core.td3 import policy_params
+    from td3_jax.errors import UserError
+
+    try:
+        return policy_params(train_state, policy=policy)
+    except ValueError:
+        raise UserError("this run keeps no policy average (its algorithm.policy_average_tau is 0); "
+                        "pass --policy online or --policy target") from None
+
+
 class BaselinePolicy:
     """The pure-pursuit + PID baseline (td3_jax.envs.lanesim.baseline) as a `Policy`, for the same evaluation."""
 
@@ -321,7 +333,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | None, env) -> int:
-    from td3_jax.core.td3 import policy_params
     from td3_jax.errors import UserError
     from td3_jax.training import config as config_lib
 
@@ -340,12 +351,7 @@ def _evaluate_command(args: argparse.Namespace, run_config, directory: Path | No
         td3_cfg = config_lib.td3_config(run_config, env.action_space.shape[0])
         restored = restore_train_state(directory, td3_cfg, env, args.step)
         which = args.policy or run_config.training.eval_policy
-        try:
-            params = policy_params(restored.train_state, policy=which)
-        except ValueError:
-            raise UserError("this run keeps no policy average (its algorithm.policy_average_tau is 0); "
-                            "pass --policy online or --policy target") from None
-        policy = td3_policy(params, td3_cfg.network)
+        policy = td3_policy(checkpoint_policy_params(restored.train_state, which), td3_cfg.network)
         source = f"checkpoint {directory}/{restored.step}, {which} policy"
     max_steps = (
         args.max_episode_steps or run_config.training.eval_max_episode_steps
