@@ -255,3 +255,15 @@ def test_an_evaluation_server_among_the_training_servers_is_refused_in_one_line(
     with pytest.raises(UserError, match=r"localhost:2000 \(carla.host, carla.port\) is one of env.workers.carla_servers"):
         Trainer(run, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before anything was started or written
+
+
+@pytest.mark.parametrize("backend, refused", [("lanesim", False), ("carla", False), ("gym:CarRacing-v3", True)])
+def test_a_per_component_critic_needs_a_backend_that_reports_the_components(backend, refused):
+    settings = [f"env.backend={backend}", "networks.critic.reward_components=true"]
+    if refused:
+        with pytest.raises(config_lib.ConfigError, match="only the lanesim and carla backends report"):
+            config_lib.load(None, settings)
+        return
+    run = config_lib.load(None, settings)[0]
+    assert config_lib.td3_config(run).network.critic_reward_components == 5
+    assert config_lib.td3_config(config_lib.load(None, [f"env.backend={backend}"])[0]).network.critic_reward_components == 0

@@ -244,6 +244,46 @@ def test_n_step_samples_match_the_reference_episodes(scenario, n_step, discount)
     )
 
 
+@settings(max_examples=40, deadline=None)
+@given(scenarios(), st.integers(1, 4), st.sampled_from([1.0, 0.9]))
+def test_reward_components_are_stored_and_summed_over_n_steps_each_like_the_reward(scenario, n_step, discount):
+    """A buffer of reward components (r, -2r) draws what a buffer of r draws, with each component's
+    n-step sum in its own column (the reward buffer is checked against the reference above)."""
+    n_envs, stack, slots_per_env, plans, n_steps, seed = scenario
+    rewards, _, envs, ids = make_case(n_envs, stack, slots_per_env, plans, seed)
+    components = ReplayBuffer(
+        n_envs * slots_per_env, n_envs=n_envs, stack=stack, frame_shape=FRAME_SHAPE,
+        vector_dim=VECTOR_DIM, action_dim=ACTION_DIM, reward_components=2, seed=seed,
+    )
+
+    class Both:
+        def add(self, reward, **rest):
+            rewards.add(reward=reward, **rest)
+            components.add(reward=np.stack([reward, -2.0 * reward], axis=-1), **rest)
+
+    def check():
+        if len(rewards):
+            a = rewards.sample(32, n_step=n_step, discount=discount)
+            b = components.sample(32, n_step=n_step, discount=discount)
+            np.testing.assert_array_equal(a.action, b.action)  # the same draws
+            chex.assert_shape(b.reward, (32, 2))
+            np.testing.assert_allclose(b.reward, np.stack([a.reward, -2.0 * a.reward], axis=-1), rtol=1e-6)
+
+    run_steps(Both(), None, envs, n_steps, ids, on_step=check)
+    with pytest.raises(ValueError, match=r"reward must be \(\d+, 2\)"):
+        components.add(**{**_one_step(components), "reward": np.zeros(n_envs)})
+
+
+def _one_step(buffer: ReplayBuffer) -> dict:
+    """Arguments of a well-formed `add` of a new episode's first step (every stream)."""
+    n, stack = buffer.n_envs, buffer.stack
+    image = np.zeros((n, *FRAME_SHAPE, stack), np.uint8)
+    return dict(image=image, vector=np.zeros((n, VECTOR_DIM), np.float32), action=np.zeros((n, ACTION_DIM)),
+                reward=np.zeros((n, *buffer.reward_shape)), next_image=image,
+                next_vector=np.zeros((n, VECTOR_DIM), np.float32), terminated=np.ones(n, bool),
+                truncated=np.zeros(n, bool))
+
+
 def test_n_step_one_is_the_one_step_batch():
     buffer, _, envs, ids = make_case(2, 3, 20, [[(6, "truncated", 3)], [(4, "terminated", 1)]], seed=4)
     run_steps(buffer, None, envs, 15, ids)
@@ -447,9 +487,10 @@ def test_refuses_more_memory_than_available():
         ReplayBuffer(1000, memory_limit_bytes=10**6)
 
 
-@pytest.mark.parametrize("n_envs, stack", [(1, 4), (3, 2), (2, 1)])
-def test_estimate_matches_allocation(n_envs, stack):
-    kwargs = dict(n_envs=n_envs, stack=stack, frame_shape=(5, 7), vector_dim=4, action_dim=3)
+@pytest.mark.parametrize("n_envs, stack, reward_components", [(1, 4, 0), (3, 2, 5), (2, 1, 0)])
+def test_estimate_matches_allocation(n_envs, stack, reward_components):
+    kwargs = dict(n_envs=n_envs, stack=stack, frame_shape=(5, 7), vector_dim=4, action_dim=3,
+                  reward_components=reward_components)
     buffer = ReplayBuffer(100, **kwargs)
     assert buffer.nbytes == ReplayBuffer.estimate_bytes(100, **kwargs)
     assert f"{n_envs} x {100 // n_envs}" in buffer.summary()

@@ -12,6 +12,7 @@ from td3_jax.envs.reward import (
     REASONS,
     Measurements,
     RewardConfig,
+    component_rewards,
     compute_reward,
     efficiency,
     lane_keeping,
@@ -197,3 +198,23 @@ def test_termination_rules_and_priority():
     assert [REASONS[r] for r in reason] == ["collision", "off_road", "route_completed", "time_limit", "", "collision"]
     assert terminated.tolist() == [True, True, True, False, False, True]
     assert truncated.tolist() == [False, False, False, True, False, False]
+
+
+def test_component_rewards_stack_the_components_and_refuse_a_changed_reward():
+    """What a per-component critic is trained on: the weighted components in COMPONENTS order, which sum to the
+    reward; a failed env's row is 0; components missing or not summing to the reward are refused."""
+    measurements = cruise(speed=np.array([8.0, 3.0, 10.0]), lateral_deviation=np.array([0.0, 0.4, -0.2]))
+    total, weighted = compute_reward(measurements, CFG)
+    valid = np.array([True, True, False])
+    stacked = component_rewards(weighted, total, valid)
+    assert stacked.shape == (3, len(COMPONENTS)) and stacked.dtype == np.float32
+    for index, name in enumerate(COMPONENTS):
+        np.testing.assert_allclose(stacked[:2, index], np.broadcast_to(weighted[name], 3)[:2], rtol=1e-6)
+    np.testing.assert_allclose(stacked.sum(axis=-1)[:2], total[:2], rtol=1e-5)
+    assert not stacked[2].any()
+    with pytest.raises(ValueError, match="do not sum to the reward"):
+        component_rewards(weighted, total * 0.5, valid)
+    with pytest.raises(ValueError, match="reports no reward components"):
+        component_rewards({k: v for k, v in weighted.items() if k != "comfort"}, total, valid)
+    # Only failed envs and nothing reported (a step every env of which failed): zeros.
+    assert not component_rewards(None, total, np.zeros(3, bool)).any()

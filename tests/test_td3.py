@@ -367,6 +367,56 @@ def test_dueling_q_heads_split_the_value_from_how_q_varies_with_the_action(rng):
     assert float(metrics["debug/all_finite"]) == 1.0
 
 
+def test_reward_components_get_a_q_each_whose_sum_is_td3_s(rng):
+    """Per-component heads (HRA): each component's target is its own reward plus the components of the twin
+    whose summed Q' is smaller (so the summed target is TD3's min target, not a sum of per-component minima);
+    the critic regresses each component on its own target; the actor and every metric read the summed Q."""
+    components = 3
+    network = dataclasses.replace(tiny_config().network, critic_reward_components=components)
+    config = tiny_config(network=network, discount=0.9)
+    state = _state(config)
+    chex.assert_shape(state.critic_params["q1"]["Dense_1"]["bias"], (components,))
+
+    def constant_head(head, values):
+        return {**head, "Dense_1": {"kernel": jnp.zeros_like(head["Dense_1"]["kernel"]),
+                                    "bias": jnp.asarray(values, jnp.float32)}}
+
+    target = dict(state.critic_target_params)
+    target["q1"] = constant_head(target["q1"], [1.0, 2.0, 3.0])  # sum 6
+    target["q2"] = constant_head(target["q2"], [5.0, 0.0, -1.0])  # sum 4: the min twin
+    state = state.replace(critic_target_params=target)
+    batch = random_batch(rng, batch_size=2)._replace(
+        reward=np.array([[1.0, 0.0, -1.0], [2.0, 2.0, 2.0]], np.float32), terminated=np.array([0.0, 1.0], np.float32)
+    )
+    actor, critic = networks.make_networks(network)
+    y = td3.td_target(config, actor, critic, state, batch, jax.random.key(1))
+    np.testing.assert_allclose(np.asarray(y), [[1.0 + 0.9 * 5.0, 0.0, -1.0 - 0.9], [2.0, 2.0, 2.0]], rtol=1e-6)
+
+    # The loss is the squared error of each component, summed over the components.
+    loss, (q1, q2, _) = td3.critic_loss(state.critic_params, critic, batch, y)
+    features = critic.apply({"params": state.critic_params}, batch.image, method=critic.features)
+    c1, c2 = critic.apply({"params": state.critic_params}, features, batch.vector, batch.action,
+                          method=critic.q_components)
+    chex.assert_shape([c1, c2], (2, components))
+    expected = sum(float(jnp.mean(jnp.sum(jnp.square(c - y), axis=-1))) for c in (c1, c2))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    chex.assert_trees_all_close((q1, q2), (c1.sum(-1), c2.sum(-1)), rtol=1e-6)
+    # Each component's gradient comes from its own target only: moving one component's target moves
+    # only that component's output weights.
+    shifted = y.at[:, 1].add(10.0)
+    grads = [jax.grad(lambda p, t: td3.critic_loss(p, critic, batch, t)[0])(state.critic_params, t) for t in (y, shifted)]
+    moved = np.abs(np.asarray(grads[0]["q1"]["Dense_1"]["kernel"] - grads[1]["q1"]["Dense_1"]["kernel"])).max(axis=0)
+    assert moved[1] > 1e-3 and moved[0] == moved[2] == 0.0
+
+    loss, (policy_q1, *_) = td3.actor_loss(state.actor_params, state.critic_params, actor, critic, batch)
+    chex.assert_shape(policy_q1, (2,))
+    np.testing.assert_allclose(float(loss), -float(jnp.mean(policy_q1)), rtol=1e-6)
+    new_state, metrics = td3.update(state, random_batch(rng)._replace(
+        reward=rng.normal(size=(4, components)).astype(np.float32)))
+    assert float(metrics["debug/all_finite"]) == 1.0
+    assert _tree_changed(new_state.critic_params["q1"], state.critic_params["q1"])
+
+
 def test_actor_warmup_trains_only_the_critic_while_its_target_keeps_tracking(rng):
     state = _state(tiny_config(policy_freq=2, actor_warmup_updates=4))
     for step in range(7):

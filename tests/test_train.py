@@ -54,7 +54,8 @@ def _final(run_dir: Path, run: config_lib.RunConfig):
     [
         # both sampling paths, both network layouts (separate encoders, one shared encoder), and
         # both batch feeds (in line, prefetched on a thread)
-        ("algorithm.n_step=1", "networks.cnn.shared=true", "training.prefetch_batches=false"),
+        ("algorithm.n_step=1", "networks.cnn.shared=true", "training.prefetch_batches=false",
+         "networks.critic.reward_components=true"),
         ("algorithm.n_step=3", "networks.cnn.shared=false", "training.prefetch_batches=true",
          "env.observation.deviation_scale_m=0.25", "env.observation.heading_scale_rad=0.05",
          "env.observation.previous_action=true", "env.reward.steering_change_penalty=-1.0",
@@ -83,6 +84,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, variant, caps
     for key in ("env_step", "episodes", "updates", "explore_rng", "act_key", "recent_rewards"):
         assert a.host_state[key] == b.host_state[key], key
     assert int(a.train_state.step) == a.host_state["updates"] > 0
+    if "networks.critic.reward_components=true" in variant:  # the replay holds each step's five components
+        assert a.replay_state["rewards"].shape[1:] == (5,) and np.abs(a.replay_state["rewards"]).sum() > 0
     # The saved simulators continue identically (their pickles may differ in byte layout).
     (env_a, obs_a, _), (env_b, obs_b, _) = (unpack_snapshot(r.host_state["env_snapshot"], r.step) for r in (a, b))
     assert env_a.core.observation_cfg == env_b.core.observation_cfg == resumed.run.env.observation

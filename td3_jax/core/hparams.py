@@ -54,6 +54,9 @@ class NetworkConfig:
     critic_dueling: bool = False
     """Each Q head is V(h) + A(h, a) - A(h, 0), a value and an advantage MLP (`networks.DuelingQ`); False: one MLP
     over [h, a] (the original)."""
+    critic_reward_components: int = 0
+    """C > 0: each Q head outputs one Q per reward component and learns it from that component alone
+    (`Batch.reward` is then (B, C)); Q is their sum. 0: one Q of the whole reward (plain TD3)."""
     action_dim: int = 2
     """Action size: (steer, throttle_brake)."""
     shared_encoder: bool = False

@@ -124,13 +124,14 @@ class DuelingQ(nn.Module):
 
     hidden: Sequence[int]
     action_dim: int
+    out: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         head_input = x[..., : -self.action_dim]
-        advantage = MLP(self.hidden, 1, name="advantage")
+        advantage = MLP(self.hidden, self.out, name="advantage")
         at_zero = jnp.concatenate([head_input, jnp.zeros_like(x[..., -self.action_dim:])], axis=-1)
-        return MLP(self.hidden, 1, name="value")(head_input) + advantage(x) - advantage(at_zero)
+        return MLP(self.hidden, self.out, name="value")(head_input) + advantage(x) - advantage(at_zero)
 
 
 class Trunk(nn.Module):
@@ -183,7 +184,9 @@ class Critic(nn.Module):
     """Twin Q heads over the critic's own encoder features.
 
     `__call__` runs the encoder; `features` and `q_values`/`q1_value` let the update
-    compute the encoder pass once and reuse it.
+    compute the encoder pass once and reuse it. With `config.critic_reward_components` C > 0
+    each head outputs one Q per reward component (`q_components`, (B, C)), and Q is their
+    sum; `__call__`, `q_values` and `q1_value` return that sum.
     """
 
     config: NetworkConfig
@@ -191,10 +194,12 @@ class Critic(nn.Module):
     def setup(self):
         self.encoder = Encoder(self.config.encoder)
         self.trunk = Trunk(self.config.critic_trunk, self.config.critic_vector_after_trunk)
+        outputs = max(1, self.config.critic_reward_components)
+
         def q_head():
             if self.config.critic_dueling:
-                return DuelingQ(self.config.critic_hidden, self.config.action_dim)
-            return MLP(self.config.critic_hidden, 1)
+                return DuelingQ(self.config.critic_hidden, self.config.action_dim, outputs)
+            return MLP(self.config.critic_hidden, outputs)
 
         self.q1, self.q2 = q_head(), q_head()
 
@@ -205,14 +210,27 @@ class Critic(nn.Module):
         return self.encoder(image)
 
     def q_values(self, features: jax.Array, vector: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = self._head_input(features, vector, action)
-        return self.q1(x)[..., 0], self.q2(x)[..., 0]
+        q1, q2 = self.q_components(features, vector, action)
+        return q_total(q1), q_total(q2)
 
     def q1_value(self, features: jax.Array, vector: jax.Array, action: jax.Array) -> jax.Array:
-        return self.q1(self._head_input(features, vector, action))[..., 0]
+        return q_total(self._components(self.q1(self._head_input(features, vector, action))))
+
+    def q_components(self, features: jax.Array, vector: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The twin heads' outputs: (B, C) per reward component, or (B,) with one Q of the whole reward."""
+        x = self._head_input(features, vector, action)
+        return self._components(self.q1(x)), self._components(self.q2(x))
+
+    def _components(self, head_output: jax.Array) -> jax.Array:
+        return head_output if self.config.critic_reward_components else head_output[..., 0]
 
     def _head_input(self, features: jax.Array, vector: jax.Array, action: jax.Array) -> jax.Array:
         return jnp.concatenate([self.trunk(features, vector), action], axis=-1)
+
+
+def q_total(q: jax.Array) -> jax.Array:
+    """Q (or a target, or a reward) of the whole reward: (B,) as it is, (B, C) per component summed."""
+    return q if q.ndim == 1 else jnp.sum(q, axis=-1)
 
 
 def make_networks(config: NetworkConfig) -> tuple[Actor, Critic]:

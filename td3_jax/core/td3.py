@@ -31,6 +31,11 @@ Options, all off by default (plain TD3):
   features computed before the critic step instead of a fresh pass.
 - `actor_smoothness` (CAPS, Mysore et al., ICRA 2021): the actor loss also
   penalises the change of mu between s and s', scaled by mean |Q1|.
+- `network.critic_reward_components` C > 0 (a reward-decomposed critic, van Seijen et al.,
+  "Hybrid Reward Architecture", NeurIPS 2017): `batch.reward` holds the reward's C components,
+  each Q head outputs one Q per component, each regressed on its own component's target, and
+  the actor maximises their sum. The min of the twins picks, per transition, the twin whose
+  summed Q' is smaller and takes all its components, so the summed target is TD3's.
 - `policy_average_tau`: a slow Polyak average of the policy's parameters,
   moved with the targets and read only to act (`policy_params(state,
   policy="average")`); nothing in the update reads it.
@@ -133,7 +138,9 @@ def td_target(
     """y = r + gamma (1 - terminated) min(Q1', Q2')(s', a') with a smoothed target action.
 
     For k-step transitions (`batch.discount` set) r is the discounted k-step reward sum, s' the
-    state k steps later, and gamma^k comes per transition from the batch.
+    state k steps later, and gamma^k comes per transition from the batch. With per-component
+    heads y is (B, C): each component's target from that reward component and the components
+    of the twin whose summed Q' is smaller.
     """
     target_params = {"params": state.critic_target_params}
     if config.network.shared_encoder:
@@ -154,20 +161,35 @@ def td_target(
     if not config.network.shared_encoder:
         next_features = critic.apply(target_params, batch.next_image, method=critic.features)
     next_q1, next_q2 = critic.apply(
-        target_params, next_features, batch.next_vector, next_action, method=critic.q_values
+        target_params, next_features, batch.next_vector, next_action, method=critic.q_components
     )
     discount = config.discount if batch.discount is None else batch.discount
-    return batch.reward + discount * (1.0 - batch.terminated) * jnp.minimum(next_q1, next_q2)
+    bootstrap = discount * (1.0 - batch.terminated)
+    if next_q1.ndim == 1:
+        return batch.reward + bootstrap * jnp.minimum(next_q1, next_q2)
+    lower = (networks.q_total(next_q1) <= networks.q_total(next_q2))[:, None]
+    return batch.reward + bootstrap[:, None] * jnp.where(lower, next_q1, next_q2)
 
 
 def critic_loss(critic_params: Params, critic: networks.Critic, batch: Batch, target: jax.Array):
-    """Twin MSE to the (constant) TD target; returns (loss, (q1, q2, features))."""
+    """Twin MSE to the (constant) TD target; returns (loss, (q1, q2, features)) with q1, q2 the whole Q.
+
+    With per-component heads each component is regressed on its own target and the squared
+    errors are summed over the components (each is a regression of its own).
+    """
     params = {"params": critic_params}
     features = critic.apply(params, batch.image, method=critic.features)
-    q1, q2 = critic.apply(params, features, batch.vector, batch.action, method=critic.q_values)
+    q1, q2 = critic.apply(params, features, batch.vector, batch.action, method=critic.q_components)
     target = jax.lax.stop_gradient(target)
-    loss = jnp.mean(jnp.square(q1 - target)) + jnp.mean(jnp.square(q2 - target))
-    return loss, (q1, q2, features)
+    loss = _squared_error(q1, target) + _squared_error(q2, target)
+    return loss, (networks.q_total(q1), networks.q_total(q2), features)
+
+
+def _squared_error(q: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean over the batch of the squared error, summed over the components when there are any."""
+    if q.ndim == 1:
+        return jnp.mean(jnp.square(q - target))
+    return jnp.mean(jnp.sum(jnp.square(q - target), axis=-1))
 
 
 def actor_loss(
@@ -270,6 +292,7 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
     )
     updates, critic_opt_state = critic_tx.update(critic_grads, state.critic_opt_state, state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, updates)
+    target = networks.q_total(target)  # the whole reward's target, for the metrics
     td_error = jnp.abs(q1 - target)
     metrics = {
         "train/critic_loss": loss,
@@ -282,7 +305,7 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
         "debug/target_q_mean": jnp.mean(target),
         "debug/target_q_max": jnp.max(target),
         "debug/td_error_q1": jnp.mean(td_error),
-        "debug/reward_mean": jnp.mean(batch.reward),
+        "debug/reward_mean": jnp.mean(networks.q_total(batch.reward)),
         "debug/done_ratio": jnp.mean(batch.terminated),
     }
     metrics |= _gradient_metrics(

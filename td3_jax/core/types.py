@@ -24,7 +24,8 @@ class Batch(NamedTuple):
       image: (B, H, W, S) uint8 frame stack of the observation.
       vector: (B, V) float32 vector state of the observation.
       action: (B, A) float32 action taken, in [-1, 1].
-      reward: (B,) float32 reward.
+      reward: (B,) float32 reward, or (B, C) its C components for a critic with
+        per-component heads (`NetworkConfig.critic_reward_components`).
       next_image: (B, H, W, S) uint8 frame stack of the next observation.
       next_vector: (B, V) float32 vector state of the next observation.
       terminated: (B,) float32, 1.0 where the episode terminated (no bootstrap).

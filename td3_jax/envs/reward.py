@@ -348,6 +348,35 @@ def add_departure_penalty(
     return total + penalty, weighted | {"safety": weighted["safety"] + penalty}
 
 
+def component_rewards(components: dict[str, np.ndarray] | None, total: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A vector env step's weighted components as one (N, C) float32 array, in `COMPONENTS` order.
+
+    What a critic that learns each component separately is trained on (`networks.critic.reward_components`).
+
+    Args:
+      components: ``info["reward_components"]``: {component: (N,) weighted value}, None if the env reported none.
+      total: (N,) the step's rewards.
+      valid: (N,) bool, the envs whose step is a real transition; the others' rows are 0.
+
+    Raises:
+      ValueError: a valid env's components are missing or do not sum to its reward (something between
+        the env and the trainer changed the reward, and the components would teach another one).
+    """
+    total, valid = np.asarray(total, np.float64), np.asarray(valid, bool)
+    if components is None or not set(COMPONENTS) <= set(components):
+        if valid.any():
+            raise ValueError(f"the env reports no reward components {', '.join(COMPONENTS)} in info['reward_components']")
+        return np.zeros((total.shape[0], len(COMPONENTS)), np.float32)
+    stacked = np.stack([np.broadcast_to(np.asarray(components[name], np.float64), total.shape)
+                        for name in COMPONENTS], axis=-1)
+    stacked[~valid] = 0.0
+    error = np.abs(stacked.sum(axis=-1) - total)
+    if np.any(valid & (error > 1e-3 * np.maximum(1.0, np.abs(total)))):
+        raise ValueError("the reward components do not sum to the reward the env returned: a wrapper changed the "
+                         "reward, so a per-component critic would learn another one")
+    return stacked.astype(np.float32)
+
+
 def termination(
     collision: np.ndarray,
     lateral_deviation: np.ndarray,

@@ -63,6 +63,8 @@ class ReplayBuffer:
       frame_shape: (H, W) of one grayscale frame.
       vector_dim: size V of the vector state.
       action_dim: size A of the action.
+      reward_components: 0 stores one reward per transition; C > 0 stores its C
+        components (`add` takes (n_envs, C), samples hold (B, C)).
       seed: seed of the buffer's own `np.random.Generator` (sampling only).
       memory_limit_bytes: refuse to build a buffer whose arrays exceed this;
         None means the memory the machine has available now.
@@ -81,6 +83,7 @@ class ReplayBuffer:
         frame_shape: tuple[int, int] = (84, 84),
         vector_dim: int = 53,
         action_dim: int = 2,
+        reward_components: int = 0,
         seed: int = 0,
         memory_limit_bytes: int | None = None,
     ):
@@ -88,6 +91,8 @@ class ReplayBuffer:
             raise ValueError(f"stack must be in [1, 255], got {stack}")
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        if reward_components < 0:
+            raise ValueError(f"reward_components must be >= 0, got {reward_components}")
         if capacity // n_envs < stack + 1:
             raise ValueError(
                 f"capacity {capacity} gives {capacity // n_envs} frame slots per env stream; "
@@ -98,10 +103,11 @@ class ReplayBuffer:
         self.frame_shape = tuple(int(size) for size in frame_shape)
         self.vector_dim = vector_dim
         self.action_dim = action_dim
+        self.reward_shape = (reward_components,) if reward_components else ()
         self.slots_per_env = capacity // n_envs
         self.estimated_bytes = self.estimate_bytes(
             capacity, n_envs=n_envs, stack=stack, frame_shape=frame_shape,
-            vector_dim=vector_dim, action_dim=action_dim,
+            vector_dim=vector_dim, action_dim=action_dim, reward_components=reward_components,
         )
         limit = available_memory_bytes() if memory_limit_bytes is None else memory_limit_bytes
         self.memory_limit_bytes = limit
@@ -114,7 +120,7 @@ class ReplayBuffer:
         self._frames = np.zeros((slots, *self.frame_shape), np.uint8)
         self._vectors = np.zeros((slots, vector_dim), np.float32)
         self._actions = np.zeros((slots, action_dim), np.float32)
-        self._rewards = np.zeros((slots,), np.float32)
+        self._rewards = np.zeros((slots, *self.reward_shape), np.float32)
         self._terminated = np.zeros((slots,), np.bool_)
         self._truncated = np.zeros((slots,), np.bool_)
         # 0: the slot ends no transition (an episode-start frame or never written).
@@ -138,6 +144,7 @@ class ReplayBuffer:
         frame_shape: tuple[int, int] = (84, 84),
         vector_dim: int = 53,
         action_dim: int = 2,
+        reward_components: int = 0,
     ) -> int:
         """Bytes of the arrays a buffer with these settings allocates (all slots filled).
 
@@ -147,7 +154,7 @@ class ReplayBuffer:
         """
         del stack
         height, width = frame_shape
-        per_slot = height * width + 4 * vector_dim + 4 * action_dim + 4 + 1 + 1 + 1
+        per_slot = height * width + 4 * vector_dim + 4 * action_dim + 4 * max(1, reward_components) + 1 + 1 + 1
         return (capacity // n_envs) * n_envs * per_slot + n_envs * (3 * 8 + 1)
 
     @property
@@ -194,7 +201,7 @@ class ReplayBuffer:
           image: (n_envs, H, W, S) uint8, the observation stack.
           vector: (n_envs, V) float32, the observation's vector state.
           action: (n_envs, A) real, stored as float32.
-          reward: (n_envs,) real, stored as float32.
+          reward: (n_envs,) real, or (n_envs, C) with `reward_components` C; stored as float32.
           next_image: (n_envs, H, W, S) uint8, the true next observation (the
             final one when the episode ends, never the reset observation);
             within an episode ``next_image[..., :-1] == image[..., 1:]``.
@@ -217,7 +224,7 @@ class ReplayBuffer:
         vector = self._check_array("vector", vector, (self.vector_dim,), np.float32)
         next_vector = self._check_array("next_vector", next_vector, (self.vector_dim,), np.float32)
         action = self._check_array("action", action, (self.action_dim,), None)
-        reward = self._check_array("reward", reward, (), None)
+        reward = self._check_array("reward", reward, self.reward_shape, None)
         terminated = self._check_array("terminated", terminated, (), np.bool_)
         truncated = self._check_array("truncated", truncated, (), np.bool_)
         skip = np.zeros(self.n_envs, np.bool_) if skip is None else self._check_array("skip", skip, (), np.bool_)
@@ -286,7 +293,7 @@ class ReplayBuffer:
         Returns:
           A `PackedBatch` of NumPy arrays: frames (B, S+1, H, W) uint8, vector
           and next_vector (B, V) float32, action (B, A) float32, reward (B,)
-          float32, terminated (B,) float32 (1 only on termination; a truncation
+          float32 (or (B, C) with `reward_components`), terminated (B,) float32 (1 only on termination; a truncation
           bootstraps). For n_step > 1 frames is (B, S, H, W), with next_frames
           (B, S, H, W) and discount (B,) set.
 
@@ -345,7 +352,7 @@ class ReplayBuffer:
 
         A transition starting at step t runs k = min(n_step, steps to its
         episode's end, steps stored so far) steps: reward is sum_{i<k}
-        gamma^i r_{t+i}, the next observation is the one at t+k, terminated is
+        gamma^i r_{t+i} (per component with `reward_components`), the next observation is the one at t+k, terminated is
         that of step t+k-1, and discount is gamma^k. Every such k-step target
         is a valid Bellman target; as in DQN's Rainbow, DrQ-v2 and SB3, the
         off-policy bias of the intermediate actions is not corrected.
@@ -363,7 +370,8 @@ class ReplayBuffer:
             # The episode goes on in the next slot unless that is unwritten or an episode start
             # (depth 0), which follows every episode end: terminated, truncated or failed.
             running &= (newer >= offset) & (self._depth[following] > 0)
-            reward += np.where(running, discount**offset * self._rewards[following], 0.0)
+            reward += np.where(running.reshape(-1, *(1,) * len(self.reward_shape)),
+                               discount**offset * self._rewards[following], 0.0)
             last = np.where(running, following, last)
             steps += running
         first, final = self._window_slots(slots), self._window_slots(last)
@@ -422,7 +430,7 @@ class ReplayBuffer:
                 raise ValueError(
                     f"replay state {key!r} is {array.shape} {array.dtype} but this buffer holds "
                     f"{current.shape} {current.dtype}: build it with the checkpoint's capacity, "
-                    "n_envs, frame_shape, vector_dim and action_dim"
+                    "n_envs, frame_shape, vector_dim, action_dim and reward_components"
                 )
             if not (array.flags.writeable and array.flags.c_contiguous):
                 array = array.copy()

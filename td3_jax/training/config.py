@@ -24,6 +24,7 @@ import yaml
 
 from td3_jax.core.hparams import EncoderConfig, NetworkConfig, OptimizerConfig, TD3Config
 from td3_jax.envs.config import EnvConfig
+from td3_jax.envs.reward import COMPONENTS as REWARD_COMPONENTS
 from td3_jax.errors import UserError
 from td3_jax.training.evaluate import SELECTABLE_METRICS
 from td3_jax.training.guard import GuardConfig
@@ -201,6 +202,8 @@ class CriticHeadConfig(HeadConfig):
 
     dueling: bool = False
     """true: each Q head is a value MLP over the trunk's output plus an advantage MLP over [it, action], minus the advantage at the zero action (dueling, Wang et al. 2016), so how Q varies with the action has its own stream apart from the state's value. false: one MLP over [trunk output, action] (the original)."""
+    reward_components: bool = False
+    """true: each Q head outputs one Q per component of the driving reward (efficiency, lane_keeping, comfort, safety, progress), each learned from its own component's TD target, and the actor maximises their sum (a reward-decomposed critic, van Seijen et al. 2017), so lane keeping's few units per decision are not a small part of one Q that also carries progress, speed and crashes. The lanesim and carla backends only (they report the components). false: one Q of the summed reward (the original)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +295,9 @@ class RunConfig:
         if self.training.eval_policy == "average" and not self.algorithm.policy_average_tau:
             raise ConfigError("training.eval_policy=average needs the average: set algorithm.policy_average_tau > 0 "
                               "(configs/driving_recipe.yaml: 0.002), or evaluate the online or target policy")
+        if self.networks.critic.reward_components and self.env.backend not in ("lanesim", "carla"):
+            raise ConfigError(f"networks.critic.reward_components needs the driving reward's components, which only "
+                              f"the lanesim and carla backends report; env.backend is {self.env.backend}: set it to false")
 
 
 def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
@@ -313,6 +319,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
             actor_vector_after_trunk=nets.actor.vector_after_trunk,
             critic_vector_after_trunk=nets.critic.vector_after_trunk,
             critic_dueling=nets.critic.dueling,
+            critic_reward_components=len(REWARD_COMPONENTS) if nets.critic.reward_components else 0,
             action_dim=action_dim,
             shared_encoder=nets.cnn.shared,
         ),

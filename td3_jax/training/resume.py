@@ -46,6 +46,7 @@ FIXED_KEYS = {
     "networks.critic.trunk_features": "the checkpoint's arrays have this shape",
     "networks.critic.vector_after_trunk": "the checkpoint's arrays have this shape",
     "networks.critic.dueling": "the checkpoint's critic has these heads",
+    "networks.critic.reward_components": "the checkpoint's critic has these heads and its replay these rewards",
 }
 """Keys a resumed run cannot change, with the reason."""
 

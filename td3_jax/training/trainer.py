@@ -27,6 +27,7 @@ import numpy as np
 from td3_jax.checkpoint.store import CheckpointError, Checkpointer, save_alone
 from td3_jax.core import optim
 from td3_jax.core.td3 import act, init_state, policy_params
+from td3_jax.envs.reward import component_rewards
 from td3_jax.envs.workers import WorkerFailureError, evaluation_env_config
 from td3_jax.errors import UserError, brief
 from td3_jax.replay.batch_feed import BatchFeed
@@ -98,6 +99,7 @@ class Trainer:
         image_shape = obs_space["image"].shape
         vector_dim = obs_space["vector"].shape[0]
         self.action_dim = self.env.single_action_space.shape[0]
+        self.td3_config = config_lib.td3_config(run, self.action_dim)
         try:  # before the slow parts below, so that a buffer too large for memory fails at once
             self.buffer = ReplayBuffer(
                 algorithm.buffer_size,
@@ -106,6 +108,7 @@ class Trainer:
                 frame_shape=image_shape[:2],
                 vector_dim=vector_dim,
                 action_dim=self.action_dim,
+                reward_components=self.td3_config.network.critic_reward_components,
                 seed=replay_seed,
             )
         except ReplayMemoryError as error:
@@ -125,7 +128,6 @@ class Trainer:
                     f"{run.env.backend} has no time limit, so an evaluation episode might never end; "
                     "set training.eval_max_episode_steps (or training.num_eval_episodes=0)"
                 )
-        self.td3_config = config_lib.td3_config(run, self.action_dim)
         state = init_state(self.td3_config, init_key, image_shape=image_shape, vector_dim=vector_dim)
         self.state = self.parallel.place_state(state)
         self.explore_rng = np.random.default_rng(explore_seed)
@@ -391,8 +393,14 @@ class Trainer:
                 for key in real_next:
                     real_next[key][i] = info["final_obs"][i][key]
         # A simulator failure's step is not a real transition: skip it, and its episode ends there.
+        replayed = reward
+        if self.td3_config.network.critic_reward_components:
+            try:
+                replayed = component_rewards(info.get("reward_components"), reward, ~failed)
+            except ValueError as error:
+                raise UserError(f"networks.critic.reward_components: {error}") from None
         self.buffer.add(
-            self.obs["image"], self.obs["vector"], actions, reward,
+            self.obs["image"], self.obs["vector"], actions, replayed,
             real_next["image"], real_next["vector"], terminated, truncated, skip=failed,
         )
         self.episode_stats.add(np.where(failed, 0.0, reward), info)
