@@ -31,6 +31,7 @@ from test_train import TINY
 
 from td3_jax.checkpoint.store import Checkpointer
 from td3_jax.cli import main
+from td3_jax.envs.reward import COMPONENTS
 from td3_jax.training import config as config_lib
 from td3_jax.training.trainer import Trainer
 
@@ -210,9 +211,11 @@ def test_carla_env_against_a_stand_in_server_trains_resumes_and_evaluates(tmp_pa
         carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
         sleep=lambda seconds: None,
     ))
-    _, saved = _restore(_train(_config("carla", 45, *CARLA_SETTINGS), tmp_path))
+    settings = [*CARLA_SETTINGS, "networks.critic.reward_components=true"]  # CARLA reports the components
+    _, saved = _restore(_train(_config("carla", 45, *settings), tmp_path))
     assert saved.step == 45 and saved.host_state["env_snapshot"] is None
-    steps, resumed = _restore(_train(_config("carla", 60, *CARLA_SETTINGS), tmp_path, resume=True))
+    assert saved.replay_state["rewards"].shape[1:] == (5,)
+    steps, resumed = _restore(_train(_config("carla", 60, *settings), tmp_path, resume=True))
     assert steps == [40, 45, 60]
     _assert_resumed_mid_episode(saved, resumed, 60)
     assert resumed.host_state["episodes"] >= saved.host_state["episodes"] + 1  # the ego is on a 20-step limit
@@ -222,6 +225,53 @@ def test_carla_env_against_a_stand_in_server_trains_resumes_and_evaluates(tmp_pa
     assert report["checkpoint_step"] == 60 and len(report["episodes"]) == 2
     assert all(1 <= e["length"] <= EPISODE_STEPS for e in report["episodes"])
     assert {"eval/mean_reward", "eval/lateral_rmse_m", "eval/mean_speed_kmh"} <= report["metrics"].keys()
+
+
+@pytest.mark.slow
+def test_a_carla_time_out_mid_run_is_not_stored_and_an_episode_s_last_step_is(tmp_path, monkeypatch):
+    """Under same-step autoreset an ended episode's last step reports in info["final_info"]: the trainer
+    must read it there, or a time-out's non-transition reaches the replay (and breaks its frame check) and
+    the collision that ends an episode, with its penalty, is lost to the metrics and the per-component critic."""
+    pytest.importorskip("carla")
+    from carla_fakes import CarlaWithFakeCommands, FakeServer
+
+    from td3_jax.envs.carla import env as carla_env
+
+    class TimingOutServer(FakeServer):
+        def tick(self, seconds):
+            if sum(call[0] == "tick" for call in self.calls) == 23:
+                self.hang_ticks = 1
+            return super().tick(seconds)
+
+    server = TimingOutServer()
+    server.collide_at = {112}
+    monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
+        carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
+        sleep=lambda seconds: None,
+    ))
+    run = _config("carla", 30, *CARLA_SETTINGS, "networks.critic.reward_components=true",
+                  "training.num_eval_episodes=0")
+    trainer = Trainer(run, tmp_path / "run")
+    finished = []
+    finish = trainer.episode_stats.finish
+    monkeypatch.setattr(trainer.episode_stats, "finish", lambda index: finished.append(finish(index)) or finished[-1])
+    assert trainer.train(resume=False) == 0 and trainer.env_step == 30
+    replay = trainer.buffer.state_dict()
+    stored = replay["depth"] > 0
+    assert np.count_nonzero(stored) == 29  # every step but the time-out's
+    collided = [values for values in finished if values["train/collisions_per_episode"] == 1]
+    assert len(collided) == 1
+    terminal = np.flatnonzero(stored & replay["terminated"])
+    assert len(terminal) == 1  # the collision; time limits and the time-out truncate
+    # That episode's transitions (one stream that never wrapped: back to its start frame, depth 0) hold the
+    # components its metrics summed, the collision's penalty included, and they sum to its return.
+    start = max(slot for slot in range(terminal[0]) if not stored[slot]) + 1
+    episode = replay["rewards"][start : terminal[0] + 1]
+    assert episode.shape[1] == len(COMPONENTS)
+    for index, name in enumerate(COMPONENTS):
+        assert episode[:, index].sum() == pytest.approx(collided[0][f"rewards/{name}_component"], rel=1e-5, abs=1e-5)
+    assert episode.sum() == pytest.approx(collided[0]["train/episode_reward"], rel=1e-5)
+    assert episode[-1, COMPONENTS.index("safety")] < -1.0  # the collision's penalty
 
 
 @pytest.mark.slow

@@ -326,3 +326,52 @@ def test_config_rejects_bad_values():
             dataclasses.replace(WorkersConfig(), **kwargs)
     with pytest.raises(ValueError, match="not carla"):
         worker_specs(EnvConfig(), WorkersConfig(carla_server_command="CarlaUE4.sh -carla-rpc-port={port}"))
+
+
+class _Countdown(gymnasium.Env):
+    """Episodes of `length` steps; every step's info names the env, the step and how it ended."""
+
+    observation_space = gymnasium.spaces.Box(0, 1, (1,), np.float32)
+    action_space = gymnasium.spaces.Box(-1, 1, (1,), np.float32)
+
+    def __init__(self, index: int, length: int):
+        self.index, self.length = index, length
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(1, np.float32), {"npc_count": 7}
+
+    def step(self, action):
+        self.t += 1
+        ended = self.t == self.length
+        info = {"t": self.t, "reason": "route_completed" if ended else "",
+                "reward_components": {"safety": -100.0 * ended, "progress": float(self.index)}}
+        return np.zeros(1, np.float32), 1.0, ended, False, info
+
+
+def test_step_info_reads_an_ended_episode_s_last_step_from_final_info():
+    """gymnasium's SAME_STEP autoreset reports an ended env's reset in info and its last step in final_info;
+    `step_info` gives every env its own step's info (strings not cut to the reset's width, nested dicts too)."""
+    from td3_jax.envs.factory import step_info
+
+    lengths = (2, 3, 5)
+    env = SyncVectorEnv([functools.partial(_Countdown, i, n) for i, n in enumerate(lengths)],
+                        autoreset_mode=AutoresetMode.SAME_STEP)
+    env.reset(seed=0)
+    for step in range(1, 7):
+        info = step_info(env.step(np.zeros((3, 1), np.float32))[4])
+        for i, length in enumerate(lengths):
+            t = (step - 1) % length + 1
+            ended = t == length
+            assert info["t"][i] == t
+            assert info["reason"][i] == ("route_completed" if ended else "")
+            assert info["reward_components"]["safety"][i] == -100.0 * ended
+            assert info["reward_components"]["progress"][i] == i
+    lanesim = make_vec_env(EnvConfig(lanesim=LaneSimConfig(max_episode_steps=2)), 2)
+    lanesim.reset(seed=0)
+    lanesim.step(np.zeros((2, 2), np.float32))
+    info = lanesim.step(np.zeros((2, 2), np.float32))[4]  # both end: their step's info is already in info
+    merged = step_info(info)
+    for key, value in info["final_info"].items():
+        np.testing.assert_array_equal(merged[key] if not isinstance(value, dict) else merged[key]["safety"],
+                                      value if not isinstance(value, dict) else value["safety"])

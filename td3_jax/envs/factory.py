@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import gymnasium
+import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 from td3_jax.envs.config import EnvConfig
@@ -73,3 +74,36 @@ def make_vec_env(config: EnvConfig = EnvConfig(), num_envs: int | None = None, *
         autoreset_mode=AutoresetMode.SAME_STEP,
     )
 
+
+
+def step_info(info: dict) -> dict:
+    """Each env's info of the step just taken, from a vector env's step info.
+
+    Under gymnasium's SAME_STEP autoreset (`SyncVectorEnv`, the worker envs) an env whose episode ended
+    on this step reports its reset's info in `info` and the step's own in ``info["final_info"]`` (mask
+    ``info["_final_info"]``): that step's collision, failure flag and reward components. This returns
+    `info` with those envs' entries taken from ``final_info`` (nested dicts alike); the other envs' entries,
+    and keys only the reset reports, stay as they are.
+    """
+    final = info.get("final_info")
+    if not isinstance(final, dict) or all(info.get(key) is value for key, value in final.items()):
+        return info  # nothing ended, or the info already is the step's (the embedded simulator's)
+    ended = np.asarray(info.get("_final_info", False), bool)
+    return _overlay(info, final, ended) if ended.any() else info
+
+
+def _overlay(base: dict, final: dict, ended: np.ndarray) -> dict:
+    out = dict(base)
+    for key, value in final.items():
+        current = base.get(key)
+        if isinstance(value, dict):
+            out[key] = _overlay(current if isinstance(current, dict) else {}, value, ended)
+            continue
+        value = np.asarray(value)
+        if current is None or np.shape(current) != value.shape:
+            merged = np.zeros_like(value)
+        else:  # the wider dtype, so that a longer string or a float is not cut to the reset's
+            merged = np.array(current, dtype=np.result_type(np.asarray(current), value))
+        merged[ended] = value[ended]
+        out[key] = merged
+    return out

@@ -27,6 +27,7 @@ import numpy as np
 from td3_jax.checkpoint.store import CheckpointError, Checkpointer, save_alone
 from td3_jax.core import optim
 from td3_jax.core.td3 import act, init_state, policy_params
+from td3_jax.envs.factory import step_info
 from td3_jax.envs.reward import component_rewards
 from td3_jax.envs.workers import WorkerFailureError, evaluation_env_config
 from td3_jax.errors import UserError, brief
@@ -382,6 +383,7 @@ class Trainer:
                             f"length {summary['eval/avg_episode_length']:.0f}", *driving, *best]))
 
     def _record_step(self, log: RunLog, actions, next_obs, reward, terminated, truncated, info) -> None:
+        info = step_info(info)  # an ended episode's last step reports in final_info
         done = np.asarray(terminated) | np.asarray(truncated)
         no_failure = np.zeros(self.n_envs, bool)
         failed = np.asarray(info.get("carla_failure", no_failure), bool) | np.asarray(
