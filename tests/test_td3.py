@@ -401,6 +401,9 @@ def test_reward_components_get_a_q_each_whose_sum_is_td3_s(rng):
     expected = sum(float(jnp.mean(jnp.sum(jnp.square(c - y), axis=-1))) for c in (c1, c2))
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     chex.assert_trees_all_close((q1, q2), (c1.sum(-1), c2.sum(-1)), rtol=1e-6)
+    # What the steering probe and any caller of the critic read: the summed Q.
+    whole = critic.apply({"params": state.critic_params}, batch.image, batch.vector, batch.action)
+    chex.assert_trees_all_close(whole, (c1.sum(-1), c2.sum(-1)), rtol=1e-6)
     # Each component's gradient comes from its own target only: moving one component's target moves
     # only that component's output weights.
     shifted = y.at[:, 1].add(10.0)
