@@ -75,7 +75,6 @@ def make_vec_env(config: EnvConfig = EnvConfig(), num_envs: int | None = None, *
     )
 
 
-
 def step_info(info: dict) -> dict:
     """Each env's info of the step just taken, from a vector env's step info.
 

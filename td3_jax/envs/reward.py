@@ -365,7 +365,8 @@ def component_rewards(components: dict[str, np.ndarray] | None, total: np.ndarra
     total, valid = np.asarray(total, np.float64), np.asarray(valid, bool)
     if components is None or not set(COMPONENTS) <= set(components):
         if valid.any():
-            raise ValueError(f"the env reports no reward components {', '.join(COMPONENTS)} in info['reward_components']")
+            raise ValueError(f"the env reports no reward components {', '.join(COMPONENTS)} "
+                             "in info['reward_components']")
         return np.zeros((total.shape[0], len(COMPONENTS)), np.float32)
     stacked = np.stack([np.broadcast_to(np.asarray(components[name], np.float64), total.shape)
                         for name in COMPONENTS], axis=-1)

@@ -293,8 +293,8 @@ class ReplayBuffer:
         Returns:
           A `PackedBatch` of NumPy arrays: frames (B, S+1, H, W) uint8, vector
           and next_vector (B, V) float32, action (B, A) float32, reward (B,)
-          float32 (or (B, C) with `reward_components`), terminated (B,) float32 (1 only on termination; a truncation
-          bootstraps). For n_step > 1 frames is (B, S, H, W), with next_frames
+          float32 (or (B, C) with `reward_components`), terminated (B,) float32
+          (1 only on termination; a truncation bootstraps). For n_step > 1 frames is (B, S, H, W), with next_frames
           (B, S, H, W) and discount (B,) set.
 
         Raises:
@@ -352,10 +352,11 @@ class ReplayBuffer:
 
         A transition starting at step t runs k = min(n_step, steps to its
         episode's end, steps stored so far) steps: reward is sum_{i<k}
-        gamma^i r_{t+i} (per component with `reward_components`), the next observation is the one at t+k, terminated is
-        that of step t+k-1, and discount is gamma^k. Every such k-step target
-        is a valid Bellman target; as in DQN's Rainbow, DrQ-v2 and SB3, the
-        off-policy bias of the intermediate actions is not corrected.
+        gamma^i r_{t+i} (per component with `reward_components`), the next
+        observation is the one at t+k, terminated is that of step t+k-1, and
+        discount is gamma^k. Every such k-step target is a valid Bellman
+        target; as in DQN's Rainbow, DrQ-v2 and SB3, the off-policy bias of
+        the intermediate actions is not corrected.
         `out`: as in `sample`.
         """
         env, slot = np.divmod(slots, self.slots_per_env)
