@@ -187,6 +187,17 @@ def test_car_racing_saves_and_resumes_its_replay(tmp_path):
     assert resumed.host_state["env_step"] == 25 and resumed.host_state["updates"] == 0
 
 
+def _serve_carla_from(server, monkeypatch) -> None:
+    """Every CARLA env this process builds talks to the stand-in `server` (workers patch their own)."""
+    from carla_fakes import CarlaWithFakeCommands
+
+    from td3_jax.envs.carla import env as carla_env
+    monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
+        carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
+        sleep=lambda seconds: None,
+    ))
+
+
 CARLA_SETTINGS = [
     "env.carla.npc_counts=[2, 3, 4]",
     "env.carla.route_length_m=100.0",
@@ -203,14 +214,10 @@ CARLA_SETTINGS = [
 @pytest.mark.slow
 def test_carla_env_against_a_stand_in_server_trains_resumes_and_evaluates(tmp_path, monkeypatch):
     pytest.importorskip("carla")
-    from carla_fakes import CarlaWithFakeCommands, FakeServer
+    from carla_fakes import FakeServer
 
-    from td3_jax.envs.carla import env as carla_env
     server = FakeServer()
-    monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
-        carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
-        sleep=lambda seconds: None,
-    ))
+    _serve_carla_from(server, monkeypatch)
     settings = [*CARLA_SETTINGS, "networks.critic.reward_components=true"]  # CARLA reports the components
     _, saved = _restore(_train(_config("carla", 45, *settings), tmp_path))
     assert saved.step == 45 and saved.host_state["env_snapshot"] is None
@@ -233,9 +240,7 @@ def test_a_carla_time_out_mid_run_is_not_stored_and_an_episode_s_last_step_is(tm
     must read it there, or a time-out's non-transition reaches the replay (and breaks its frame check) and
     the collision that ends an episode, with its penalty, is lost to the metrics and the per-component critic."""
     pytest.importorskip("carla")
-    from carla_fakes import CarlaWithFakeCommands, FakeServer
-
-    from td3_jax.envs.carla import env as carla_env
+    from carla_fakes import FakeServer
 
     class TimingOutServer(FakeServer):
         def tick(self, seconds):
@@ -245,10 +250,7 @@ def test_a_carla_time_out_mid_run_is_not_stored_and_an_episode_s_last_step_is(tm
 
     server = TimingOutServer()
     server.collide_at = {112}
-    monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
-        carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
-        sleep=lambda seconds: None,
-    ))
+    _serve_carla_from(server, monkeypatch)
     run = _config("carla", 30, *CARLA_SETTINGS, "networks.critic.reward_components=true",
                   "training.num_eval_episodes=0")
     trainer = Trainer(run, tmp_path / "run")
@@ -282,14 +284,10 @@ def test_the_best_evaluation_s_policy_is_kept_through_a_resume_and_evaluates(tmp
     settings = ["training.num_eval_episodes=1", "training.eval_freq=10", "training.compare_baseline=false"]
     if backend == "carla":
         pytest.importorskip("carla")
-        from carla_fakes import CarlaWithFakeCommands, FakeServer
+        from carla_fakes import FakeServer
 
-        from td3_jax.envs.carla import env as carla_env
         server = FakeServer()
-        monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
-            carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
-            sleep=lambda seconds: None,
-        ))
+        _serve_carla_from(server, monkeypatch)
         settings += CARLA_SETTINGS
         vehicles_per_tick = []  # (egos, NPCs) in the world at each tick, training and evaluation alike
         server_tick = server.tick
@@ -340,18 +338,14 @@ def test_carla_workers_leave_the_world_to_each_evaluation_and_come_back(tmp_path
     import subprocess
     import sys
 
-    from carla_fakes import CarlaWithFakeCommands, SharedWorldServer, shared_world_block
+    from carla_fakes import SharedWorldServer, shared_world_block
     from test_carla_supervision import FAKE_SERVER, free_port
 
     from td3_jax.envs import workers as workers_module
-    from td3_jax.envs.carla import env as carla_env
     world = tmp_path / "world"
     world.mkdir()
     server = SharedWorldServer(world)  # the trainer's client of the world: the evaluation env
-    monkeypatch.setattr(carla_env, "make_carla_env", functools.partial(
-        carla_env.make_carla_env, carla_module=CarlaWithFakeCommands(), client_factory=server.client,
-        sleep=lambda seconds: None,
-    ))
+    _serve_carla_from(server, monkeypatch)
     monkeypatch.setattr(workers_module, "make_worker_vec_env", functools.partial(
         workers_module.make_worker_vec_env, env_factory=functools.partial(shared_world_block, world_dir=str(world), trainer_pid=os.getpid()),
     ))
