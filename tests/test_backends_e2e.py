@@ -141,11 +141,12 @@ def _evaluate(run_dir: Path, tmp_path: Path, *extra: str) -> dict:
 @pytest.mark.slow
 def test_gym_env_trains_checkpoints_resumes_and_evaluates(tmp_path):
     backend = f"gym:{TINY_GYM_ID}"
-    prefetch = "training.prefetch_batches=true"  # the lanesim resume test covers the in-line feed
-    straight = _train(_config(backend, 65, prefetch), tmp_path / "straight")
+    # The lanesim resume test covers the in-line feed; the Huber critic loss trains on every backend.
+    settings = ("training.prefetch_batches=true", "algorithm.critic_huber_delta=1.0")
+    straight = _train(_config(backend, 65, *settings), tmp_path / "straight")
     split = tmp_path / "split"
-    _train(_config(backend, 40, prefetch), split)
-    trainer = _train(_config(backend, 65, prefetch), split, resume=True)
+    _train(_config(backend, 40, *settings), split)
+    trainer = _train(_config(backend, 65, *settings), split, resume=True)
 
     # Step 40 ends an episode: from there the resumed run is the uninterrupted one, bit for bit.
     steps, saved = _restore(trainer)
@@ -157,7 +158,7 @@ def test_gym_env_trains_checkpoints_resumes_and_evaluates(tmp_path):
     assert saved.replay_state["vectors"].shape[1] == 0  # the env has no vector part
 
     # Step 65 is mid-episode: the resume starts a new episode and keeps everything saved.
-    steps, resumed = _restore(_train(_config(backend, 80, prefetch), split, resume=True))
+    steps, resumed = _restore(_train(_config(backend, 80, *settings), split, resume=True))
     assert steps == [40, 65, 80] and resumed.step == 80
     _assert_resumed_mid_episode(saved, resumed, 80)
     # Episodes ended at 10, 20, ..., 60 and, after the resume at 65, at 75; the cut one is not counted.

@@ -35,6 +35,7 @@ def test_shipped_configs_load(name):
         ("networks: {cnn: {actor_cnn_lr: -1.0}}", "actor_cnn_lr must be >= 0"),
         ("algorithm: {batch_size: 512, buffer_size: 100}", "buffer_size must be >= algorithm.batch_size"),
         ("algorithm: {policy_freq: 1.5}", "algorithm.policy_freq must be an integer"),
+        ("algorithm: {critic_huber_delta: -1.0}", "algorithm.critic_huber_delta must be >= 0"),
         ("training: {save_replay_buffer: 3}", "training.save_replay_buffer must be true or false"),
         ("env: {backend: mujoco}", "env.backend"),
         ("guard: {mode: loud}", "guard"),

@@ -420,6 +420,60 @@ def test_reward_components_get_a_q_each_whose_sum_is_td3_s(rng):
     assert _tree_changed(new_state.critic_params["q1"], state.critic_params["q1"])
 
 
+@pytest.mark.parametrize("components", [0, 3], ids=["whole", "components"])
+def test_huber_critic_loss_is_the_squared_error_within_delta_and_linear_beyond(rng, components):
+    """`critic_huber_delta`: each (component's) error e costs e^2 within delta and 2 delta |e| - delta^2 beyond
+    (the squared error's gradient capped at +-2 delta), against a reference written from the definition; with a
+    delta above every error it is the squared error exactly, loss and gradients."""
+    network = dataclasses.replace(tiny_config().network, critic_reward_components=components)
+    state = _state(tiny_config(network=network))
+    actor, critic = networks.make_networks(network)
+    shape = (8, components) if components else (8,)
+    batch = random_batch(rng, batch_size=8)._replace(reward=rng.normal(scale=3.0, size=shape).astype(np.float32))
+    y = td3.td_target(state.config, actor, critic, state, batch, jax.random.key(1))
+
+    def reference(params, delta):
+        features = critic.apply({"params": params}, batch.image, method=critic.features)
+        total = 0.0
+        for q in critic.apply({"params": params}, features, batch.vector, batch.action, method=critic.q_components):
+            error = jnp.abs(q - y)
+            cost = jnp.where(error <= delta, jnp.square(error), 2 * delta * error - delta**2)
+            total += jnp.mean(cost if cost.ndim == 1 else jnp.sum(cost, axis=-1))
+        return total
+
+    features = critic.apply({"params": state.critic_params}, batch.image, method=critic.features)
+    q1, _ = critic.apply({"params": state.critic_params}, features, batch.vector, batch.action, method=critic.q_components)
+    errors = np.abs(np.asarray(q1 - y))
+    delta = float(np.median(errors))  # both branches are exercised
+    assert (errors < delta).any() and (errors > delta).any()
+
+    def loss_fn(params, delta):
+        return td3.critic_loss(params, critic, batch, y, delta)[0]
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.critic_params, delta)
+    expected, expected_grads = jax.value_and_grad(reference)(state.critic_params, delta)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    chex.assert_trees_all_close(grads, expected_grads, rtol=1e-4, atol=1e-6)
+    assert float(loss) < float(loss_fn(state.critic_params, 0.0))  # large errors cost less than squared
+
+    wide = 10.0 * float(errors.max() + 1.0)
+    chex.assert_trees_all_close(jax.value_and_grad(loss_fn)(state.critic_params, wide),
+                                jax.value_and_grad(loss_fn)(state.critic_params, 0.0), rtol=1e-4, atol=1e-5)
+
+
+def test_huber_critic_changes_only_the_critic_step_and_keeps_plain_td3_as_the_default(rng):
+    batch = random_batch(rng)._replace(reward=np.array([1.0, -1.0, 200.0, 0.5], np.float32))  # one large error
+    plain_state, _ = td3.update(_state(), batch)
+    off_state, _ = td3.update(_state(tiny_config(critic_huber_delta=0.0)), batch)
+    chex.assert_trees_all_equal(off_state, plain_state)
+    huber_state, metrics = td3.update(_state(tiny_config(critic_huber_delta=1.0)), batch)
+    assert float(metrics["debug/all_finite"]) == 1.0
+    assert _tree_changed(huber_state.critic_params, plain_state.critic_params)
+    # The actor's step reads the updated critic, so it moves too; the step counter and key do not.
+    assert int(huber_state.step) == int(plain_state.step)
+    chex.assert_trees_all_equal(huber_state.key, plain_state.key)
+
+
 def test_actor_warmup_trains_only_the_critic_while_its_target_keeps_tracking(rng):
     state = _state(tiny_config(policy_freq=2, actor_warmup_updates=4))
     for step in range(7):

@@ -55,7 +55,7 @@ def _final(run_dir: Path, run: config_lib.RunConfig):
         # both sampling paths, both network layouts (separate encoders, one shared encoder), and
         # both batch feeds (in line, prefetched on a thread)
         ("algorithm.n_step=1", "networks.cnn.shared=true", "training.prefetch_batches=false",
-         "networks.critic.reward_components=true"),
+         "networks.critic.reward_components=true", "algorithm.critic_huber_delta=5.0"),
         ("algorithm.n_step=3", "networks.cnn.shared=false", "training.prefetch_batches=true",
          "env.observation.deviation_scale_m=0.25", "env.observation.heading_scale_rad=0.05",
          "env.observation.previous_action=true", "env.reward.steering_change_penalty=-1.0",

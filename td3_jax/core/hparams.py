@@ -98,6 +98,10 @@ class TD3Config:
     """Target-policy smoothing noise is clipped to [-noise_clip, noise_clip]."""
     policy_freq: int = 2
     """Actor and targets update when step % policy_freq == 0."""
+    critic_huber_delta: float = 0.0
+    """> 0: each critic regresses with a Huber loss, the squared error within delta of its target and linear
+    beyond (its gradient 2 * error capped at +-2 delta), per reward component when there are any; 0: the
+    squared error (plain TD3)."""
     actor_preactivation_l2: float = 0.0
     """Weight of mean(u^2) on the actor's pre-tanh outputs u in its loss; 0 is plain TD3."""
     actor_smoothness: float = 0.0

@@ -36,6 +36,9 @@ Options, all off by default (plain TD3):
   each Q head outputs one Q per component, each regressed on its own component's target, and
   the actor maximises their sum. The min of the twins picks, per transition, the twin whose
   summed Q' is smaller and takes all its components, so the summed target is TD3's.
+- `critic_huber_delta` > 0: the critics regress with a Huber loss (squared error within
+  delta of the target, linear beyond), so the batch's largest TD errors stop setting the
+  direction of every (clipped) critic step.
 - `policy_average_tau`: a slow Polyak average of the policy's parameters,
   moved with the targets and read only to act (`policy_params(state,
   policy="average")`); nothing in the update reads it.
@@ -171,25 +174,33 @@ def td_target(
     return batch.reward + bootstrap[:, None] * jnp.where(lower, next_q1, next_q2)
 
 
-def critic_loss(critic_params: Params, critic: networks.Critic, batch: Batch, target: jax.Array):
+def critic_loss(
+    critic_params: Params, critic: networks.Critic, batch: Batch, target: jax.Array, huber_delta: float = 0.0
+):
     """Twin MSE to the (constant) TD target; returns (loss, (q1, q2, features)) with q1, q2 the whole Q.
 
     With per-component heads each component is regressed on its own target and the squared
-    errors are summed over the components (each is a regression of its own).
+    errors are summed over the components (each is a regression of its own). `huber_delta` > 0
+    replaces each squared error e^2 by its Huber continuation: e^2 for |e| <= delta, 2 delta |e| -
+    delta^2 beyond, so that a few transitions with large errors (crashes, departures) no longer set
+    the direction of a critic step that the global-norm clip has made direction-only.
     """
     params = {"params": critic_params}
     features = critic.apply(params, batch.image, method=critic.features)
     q1, q2 = critic.apply(params, features, batch.vector, batch.action, method=critic.q_components)
     target = jax.lax.stop_gradient(target)
-    loss = _squared_error(q1, target) + _squared_error(q2, target)
+    loss = _regression_loss(q1, target, huber_delta) + _regression_loss(q2, target, huber_delta)
     return loss, (networks.q_total(q1), networks.q_total(q2), features)
 
 
-def _squared_error(q: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean over the batch of the squared error, summed over the components when there are any."""
-    if q.ndim == 1:
-        return jnp.mean(jnp.square(q - target))
-    return jnp.mean(jnp.sum(jnp.square(q - target), axis=-1))
+def _regression_loss(q: jax.Array, target: jax.Array, huber_delta: float) -> jax.Array:
+    """Mean over the batch of the squared (or Huber) error, summed over the components when there are any."""
+    if huber_delta:
+        # optax's Huber is 0.5 e^2 inside delta: twice it is the squared error there.
+        error = 2.0 * optax.losses.huber_loss(q, target, delta=huber_delta)
+    else:
+        error = jnp.square(q - target)
+    return jnp.mean(error if q.ndim == 1 else jnp.sum(error, axis=-1))
 
 
 def actor_loss(
@@ -288,7 +299,7 @@ def _update(state: TD3State, batch: Batch | PackedBatch) -> tuple[TD3State, Metr
     # Critic step, every update.
     target = td_target(config, actor, critic, state, batch, noise_key)
     (loss, (q1, q2, critic_features)), critic_grads = jax.value_and_grad(critic_loss, has_aux=True)(
-        state.critic_params, critic, batch, target
+        state.critic_params, critic, batch, target, config.critic_huber_delta
     )
     updates, critic_opt_state = critic_tx.update(critic_grads, state.critic_opt_state, state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, updates)

@@ -98,6 +98,10 @@ class AlgorithmConfig:
     """Updates per training call, fused into one jitted `update_many`."""
     n_step: int = 1
     """Steps per TD target: sum of up to n discounted rewards, then gamma^k min Q' (k <= n, shorter at episode ends); 1 is plain TD3."""
+    critic_huber_delta: float = 0.0
+    """> 0: the critics' loss is Huber's, the squared TD error within this distance of the target and linear beyond
+    (per reward component with networks.critic.reward_components), so a few large errors no longer set the direction
+    of each clipped critic step; 0: the squared error (plain TD3)."""
     actor_preactivation_l2: float = 0.0
     """Weight of mean(u^2) on the actor's pre-tanh outputs in its loss (keeps tanh out of saturation); 0 is plain TD3."""
     actor_smoothness: float = 0.0
@@ -135,6 +139,7 @@ class AlgorithmConfig:
         _check(self.gradient_steps >= 1, "algorithm.gradient_steps", ">= 1", self.gradient_steps)
         _check(1 <= self.n_step <= 100, "algorithm.n_step", "in [1, 100]", self.n_step)
         _check(0 <= self.image_shift_px <= 16, "algorithm.image_shift_px", "in [0, 16]", self.image_shift_px)
+        _check(self.critic_huber_delta >= 0, "algorithm.critic_huber_delta", ">= 0", self.critic_huber_delta)
         _check(self.actor_preactivation_l2 >= 0, "algorithm.actor_preactivation_l2", ">= 0", self.actor_preactivation_l2)
         _check(self.actor_smoothness >= 0, "algorithm.actor_smoothness", ">= 0", self.actor_smoothness)
         _check(0.0 <= self.policy_average_tau <= 1.0, "algorithm.policy_average_tau", "in [0, 1]", self.policy_average_tau)
@@ -342,6 +347,7 @@ def td3_config(run: RunConfig, action_dim: int = 2) -> TD3Config:
         policy_noise=algorithm.policy_noise,
         noise_clip=algorithm.noise_clip,
         policy_freq=algorithm.policy_freq,
+        critic_huber_delta=algorithm.critic_huber_delta,
         actor_preactivation_l2=algorithm.actor_preactivation_l2,
         actor_smoothness=algorithm.actor_smoothness,
         actor_warmup_updates=algorithm.actor_warmup_updates,
