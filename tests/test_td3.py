@@ -454,24 +454,25 @@ def test_huber_critic_loss_is_the_squared_error_within_delta_and_linear_beyond(r
     expected, expected_grads = jax.value_and_grad(reference)(state.critic_params, delta)
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
     chex.assert_trees_all_close(grads, expected_grads, rtol=1e-4, atol=1e-6)
-    assert float(loss) < float(loss_fn(state.critic_params, 0.0))  # large errors cost less than squared
+    squared = jax.value_and_grad(loss_fn)(state.critic_params, 0.0)
+    assert float(loss) < float(squared[0])  # large errors cost less than squared
 
     wide = 10.0 * float(errors.max() + 1.0)
-    chex.assert_trees_all_close(jax.value_and_grad(loss_fn)(state.critic_params, wide),
-                                jax.value_and_grad(loss_fn)(state.critic_params, 0.0), rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(jax.value_and_grad(loss_fn)(state.critic_params, wide), squared, rtol=1e-4, atol=1e-5)
 
 
-def test_huber_critic_changes_only_the_critic_step_and_keeps_plain_td3_as_the_default(rng):
+def test_huber_critic_loss_is_off_by_default_and_reaches_the_update_s_critic_step(rng):
     batch = random_batch(rng)._replace(reward=np.array([1.0, -1.0, 200.0, 0.5], np.float32))  # one large error
-    plain_state, _ = td3.update(_state(), batch)
+    plain_state, plain = td3.update(_state(), batch)
     off_state, _ = td3.update(_state(tiny_config(critic_huber_delta=0.0)), batch)
     chex.assert_trees_all_equal(off_state, plain_state)
-    huber_state, metrics = td3.update(_state(tiny_config(critic_huber_delta=1.0)), batch)
-    assert float(metrics["debug/all_finite"]) == 1.0
-    assert _tree_changed(huber_state.critic_params, plain_state.critic_params)
-    # The actor's step reads the updated critic, so it moves too; the step counter and key do not.
-    assert int(huber_state.step) == int(plain_state.step)
-    chex.assert_trees_all_equal(huber_state.key, plain_state.key)
+    # (Parameters are not compared: Adam's first step is ~lr * sign(g), so rounding moves tiny gradients' steps.)
+    _, wide = td3.update(_state(tiny_config(critic_huber_delta=1e6)), batch)
+    _, huber = td3.update(_state(tiny_config(critic_huber_delta=1.0)), batch)
+    for key in ("train/critic_loss", "debug/critic_grad_norm_BEFORE_clip"):
+        np.testing.assert_allclose(float(wide[key]), float(plain[key]), rtol=1e-3, err_msg=key)
+        assert float(huber[key]) < float(plain[key]) / 10, key  # the large error's pull is capped
+    assert float(huber["debug/all_finite"]) == 1.0
 
 
 def test_actor_warmup_trains_only_the_critic_while_its_target_keeps_tracking(rng):
