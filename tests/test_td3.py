@@ -466,11 +466,9 @@ def test_huber_critic_loss_is_off_by_default_and_reaches_the_update_s_critic_ste
     plain_state, plain = td3.update(_state(), batch)
     off_state, _ = td3.update(_state(tiny_config(critic_huber_delta=0.0)), batch)
     chex.assert_trees_all_equal(off_state, plain_state)
-    # (Parameters are not compared: Adam's first step is ~lr * sign(g), so rounding moves tiny gradients' steps.)
-    _, wide = td3.update(_state(tiny_config(critic_huber_delta=1e6)), batch)
+    # The loss test shows a wide delta is the squared error; here the update reads the delta it is given.
     _, huber = td3.update(_state(tiny_config(critic_huber_delta=1.0)), batch)
     for key in ("train/critic_loss", "debug/critic_grad_norm_BEFORE_clip"):
-        np.testing.assert_allclose(float(wide[key]), float(plain[key]), rtol=1e-3, err_msg=key)
         assert float(huber[key]) < float(plain[key]) / 10, key  # the large error's pull is capped
     assert float(huber["debug/all_finite"]) == 1.0
 
