@@ -9,7 +9,7 @@ min-target, target-policy smoothing, a delayed actor, Polyak targets.
 1. Target: y = r + gamma * (1 - terminated) * min(Q1', Q2')(s', a'), where
    a' = clip(mu'(s') + clip(N(0, policy_noise), +-noise_clip), -1, 1). The
    target networks include their encoders (the original had no target CNNs).
-2. Critic: one encoder pass on s, twin MSE to y, one optax step (global clip,
+2. Critic: one encoder pass on s, twin MSE (or Huber) to y, one optax step (global clip,
    Adam per group).
 3. Every `policy_freq` steps (decided inside the jit from `state.step`):
    actor loss = -mean Q1(stop_gradient(critic_features(s)), v, mu(s)), a
@@ -177,7 +177,7 @@ def td_target(
 def critic_loss(
     critic_params: Params, critic: networks.Critic, batch: Batch, target: jax.Array, huber_delta: float = 0.0
 ):
-    """Twin MSE to the (constant) TD target; returns (loss, (q1, q2, features)) with q1, q2 the whole Q.
+    """Twin MSE (or Huber) to the (constant) TD target; returns (loss, (q1, q2, features)) with q1, q2 the whole Q.
 
     With per-component heads each component is regressed on its own target and the squared
     errors are summed over the components (each is a regression of its own). `huber_delta` > 0
