@@ -9,7 +9,7 @@
 # same-architecture PyTorch reference and SB3 on the same device in the same run, act, replay,
 # the training loop's host time), train.log and train_results.json (end-to-end env steps/s of the
 # driving recipe), nvidia-smi.txt and a log of everything. Missing Python packages are installed
-# from wheels in .whl/ when that folder exists (see the device notes in CONTRIBUTING.md).
+# from wheels in .whl/ when that folder exists (docs/benchmarks.md, *GPU*).
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder for the figures}
 mkdir -p "$OUT"
