@@ -5,7 +5,7 @@ component is a pure NumPy function of a `Measurements` record whose fields are
 scalars or arrays of one common shape (one entry per env), so the same code
 scores one CARLA car or a batch of simulated ones. Host-side code.
 
-`termination` holds the episode rules every backend shares.
+`termination` holds the embedded simulator's episode rules; the CARLA backend applies the same rules in its own.
 
 The components, weights and thresholds follow the original system's HEAD
 (``total = sum_i weight_i * component_i``; efficiency 2, lane_keeping 2,

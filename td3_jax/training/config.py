@@ -100,8 +100,8 @@ class AlgorithmConfig:
     """Steps per TD target: sum of up to n discounted rewards, then gamma^k min Q' (k <= n, shorter at episode ends); 1 is plain TD3."""
     critic_huber_delta: float = 0.0
     """> 0: the critics' loss is Huber's, the squared TD error within this distance of the target and linear beyond
-    (per reward component with networks.critic.reward_components), so a few large errors no longer set the direction
-    of each clipped critic step; 0: the squared error (plain TD3)."""
+    (per reward component with networks.critic.reward_components), so a few large errors do not set the direction
+    of each clipped critic step alone; 0: the squared error (plain TD3)."""
     actor_preactivation_l2: float = 0.0
     """Weight of mean(u^2) on the actor's pre-tanh outputs in its loss (keeps tanh out of saturation); 0 is plain TD3."""
     actor_smoothness: float = 0.0
